@@ -1,0 +1,1 @@
+"""The simulation kernel: state layout, node data, local update, round loop, results."""

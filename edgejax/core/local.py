@@ -1,0 +1,193 @@
+"""The local update: every node runs minibatch steps of an optax optimizer on its own data.
+
+One node's update is a ``lax.scan`` over at most ``max_steps`` steps; the cohort is
+mapped over with ``jax.vmap`` (or ``lax.map`` in groups of nodes, see
+``LocalTraining.group_size``).  Minibatches are drawn on the device:
+
+* each epoch is a fresh uniform shuffle of the node's ``n_i`` samples (sampling
+  without replacement); batches never straddle epochs, so the last batch of an
+  epoch holds ``n_i mod B`` samples (its padded slots carry weight 0);
+* ``epochs=E``: node ``i`` runs ``E * ceil(n_i / B)`` steps;
+  ``steps=K``: every node runs ``K`` steps (a node with ``n_i < B`` uses all its
+  samples in every step);
+* a per-node ``step_budget`` (partial work, from the ``RoundPlan``) caps the steps;
+  a step past the budget is masked out: parameters and optimizer state stay put.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from edgejax.core.state import tree_where
+from edgejax.models.base import Model, weighted_cross_entropy
+
+LOCAL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
+
+_OPTIMIZER_HPARAMS = {
+    "sgd": {"client_lr": 0.05},
+    "momentum": {"client_lr": 0.05, "client_momentum": 0.9},
+    "nesterov": {"client_lr": 0.05, "client_momentum": 0.9},
+    "adam": {"client_lr": 1e-3, "client_b1": 0.9, "client_b2": 0.999, "client_eps": 1e-8},
+    "adagrad": {"client_lr": 0.05, "client_eps": 1e-7},
+    "rmsprop": {"client_lr": 1e-3, "client_decay": 0.9, "client_eps": 1e-8},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTraining:
+    """Static description of the local update.
+
+    Attributes:
+      batch_size: samples per local step ``B``.
+      epochs: local epochs ``E`` (the FedAvg convention); exclusive with ``steps``.
+      steps: a fixed number of local steps per node instead of epochs.
+      optimizer: a name in ``LOCAL_OPTIMIZERS`` or a callable ``hparams -> optax
+        GradientTransformation`` (any optax optimizer; read its traced
+        hyper-parameters from the dict, e.g. ``lambda h: optax.adamw(h["client_lr"])``).
+        The optimizer state is reset at the start of every round.
+      group_size: how the cohort is mapped: ``None`` vmaps all nodes at once (best
+        on GPU/TPU); an int runs ``lax.map`` over groups of that many vmapped nodes
+        (best on a CPU with small per-node batches, see DESIGN.md); ``"auto"``
+        picks by backend.  Same numbers either way.
+    """
+
+    batch_size: int = 10
+    epochs: int | None = 1
+    steps: int | None = None
+    optimizer: str | Callable = "sgd"
+    group_size: int | str | None = "auto"
+
+    def __post_init__(self):
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"give exactly one of epochs and steps; got epochs={self.epochs}, steps={self.steps}")
+        for name in ("batch_size", "epochs", "steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if isinstance(self.optimizer, str) and self.optimizer not in LOCAL_OPTIMIZERS:
+            raise ValueError(f"unknown local optimizer {self.optimizer!r}; choose from {LOCAL_OPTIMIZERS} "
+                             "or pass a callable hparams -> optax.GradientTransformation")
+        if self.group_size not in ("auto", None) and not (isinstance(self.group_size, int) and self.group_size >= 1):
+            raise ValueError(f"group_size must be None, 'auto' or a positive integer; got {self.group_size!r}")
+
+    def default_hparams(self) -> dict[str, float]:
+        """Traced hyper-parameters of the local optimizer and their defaults."""
+        if callable(self.optimizer):
+            return {"client_lr": 0.05}
+        return dict(_OPTIMIZER_HPARAMS[self.optimizer])
+
+    def make_optimizer(self, hparams: dict) -> optax.GradientTransformation:
+        """The local optax optimizer, built from (possibly traced) hyper-parameters."""
+        h, name = hparams, self.optimizer
+        if callable(name):
+            return name(h)
+        if name == "sgd":
+            return optax.sgd(h["client_lr"])
+        if name in ("momentum", "nesterov"):
+            return optax.sgd(h["client_lr"], momentum=h["client_momentum"], nesterov=name == "nesterov")
+        if name == "adam":
+            return optax.adam(h["client_lr"], b1=h["client_b1"], b2=h["client_b2"], eps=h["client_eps"])
+        if name == "adagrad":
+            return optax.adagrad(h["client_lr"], eps=h["client_eps"])
+        return optax.rmsprop(h["client_lr"], decay=h["client_decay"], eps=h["client_eps"])
+
+    def steps_per_epoch(self, count):
+        """``ceil(n_i / B)`` (at least 1), for host ints or traced arrays."""
+        return jnp.maximum((count + self.batch_size - 1) // self.batch_size, 1)
+
+    def node_steps(self, count):
+        """Local steps node ``i`` runs with ``count`` samples (before any step budget)."""
+        if self.steps is not None:
+            return jnp.full_like(count, self.steps)
+        return self.epochs * self.steps_per_epoch(count)
+
+    def schedule(self, counts: np.ndarray) -> tuple[int, int]:
+        """Static ``(max_steps, shuffles)`` for nodes with these sample counts."""
+        counts = np.asarray(counts)
+        spe = np.maximum(-(-counts // self.batch_size), 1)
+        if self.steps is not None:
+            return self.steps, int(-(-self.steps // spe.min()))
+        return int(self.epochs * spe.max()), self.epochs
+
+    def resolved_group_size(self, cohort: int) -> int | None:
+        """The group size actually used for a cohort of ``cohort`` nodes."""
+        size = self.group_size
+        if size == "auto":
+            size = None if jax.default_backend() != "cpu" else 8
+        if size is None or size >= cohort:
+            return None
+        return size
+
+
+def map_nodes(fn: Callable, node_args, group_size: int | None):
+    """Apply ``fn`` to every node's slice of ``node_args`` (a pytree with a leading node axis).
+
+    ``vmap`` over all nodes, or ``lax.map`` over groups of ``group_size`` vmapped nodes.
+    """
+    if group_size is None:
+        return jax.vmap(fn)(node_args)
+    return jax.lax.map(fn, node_args, batch_size=group_size)
+
+
+def node_shuffles(key: jax.Array, count: jax.Array, size: int, shuffles: int) -> jax.Array:
+    """``[shuffles, size]`` independent permutations; each lists the ``count`` valid slots first."""
+    scores = jax.random.uniform(key, (shuffles, size))
+    scores = jnp.where(jnp.arange(size) < count, scores, 2.0)
+    return jnp.argsort(scores, axis=-1)
+
+
+def batch_positions(spec: LocalTraining, step: jax.Array, count: jax.Array, order: jax.Array):
+    """Slots of step ``step``'s minibatch and their weights (1 real sample, 0 padding)."""
+    spe = spec.steps_per_epoch(count)
+    epoch, within = step // spe, step % spe
+    pos = within * spec.batch_size + jnp.arange(spec.batch_size)
+    weights = (pos < count).astype(jnp.float32)
+    epoch = jnp.minimum(epoch, order.shape[0] - 1)
+    slots = order[epoch, jnp.minimum(pos, order.shape[1] - 1)]
+    return slots, weights
+
+
+def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
+                      regularizer: Callable | None = None):
+    """Build ``update(params0, x, y, count, key, budget, hparams, reg_args) -> (params, loss, steps)``.
+
+    The local objective is the weighted cross-entropy of the minibatch plus
+    ``regularizer(params, reg_args, hparams)`` when given (e.g. FedProx's proximal
+    term).  ``loss`` is the mean minibatch loss over the steps taken; ``steps`` is
+    how many steps ran.
+    """
+
+    def objective(params, xb, yb, wb, hparams, reg_args):
+        loss = weighted_cross_entropy(model.apply(params, xb), yb, wb)
+        if regularizer is None:
+            return loss, loss
+        return loss + regularizer(params, reg_args, hparams), loss
+
+    grad_fn = jax.grad(objective, has_aux=True)
+
+    def update(params0, x, y, count, key, budget, hparams, reg_args=()):
+        opt = spec.make_optimizer(hparams)
+        order = node_shuffles(key, count, x.shape[0], shuffles)
+        n_steps = jnp.minimum(spec.node_steps(count), budget)
+
+        def step(carry, t):
+            params, opt_state, loss_sum = carry
+            slots, wb = batch_positions(spec, t, count, order)
+            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, reg_args)
+            updates, new_opt_state = opt.update(grads, opt_state, params)
+            active = t < n_steps
+            params = tree_where(active, optax.apply_updates(params, updates), params)
+            opt_state = tree_where(active, new_opt_state, opt_state)
+            return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
+
+        init = (params0, opt.init(params0), jnp.zeros(()))
+        (params, _, loss_sum), _ = jax.lax.scan(step, init, jnp.arange(max_steps))
+        steps = n_steps.astype(jnp.float32)
+        return params, loss_sum / jnp.maximum(steps, 1.0), steps
+
+    return update

@@ -1,0 +1,276 @@
+"""A simulation: static structure (model, data layout, algorithm, local training, cohort)
+plus pure, jittable ``init``/``round`` functions and a host loop that runs them.
+
+The round loop is ``lax.scan`` over a chunk of ``eval_every`` rounds followed by an
+evaluation, all in one jitted program that is compiled once per run (the last,
+shorter chunk reuses it: rounds past the end are skipped by a ``lax.cond`` on a
+traced round count).  Between chunks the host records metrics, checks the
+training loss for NaN/inf, updates the progress bar and writes results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edgejax.core.evaluate import evaluate
+from edgejax.core.local import LocalTraining, make_local_update
+from edgejax.core.nodedata import FederatedData
+from edgejax.core.results import Results
+from edgejax.core.state import RoundPlan, SimState
+from edgejax.models.base import Model, num_bytes, num_parameters
+from edgejax.system.participation import uniform_cohort
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or inf; ``results`` holds every finished round."""
+
+    def __init__(self, message: str, results: Results):
+        super().__init__(message)
+        self.results = results
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalContext:
+    """What an algorithm's round needs from the simulation (static)."""
+
+    local_update: Any
+    group_size: int | None
+    model_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Simulation:
+    """N edge nodes training ``model`` on ``data`` with ``algorithm``.
+
+    Attributes:
+      model: an init/apply ``Model`` matching the data's feature shape and classes.
+      data: the device-resident ``FederatedData`` (node axis N).
+      algorithm: e.g. ``FedAvg(server_optimizer="adam")``.
+      local: the ``LocalTraining`` schedule and optimizer.
+      clients_per_round: the cohort size K (static shape); ``None`` means all N nodes.
+        The number that actually takes part is the traced hyper-parameter
+        ``clients_per_round`` (<= K, default K).
+    """
+
+    model: Model
+    data: FederatedData
+    algorithm: Any
+    local: LocalTraining = LocalTraining()
+    clients_per_round: int | None = None
+
+    def __post_init__(self):
+        n = self.data.num_nodes
+        if tuple(self.model.input_shape) != self.data.feature_shape:
+            raise ValueError(f"model {self.model.name!r} expects inputs of shape {self.model.input_shape} "
+                             f"but the data has feature shape {self.data.feature_shape}")
+        if self.model.num_classes != self.data.num_classes:
+            raise ValueError(f"model has {self.model.num_classes} classes but the data has {self.data.num_classes}")
+        k = self.clients_per_round
+        if k is not None and not (isinstance(k, (int, np.integer)) and 1 <= k <= n):
+            raise ValueError(f"clients_per_round={k!r} must be an integer in [1, N={n}]")
+
+    # ----- static structure -------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        return self.data.num_nodes
+
+    @property
+    def cohort_size(self) -> int:
+        return self.num_nodes if self.clients_per_round is None else int(self.clients_per_round)
+
+    @functools.cached_property
+    def schedule(self) -> tuple[int, int]:
+        """Static ``(max local steps, shuffles per round)`` for this data."""
+        return self.local.schedule(self.data.node_counts())
+
+    @functools.cached_property
+    def context(self) -> LocalContext:
+        max_steps, shuffles = self.schedule
+        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
+        return LocalContext(
+            local_update=make_local_update(self.model, self.local, max_steps, shuffles),
+            group_size=self.local.resolved_group_size(self.cohort_size),
+            model_bytes=sum(math.prod(p.shape) * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params)),
+        )
+
+    # ----- hyper-parameters -------------------------------------------------------------
+    def default_hparams(self) -> dict[str, jax.Array]:
+        """All traced hyper-parameters with their defaults (a dict of scalar arrays)."""
+        values = {**self.local.default_hparams(), **self.algorithm.default_hparams(),
+                  "clients_per_round": float(self.cohort_size)}
+        return {k: jnp.asarray(v, dtype=jnp.result_type(float)) for k, v in values.items()}
+
+    def hparams(self, overrides: dict | None = None) -> dict[str, jax.Array]:
+        """Defaults updated with ``overrides``; unknown names and bad values raise ``ValueError``."""
+        hp = self.default_hparams()
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(hp))
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(hp)}")
+        for name, value in overrides.items():
+            value = jnp.asarray(value, dtype=hp[name].dtype)
+            if value.ndim == 0 and not bool(jnp.isfinite(value)):
+                raise ValueError(f"hyper-parameter {name}={float(value)} is not finite")
+            hp[name] = value
+        count = hp["clients_per_round"]
+        if count.ndim == 0 and not 1 <= float(count) <= self.cohort_size:
+            raise ValueError(f"clients_per_round={float(count):g} must be in [1, cohort size "
+                             f"{self.cohort_size}] (raise Simulation.clients_per_round for a larger cohort)")
+        return hp
+
+    # ----- pure functions ---------------------------------------------------------------
+    def init(self, key: jax.Array, hparams: dict) -> SimState:
+        """Initial state: one global model from ``key``, per-node keys, algorithm state."""
+        k_model, k_nodes, k_run = jax.random.split(key, 3)
+        params = self.model.init(k_model)
+        node_rng = jax.random.split(k_nodes, self.num_nodes)
+        nodes, server = self.algorithm.init(params, node_rng, hparams)
+        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server)
+
+    def plan(self, state: SimState, hparams: dict) -> RoundPlan:
+        """The system model's plan for the state's next round (drawn from the run's key)."""
+        key = jax.random.fold_in(state.rng, state.round)
+        return uniform_cohort(key, self.num_nodes, self.cohort_size, hparams["clients_per_round"],
+                              self.schedule[0])
+
+    def round(self, state: SimState, data: FederatedData, hparams: dict):
+        """One round: the system model draws a plan, then the algorithm runs it."""
+        plan = self.plan(state, hparams)
+        state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
+        return state._replace(round=state.round + 1), metrics
+
+    def run_rounds(self, state: SimState, data: FederatedData, hparams: dict, num_rounds: int,
+                   active_rounds: jax.Array | None = None):
+        """``num_rounds`` rounds in one ``lax.scan``; rounds at index >= ``active_rounds`` are skipped.
+
+        Returns the new state and the per-round metrics stacked on a leading axis.
+        """
+        active_rounds = num_rounds if active_rounds is None else active_rounds
+        metric_shapes = jax.eval_shape(self.round, state, data, hparams)[1]
+
+        def body(st, i):
+            def skip(s):
+                return s, jax.tree_util.tree_map(lambda m: jnp.full(m.shape, jnp.nan, m.dtype), metric_shapes)
+
+            return jax.lax.cond(i < active_rounds, lambda s: self.round(s, data, hparams), skip, st)
+
+        return jax.lax.scan(body, state, jnp.arange(num_rounds))
+
+    def evaluate(self, state: SimState, data: FederatedData) -> dict:
+        """Metrics of the algorithm's evaluation model (FedAvg: the server model)."""
+        return evaluate(self.model, self.algorithm.eval_params(state), data, self.context.group_size)
+
+    def run_chunk(self, state, data, hparams, num_rounds: int, active_rounds):
+        """``run_rounds`` followed by ``evaluate``: the program the host loop calls."""
+        state, round_metrics = self.run_rounds(state, data, hparams, num_rounds, active_rounds)
+        return state, round_metrics, self.evaluate(state, data)
+
+    @functools.cached_property
+    def _jit_chunk(self):
+        donate = (0,) if jax.default_backend() != "cpu" else ()
+        return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate)
+
+    @functools.cached_property
+    def _jit_evaluate(self):
+        return jax.jit(self.evaluate)
+
+    # ----- host loop --------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Static configuration as plain values (for ``run.json``)."""
+        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
+        local = dataclasses.asdict(self.local)
+        if callable(local["optimizer"]):
+            local["optimizer"] = getattr(local["optimizer"], "__name__", repr(local["optimizer"]))
+        return {"model": self.model.name, "model_parameters": num_parameters(params),
+                "dataset": self.data.name, "num_nodes": self.num_nodes, "cohort_size": self.cohort_size,
+                "algorithm": dataclasses.asdict(self.algorithm) | {"name": self.algorithm.name},
+                "local": local, "max_local_steps": self.schedule[0]}
+
+    def run(self, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
+            out_dir: str | Path | None = None, progress: bool = False) -> Results:
+        """Run ``rounds`` rounds from seed ``seed``, evaluating every ``eval_every`` rounds.
+
+        Returns ``Results``.  With ``out_dir`` the results are written after every
+        chunk, so an interrupted run keeps what it finished.  A NaN/inf training loss
+        stops the run at the end of its chunk and raises ``DivergenceError`` naming the
+        first bad round; the error's ``results`` (and ``out_dir``) keep every round
+        before it.
+        """
+        for name, value in (("rounds", rounds), ("eval_every", eval_every)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        hp = self.hparams(hparams)
+        chunk = min(eval_every, rounds)
+        config = {**self.describe(), "seed": seed, "rounds": rounds, "eval_every": chunk,
+                  "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}}
+        state = self.init(jax.random.PRNGKey(seed), hp)
+        log = _MetricLog()
+        log.add_eval(0, self._jit_evaluate(state, self.data))
+        start = time.perf_counter()
+        bar = _progress(rounds, progress)
+        done = 0
+        try:
+            while done < rounds:
+                n = min(chunk, rounds - done)
+                state, round_metrics, eval_metrics = self._jit_chunk(state, self.data, hp, chunk, n)
+                round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
+                bad = np.flatnonzero(~np.isfinite(round_metrics["train_loss"]))
+                if bad.size:
+                    log.add_rounds(done, {k: v[: bad[0]] for k, v in round_metrics.items()})
+                    value = round_metrics["train_loss"][bad[0]]
+                    results = log.results(config, time.perf_counter() - start, None,
+                                          status=f"diverged: training loss {value} at round {done + bad[0] + 1}")
+                    if out_dir is not None:
+                        results.save(out_dir)
+                    raise DivergenceError(f"training loss became {value} at round {done + bad[0] + 1}; "
+                                          f"rounds 1..{done + bad[0]} are kept in the results", results)
+                log.add_rounds(done, round_metrics)
+                done += n
+                log.add_eval(done, eval_metrics)
+                bar.update(n)
+                bar.set_postfix(test_acc=f"{float(eval_metrics['test_accuracy']):.3f}")
+                if out_dir is not None:
+                    log.results(config, time.perf_counter() - start, None, status="running").save(out_dir)
+        finally:
+            bar.close()
+        results = log.results(config, time.perf_counter() - start, state)
+        if out_dir is not None:
+            results.save(out_dir)
+        return results
+
+
+class _MetricLog:
+    """Accumulates host copies of per-round and per-evaluation metrics."""
+
+    def __init__(self):
+        self.rounds: dict[str, list] = {}
+        self.evals: dict[str, list] = {}
+
+    def add_rounds(self, first: int, metrics: dict[str, np.ndarray]):
+        count = len(next(iter(metrics.values())))
+        self.rounds.setdefault("round", []).extend(range(first + 1, first + count + 1))
+        for k, v in metrics.items():
+            self.rounds.setdefault(k, []).extend(np.asarray(v).tolist())
+
+    def add_eval(self, round_: int, metrics: dict):
+        self.evals.setdefault("round", []).append(round_)
+        for k, v in metrics.items():
+            self.evals.setdefault(k, []).append(float(v))
+
+    def results(self, config, wall_time, state, status="finished") -> Results:
+        as_arrays = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
+        return Results(as_arrays(self.rounds), as_arrays(self.evals), config, status, wall_time, state)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="round", desc="rounds", leave=False)

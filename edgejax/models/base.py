@@ -1,0 +1,50 @@
+"""The model interface: a named init/apply pair, plus the losses used by training."""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class Model(NamedTuple):
+    """A classifier as two pure functions.
+
+    ``init(key) -> params`` builds one node's parameters; ``apply(params, x) -> logits``
+    maps a batch ``x [B, *input_shape]`` to ``[B, num_classes]``.  Both are plain
+    functions of pytrees, so ``jax.vmap`` over a leading node axis of ``params``
+    gives every node its own model.  ``Model`` is hashable and is static
+    configuration: a different model is a different compiled program.
+    """
+
+    name: str
+    init: Callable[[jax.Array], dict]
+    apply: Callable[[dict, jax.Array], jax.Array]
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Softmax cross-entropy averaged over the samples with weight > 0.
+
+    ``sum_b w_b CE(logits_b, y_b) / max(sum_b w_b, 1)``: padded slots of a partial
+    batch carry weight 0 and do not count.
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def weighted_correct(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weighted count of correct arg-max predictions."""
+    return jnp.sum(weights * (jnp.argmax(logits, axis=-1) == labels))
+
+
+def num_parameters(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def num_bytes(params) -> int:
+    """Bytes of a parameter pytree as stored (what one full model upload costs)."""
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))

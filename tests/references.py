@@ -1,0 +1,70 @@
+"""Float64 NumPy references written from the papers' equations (no JAX)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def logreg_loss_grad(w, b, x, y, num_classes):
+    """Mean softmax cross-entropy of ``x W + b`` and its gradient."""
+    p = softmax(x @ w + b)
+    onehot = np.eye(num_classes)[y]
+    loss = -np.mean(np.log(p[np.arange(len(y)), y]))
+    g = (p - onehot) / len(y)
+    return loss, x.T @ g, g.sum(axis=0)
+
+
+def local_gd(w, b, x, y, num_classes, lr, steps):
+    """``steps`` full-batch gradient steps on one node's data (local SGD with batch = node data)."""
+    for _ in range(steps):
+        _, gw, gb = logreg_loss_grad(w, b, x, y, num_classes)
+        w, b = w - lr * gw, b - lr * gb
+    return w, b
+
+
+def fedavg_delta(w, b, nodes, weights, num_classes, lr, steps):
+    """McMahan et al. 2017: Delta = sum_i p_i (x_i - x), p_i = weights_i / sum weights."""
+    p = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+    for p_i, (x, y) in zip(p, nodes):
+        wi, bi = local_gd(w, b, x, y, num_classes, lr, steps)
+        dw += p_i * (wi - w)
+        db += p_i * (bi - b)
+    return dw, db
+
+
+def reddi_server(kind, deltas, x0, lr, b1, b2, tau, bias_correction=False):
+    """Reddi et al. 2021, Algorithm 2 (FedAdagrad / FedAdam / FedYogi) applied to a sequence of Deltas.
+
+    m_t = b1 m + (1-b1) D;  v_t per kind;  x <- x + lr m / (sqrt(v) + tau);  m_-1 = 0, v_-1 = tau^2.
+    """
+    x, m, v = x0.copy(), np.zeros_like(x0), np.full_like(x0, tau ** 2)
+    for t, d in enumerate(deltas, start=1):
+        m = b1 * m + (1 - b1) * d
+        if kind == "adagrad":
+            v = v + d ** 2
+        elif kind == "adam":
+            v = b2 * v + (1 - b2) * d ** 2
+        else:  # yogi
+            v = v - (1 - b2) * d ** 2 * np.sign(v - d ** 2)
+        m_hat, v_hat = m, v
+        if bias_correction:
+            m_hat = m / (1 - b1 ** t)
+            if kind != "adagrad":
+                v_hat = v / (1 - b2 ** t)
+        x = x + lr * m_hat / (np.sqrt(v_hat) + tau)
+    return x
+
+
+def momentum_server(deltas, x0, lr, beta):
+    """FedAvgM (Hsu et al. 2019): v <- beta v + Delta; x <- x + lr v."""
+    x, v = x0.copy(), np.zeros_like(x0)
+    for d in deltas:
+        v = beta * v + d
+        x = x + lr * v
+    return x
