@@ -32,8 +32,9 @@ from edgejax.system.participation import uniform_cohort
 class DivergenceError(RuntimeError):
     """The training loss became NaN or inf; ``results`` holds every finished round."""
 
-    def __init__(self, message: str, results: Results):
+    def __init__(self, message: str, round_: int, results: Results):
         super().__init__(message)
+        self.round = round_
         self.results = results
 
 
@@ -225,13 +226,13 @@ class Simulation:
                 bad = np.flatnonzero(~np.isfinite(round_metrics["train_loss"]))
                 if bad.size:
                     log.add_rounds(done, {k: v[: bad[0]] for k, v in round_metrics.items()})
-                    value = round_metrics["train_loss"][bad[0]]
+                    value, bad_round = round_metrics["train_loss"][bad[0]], done + int(bad[0]) + 1
                     results = log.results(config, time.perf_counter() - start, None,
-                                          status=f"diverged: training loss {value} at round {done + bad[0] + 1}")
+                                          status=f"diverged: training loss {value} at round {bad_round}")
                     if out_dir is not None:
                         results.save(out_dir)
-                    raise DivergenceError(f"training loss became {value} at round {done + bad[0] + 1}; "
-                                          f"rounds 1..{done + bad[0]} are kept in the results", results)
+                    raise DivergenceError(f"training loss became {value} at round {bad_round}; "
+                                          f"rounds 1..{bad_round - 1} are kept in the results", bad_round, results)
                 log.add_rounds(done, round_metrics)
                 done += n
                 log.add_eval(done, eval_metrics)

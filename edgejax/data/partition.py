@@ -248,19 +248,21 @@ def _checked(parts: list[np.ndarray], n: int, num_nodes: int, scheme: object) ->
 def parse_partition(spec: str) -> Partitioner:
     """Partitioner from a short CLI form.
 
-    Accepted: ``iid``, ``dirichlet:<alpha>``, ``shards:<shards per node>``,
-    ``quantity:<alpha>``, ``natural`` (case and surrounding spaces ignored).
+    Accepted: ``iid``, ``dirichlet:<alpha>[:<min size>]``, ``shards:<shards per node>``,
+    ``quantity:<alpha>[:<min size>]``, ``natural`` (case and surrounding spaces ignored).
     """
-    accepted = "'iid', 'dirichlet:<alpha>', 'shards:<shards per node>', 'quantity:<alpha>', 'natural'"
+    accepted = ("'iid', 'dirichlet:<alpha>[:<min size>]', 'shards:<shards per node>', "
+                "'quantity:<alpha>[:<min size>]', 'natural'")
     kind, _, arg = spec.strip().lower().partition(":")
     no_arg = {"iid": IID, "natural": Natural}
     with_arg = {"dirichlet": (Dirichlet, float), "quantity": (QuantitySkew, float), "shards": (Shards, int)}
     if kind in no_arg and not arg:
         return no_arg[kind]()
-    if kind in with_arg and arg:
+    value, _, min_size = arg.partition(":")
+    if kind in with_arg and value and not (min_size and kind == "shards"):
         cls, cast = with_arg[kind]
         try:
-            return cls(cast(arg))
+            return cls(cast(value), int(min_size)) if min_size else cls(cast(value))
         except ValueError as err:
             raise ValueError(f"bad partition spec {spec!r}: {err}") from err
     raise ValueError(f"bad partition spec {spec!r}; accepted forms: {accepted}")

@@ -1,0 +1,67 @@
+"""``edgejax run``: flags, TOML config, outputs, and clear errors."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from edgejax.cli import DEFAULTS, main, resolve_options
+
+SMALL = ["--nodes", "20", "--clients-per-round", "5", "--rounds", "4", "--eval-every", "2", "--no-progress"]
+
+
+def test_defaults_are_the_documented_embedded_run():
+    o = resolve_options(["run"])
+    assert (o["algorithm"], o["dataset"], o["nodes"], o["partition"]) == ("fedavg", "digits", 100, "dirichlet:0.5:5")
+
+
+def test_run_writes_metrics_and_summary(tmp_path, capsys):
+    assert main(["run", *SMALL, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "20 nodes" in out and "final test accuracy" in out
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(table["round"]) == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["num_nodes"] == 20
+
+
+def test_toml_config_with_flag_override(tmp_path, capsys):
+    config = tmp_path / "exp.toml"
+    config.write_text('algorithm = "fedadam"\nmodel = "logreg"\nrounds = 99\nlocal-steps = 2\n'
+                      'hparam = ["server_b1=0.5"]\n')
+    o = resolve_options(["run", "--config", str(config), "--rounds", "2"])
+    assert o["rounds"] == 2 and o["algorithm"] == "fedadam" and o["local_steps"] == 2
+    assert main(["run", "--config", str(config), *SMALL, "--out", str(tmp_path / "o")]) == 0
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert info["config"]["algorithm"]["name"] == "fedadam"
+    assert info["config"]["hparams"]["server_b1"] == pytest.approx(0.5)
+    assert info["config"]["local"]["steps"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--partition", "dirichlet:0"], "alpha"),
+    (["--nodes", "5000"], "5000"),
+    (["--clients-per-round", "50"], "clients_per_round=50"),
+    (["--hparam", "server_lr"], "NAME=VALUE"),
+    (["--hparam", "momentum=0.9"], "momentum"),
+    (["--group-size", "many"], "many"),
+])
+def test_bad_options_exit_2_with_the_value_named(args, message, capsys, tmp_path):
+    assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("learning_rate = 0.1\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for name in DEFAULTS:
+        flag = "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
+        assert flag in text, flag

@@ -1,0 +1,69 @@
+"""On-device minibatch sampling of the local update: epochs without replacement, partial batches."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import edgejax as ej
+from edgejax.core.local import batch_positions, node_shuffles
+
+
+@pytest.mark.parametrize("count, batch, epochs", [(7, 3, 2), (6, 3, 3), (2, 5, 2), (1, 1, 4)])
+def test_every_epoch_visits_each_sample_once(count, batch, epochs):
+    spec = ej.LocalTraining(batch_size=batch, epochs=epochs)
+    m = 9
+    order = node_shuffles(jax.random.PRNGKey(count), jnp.int32(count), m, epochs)
+    steps = int(spec.node_steps(jnp.int32(count)))
+    assert steps == epochs * -(-count // batch)
+    per_epoch = [[] for _ in range(epochs)]
+    spe = -(-count // batch)
+    for t in range(steps):
+        slots, weights = batch_positions(spec, jnp.int32(t), jnp.int32(count), order)
+        assert int(weights.sum()) == min(batch, count - (t % spe) * batch)
+        per_epoch[t // spe] += [int(s) for s, w in zip(slots, weights) if w > 0]
+    for visited in per_epoch:
+        assert sorted(visited) == list(range(count))
+
+
+def test_epochs_are_shuffled_independently():
+    order = np.asarray(node_shuffles(jax.random.PRNGKey(0), jnp.int32(50), 50, 2))
+    assert sorted(order[0]) == sorted(order[1]) == list(range(50))
+    assert not np.array_equal(order[0], order[1])
+
+
+def test_steps_mode_schedule_covers_the_smallest_node():
+    spec = ej.LocalTraining(batch_size=4, steps=10, epochs=None)
+    max_steps, shuffles = spec.schedule(np.array([3, 20]))
+    assert max_steps == 10 and shuffles == 10  # the 3-sample node needs a fresh epoch every step
+    max_steps, shuffles = spec.schedule(np.array([16, 20]))
+    assert shuffles == 3  # ceil(10 steps / 4 steps per epoch)
+    # a node with fewer samples than the batch uses all of them in every step
+    order = node_shuffles(jax.random.PRNGKey(1), jnp.int32(3), 20, shuffles)
+    slots, weights = batch_positions(spec, jnp.int32(5), jnp.int32(3), order)
+    assert sorted(int(s) for s, w in zip(slots, weights) if w > 0) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop"])
+def test_every_local_optimizer_trains(optimizer):
+    from conftest import make_data
+
+    data = make_data([8, 8, 8], dtype=np.float32, seed=5)[0]
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=4, epochs=2, optimizer=optimizer))
+    losses = sim.run(8, eval_every=8).rounds["train_loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_callable_optimizer_reads_traced_hparams():
+    import optax
+    from conftest import make_data
+
+    data = make_data([6, 6], dtype=np.float32, seed=6)[0]
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    local = ej.LocalTraining(batch_size=3, optimizer=lambda h: optax.adamw(h["client_lr"], weight_decay=1e-2))
+    sim = ej.Simulation(model, data, ej.FedAvg(), local)
+    a = sim.run(2, hparams={"client_lr": 0.01}, eval_every=2).final_state.server.params
+    b = sim.run(2, hparams={"client_lr": 0.02}, eval_every=2).final_state.server.params
+    assert not np.allclose(a["out"]["w"], b["out"]["w"])

@@ -1,0 +1,134 @@
+"""The round loop: one compilation per run, determinism, divergence handling, results, bad input."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+import edgejax as ej
+from conftest import make_data
+
+
+def _sim(data, *, cohort=3, **local):
+    local = {"batch_size": 2, "epochs": 1, **local}
+    model = ej.models.mlp(data.feature_shape, data.num_classes, hidden=(8,))
+    return ej.Simulation(model, data, ej.FedAvg(server_optimizer="adam"), ej.LocalTraining(**local),
+                         clients_per_round=cohort)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data([5, 3, 6, 2, 4, 7], dtype=np.float32, seed=11)[0]
+
+
+def test_run_compiles_the_round_chunk_once(data):
+    sim = _sim(data)
+    traces = []
+    original = sim.run_rounds
+
+    def counting(*args, **kwargs):
+        traces.append(1)
+        return original(*args, **kwargs)
+
+    object.__setattr__(sim, "run_rounds", counting)
+    results = sim.run(25, eval_every=10)  # chunks of 10, 10 and a shorter 5
+    assert len(traces) == 1
+    assert results.num_rounds == 25
+    assert list(results.evals["round"]) == [0, 10, 20, 25]
+    assert list(results.rounds["round"]) == list(range(1, 26))
+
+
+def test_same_seed_same_numbers_other_seed_differs(data):
+    frames = [_sim(data).run(6, seed=s, eval_every=3).to_dataframe() for s in (4, 4, 5)]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert not np.allclose(frames[0]["train_loss"].dropna(), frames[2]["train_loss"].dropna())
+
+
+def test_participation_count_is_a_traced_hyperparameter(data):
+    sim = _sim(data, cohort=4)
+    results = sim.run(4, hparams={"clients_per_round": 2}, eval_every=4)
+    assert np.all(results.rounds["participants"] == 2)
+    assert np.all(results.rounds["bytes_up"] == 2 * sim.context.model_bytes)
+
+
+def test_local_steps_follow_epochs_and_batch_size(data):
+    sim = _sim(data, cohort=None, batch_size=2, epochs=3)
+    results = sim.run(1, hparams={"clients_per_round": 6}, eval_every=1)
+    counts = np.asarray(data.train.count)
+    assert results.rounds["local_steps"][0] == np.sum(3 * np.ceil(counts / 2))
+
+
+def test_divergence_stops_with_the_round_named_and_keeps_finished_rounds(data, tmp_path):
+    model = ej.models.mlp(data.feature_shape, data.num_classes, hidden=(8,))
+    sim = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=2))
+    # round 1 trains from a sane model; its huge server step makes round 2's loss overflow
+    with pytest.raises(ej.DivergenceError, match="at round 2") as info:
+        sim.run(12, hparams={"server_lr": 1e30}, eval_every=1, out_dir=tmp_path)
+    bad_round = info.value.round
+    assert bad_round == 2
+    kept = info.value.results
+    assert kept.num_rounds == bad_round - 1
+    assert np.all(np.isfinite(kept.rounds["train_loss"]))
+    assert kept.status.startswith("diverged")
+    on_disk = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(on_disk["round"]) == [0, 1]
+    assert np.isfinite(on_disk["test_accuracy"]).all()
+    assert json.loads((tmp_path / "run.json").read_text())["status"].startswith("diverged")
+
+
+def test_results_files_hold_config_versions_and_metrics(data, tmp_path):
+    results = _sim(data).run(4, seed=3, eval_every=2, out_dir=tmp_path)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["config"]["seed"] == 3 and info["config"]["num_nodes"] == 6
+    assert info["config"]["algorithm"]["name"] == "fedadam"
+    assert info["versions"]["jax"] == jax.__version__ and info["device"]
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(table["round"]) == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(table["test_accuracy"].dropna(), results.evals["test_accuracy"], rtol=1e-6)
+    assert {"node_accuracy_mean", "node_accuracy_p10", "train_loss", "bytes_up"} <= set(table.columns)
+
+
+def test_node_accuracy_summary_matches_a_direct_computation(data):
+    sim = _sim(data)
+    state = sim.init(jax.random.PRNGKey(0), sim.hparams())
+    metrics = sim.evaluate(state, data)
+    params = state.server.params
+    local = data.local_test
+    accs = []
+    for i in range(data.num_nodes):
+        n = int(local.count[i])
+        pred = np.argmax(sim.model.apply(params, local.x[i, :n]), axis=-1)
+        accs.append(np.mean(pred == np.asarray(local.y[i, :n])))
+    assert float(metrics["node_accuracy_mean"]) == pytest.approx(np.mean(accs), abs=1e-6)
+    assert float(metrics["node_accuracy_min"]) == pytest.approx(np.min(accs), abs=1e-6)
+    assert float(metrics["node_accuracy_p50"]) == pytest.approx(np.percentile(accs, 50), abs=1e-6)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: _sim(d, cohort=7), "clients_per_round=7"),
+    (lambda d: _sim(d, cohort=0), "clients_per_round=0"),
+    (lambda d: ej.Simulation(ej.models.mlp((4,), 3), d, ej.FedAvg()), r"\(4,\)"),
+    (lambda d: ej.Simulation(ej.models.mlp(d.feature_shape, 4), d, ej.FedAvg()), "4 classes"),
+    (lambda d: _sim(d).hparams({"client_lrr": 0.1}), "client_lrr"),
+    (lambda d: _sim(d).hparams({"clients_per_round": 9}), "clients_per_round=9"),
+    (lambda d: _sim(d).hparams({"client_lr": float("nan")}), "client_lr=nan"),
+    (lambda d: _sim(d).run(0), "rounds"),
+    (lambda d: ej.LocalTraining(epochs=None), "epochs=None, steps=None"),
+    (lambda d: ej.LocalTraining(optimizer="lbfgs"), "lbfgs"),
+    (lambda d: ej.LocalTraining(batch_size=0), "batch_size"),
+    (lambda d: ej.FedAvg(server_optimizer="adamw"), "adamw"),
+    (lambda d: ej.get_algorithm("fedsgd"), "fedsgd"),
+    (lambda d: ej.models.get_model("resnet", (4,), 3), "resnet"),
+])
+def test_bad_input_is_a_clear_error_before_compute(data, make, match):
+    with pytest.raises(ValueError, match=match):
+        make(data)
+
+
+def test_more_nodes_than_samples_is_rejected():
+    ds = ej.data.from_arrays(np.zeros((10, 3), np.float32), np.arange(10) % 2, test_fraction=0.2)
+    with pytest.raises(ValueError, match="num_nodes=50"):
+        ej.federate(ds, 50, ej.data.IID())
