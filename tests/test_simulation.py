@@ -116,7 +116,7 @@ def test_node_accuracy_summary_matches_a_direct_computation(data):
     (lambda d: _sim(d).hparams({"clients_per_round": 9}), "clients_per_round=9"),
     (lambda d: _sim(d).hparams({"client_lr": float("nan")}), "client_lr=nan"),
     (lambda d: _sim(d).run(0), "rounds"),
-    (lambda d: ej.LocalTraining(epochs=None), "epochs=None, steps=None"),
+    (lambda d: ej.LocalTraining(epochs=2, steps=3), "epochs=2, steps=3"),
     (lambda d: ej.LocalTraining(optimizer="lbfgs"), "lbfgs"),
     (lambda d: ej.LocalTraining(batch_size=0), "batch_size"),
     (lambda d: ej.FedAvg(server_optimizer="adamw"), "adamw"),

@@ -20,7 +20,7 @@ import optax
 
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_take, tree_where
-from edgejax.core.local import map_nodes
+from edgejax.core.local import masked_weighted_sum
 
 WEIGHTINGS = ("samples", "uniform")
 PRESETS = {"fedavg": "sgd", "fedavgm": "momentum", "fedadagrad": "adagrad", "fedadam": "adam", "fedyogi": "yogi"}
@@ -58,9 +58,9 @@ class FedAvg:
         opt = make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
         return NodeState(rng=node_rng), ServerState(params=global_params, opt_state=opt.init(global_params))
 
-    def eval_params(self, state: SimState):
-        """The model that evaluation reports: the server's."""
-        return state.server.params
+    def eval_models(self, state: SimState):
+        """The models evaluation reports: the server's (no per-node models persist)."""
+        return state.server.params, None
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         """One FedAvg round; returns the new state and this round's scalar metrics."""
@@ -70,18 +70,11 @@ class FedAvg:
         node_rng = state.nodes.rng if full else state.nodes.rng[plan.nodes]
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(node_rng, state.round)
 
-        def local(args):
-            xs, ys, count, key, budget = args
-            return ctx.local_update(x, xs, ys, count, key, budget, hparams)
-
-        args = (cohort.x, cohort.y, cohort.count, keys, plan.step_budget)
-        node_params, node_loss, node_steps = map_nodes(local, args, ctx.group_size)
-
         size = cohort.count.astype(plan.active.dtype) if self.weighting == "samples" else 1.0
         weights = plan.active * size
         total = jnp.sum(weights)
         p = weights / jnp.maximum(total, 1e-30)
-        delta = jax.tree_util.tree_map(lambda xi, x0: masked_weighted_sum(p, xi - x0), node_params, x)
+        delta, node_loss, node_steps = ctx.local_delta(x, cohort, keys, plan.step_budget, p, hparams)
 
         opt = make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
         neg_delta = jax.tree_util.tree_map(jnp.negative, delta)
@@ -98,22 +91,3 @@ class FedAvg:
             "bytes_down": participants * ctx.model_bytes,
         }
         return state._replace(server=server), metrics
-
-
-def masked_weighted_sum(p: jax.Array, values: jax.Array) -> jax.Array:
-    """``sum_i p_i values_i`` over the leading axis, where nodes with ``p_i = 0`` add exactly
-    nothing (a ``where``, so even a NaN/inf from an absent node cannot leak in)."""
-    mask = (p > 0).reshape(p.shape + (1,) * (values.ndim - 1))
-    return jnp.tensordot(p, jnp.where(mask, values, 0), axes=1)
-
-
-def fedavg(server_optimizer: str = "sgd", **kwargs) -> FedAvg:
-    """FedAvg; pass ``server_optimizer`` (or use a preset name with ``get_algorithm``)."""
-    return FedAvg(server_optimizer=server_optimizer, **kwargs)
-
-
-def get_algorithm(name: str, **kwargs) -> FedAvg:
-    """An algorithm by name: ``fedavg``, ``fedavgm``, ``fedadagrad``, ``fedadam``, ``fedyogi``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown algorithm {name!r}; choose from {sorted(PRESETS)}")
-    return FedAvg(server_optimizer=PRESETS[name], **kwargs)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.core.local import map_nodes
-from edgejax.core.nodedata import FederatedData
+from edgejax.core.nodedata import FederatedData, NodeData
 from edgejax.models.base import Model, weighted_correct, weighted_cross_entropy
 
 NODE_PERCENTILES = (10, 50, 90)
@@ -17,32 +17,48 @@ def _sums(model: Model, params, x, y, w):
     return weighted_cross_entropy(logits, y, w) * jnp.sum(w), weighted_correct(logits, y, w)
 
 
-def evaluate(model: Model, params, data: FederatedData, group_size: int | None = None) -> dict:
-    """Test loss and accuracy of ``params`` on the global test set, and the distribution of its
-    accuracy over the nodes' local test splits (mean, min and percentiles over nodes that have
-    a local test split; NaN when none has one)."""
+def _node_accuracies(model: Model, params, local: NodeData, group_size, per_node: bool) -> jax.Array:
+    """Accuracy on each node's local test split of ``params`` (shared) or of node i's own
+    ``params[i]`` (``per_node``); NaN for nodes without a local test split."""
+
+    def accuracy(args):
+        node_params, x, y, count = args
+        w = (jnp.arange(x.shape[0]) < count).astype(jnp.float32)
+        return _sums(model, node_params, x, y, w)[1] / jnp.maximum(count, 1)
+
+    if per_node:
+        acc = map_nodes(accuracy, (params, local.x, local.y, local.count), group_size)
+    else:
+        acc = map_nodes(lambda a: accuracy((params, *a)), (local.x, local.y, local.count), group_size)
+    return jnp.where(local.count > 0, acc, jnp.nan)
+
+
+def _distribution(prefix: str, values: jax.Array) -> dict:
+    """Mean, min and percentiles over nodes, ignoring NaN."""
+    out = {f"{prefix}_mean": jnp.nanmean(values), f"{prefix}_min": jnp.nanmin(values)}
+    for q in NODE_PERCENTILES:
+        out[f"{prefix}_p{q}"] = jnp.nanpercentile(values, q)
+    return out
+
+
+def evaluate(model: Model, params, data: FederatedData, group_size: int | None = None,
+             node_params=None) -> dict:
+    """Metrics of a model and, optionally, of every node's own model.
+
+    * ``test_loss``, ``test_accuracy``: ``params`` on the global test set;
+    * ``node_accuracy_{mean,min,p10,p50,p90}``: ``params`` on each node's local test split;
+    * with ``node_params`` (a pytree with a leading node axis, e.g. decentralized
+      training): ``own_accuracy_*``, node i's own model on node i's local test split.
+    """
     test = data.test
     batch = min(test.x.shape[0], 1024)
     shape = (test.x.shape[0] // batch, batch)
     batches = (test.x.reshape(*shape, *test.x.shape[1:]), test.y.reshape(shape), test.mask.reshape(shape))
     loss_sums, correct = jax.lax.map(lambda b: _sums(model, params, *b), batches)
     total = jnp.maximum(jnp.sum(test.mask), 1.0)
-
-    local = data.local_test
-
-    def node_accuracy(args):
-        x, y, count = args
-        w = (jnp.arange(x.shape[0]) < count).astype(jnp.float32)
-        return _sums(model, params, x, y, w)[1] / jnp.maximum(count, 1)
-
-    node_acc = map_nodes(node_accuracy, (local.x, local.y, local.count), group_size)
-    node_acc = jnp.where(local.count > 0, node_acc, jnp.nan)
-    metrics = {
-        "test_loss": jnp.sum(loss_sums) / total,
-        "test_accuracy": jnp.sum(correct) / total,
-        "node_accuracy_mean": jnp.nanmean(node_acc),
-        "node_accuracy_min": jnp.nanmin(node_acc),
-    }
-    for q in NODE_PERCENTILES:
-        metrics[f"node_accuracy_p{q}"] = jnp.nanpercentile(node_acc, q)
+    metrics = {"test_loss": jnp.sum(loss_sums) / total, "test_accuracy": jnp.sum(correct) / total}
+    metrics |= _distribution("node_accuracy", _node_accuracies(model, params, data.local_test, group_size, False))
+    if node_params is not None:
+        own = _node_accuracies(model, node_params, data.local_test, group_size, True)
+        metrics |= _distribution("own_accuracy", own)
     return metrics

@@ -27,6 +27,7 @@ from edgejax.core.state import tree_where
 from edgejax.models.base import Model, weighted_cross_entropy
 
 LOCAL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
+EXECUTIONS = ("per_node", "shared_base", "auto")
 
 _OPTIMIZER_HPARAMS = {
     "sgd": {"client_lr": 0.05},
@@ -44,7 +45,8 @@ class LocalTraining:
 
     Attributes:
       batch_size: samples per local step ``B``.
-      epochs: local epochs ``E`` (the FedAvg convention); exclusive with ``steps``.
+      epochs: local epochs ``E`` (the FedAvg convention; 1 when neither ``epochs`` nor
+        ``steps`` is given); exclusive with ``steps``.
       steps: a fixed number of local steps per node instead of epochs.
       optimizer: a name in ``LOCAL_OPTIMIZERS`` or a callable ``hparams -> optax
         GradientTransformation`` (any optax optimizer; read its traced
@@ -53,18 +55,32 @@ class LocalTraining:
       group_size: how the cohort is mapped: ``None`` vmaps all nodes at once (best
         on GPU/TPU); an int runs ``lax.map`` over groups of that many vmapped nodes
         (best on a CPU with small per-node batches, see DESIGN.md); ``"auto"``
-        picks by backend.  Same numbers either way.
+        vmaps on GPU/TPU and on a CPU uses the largest group of at most 8 that divides
+        the cohort (vmap if that is below 4).  Same numbers either way.
+      execution: how the cohort's local updates are computed. ``per_node``: every
+        node holds its own copy of the model while it trains (the general strategy).
+        ``shared_base``: no per-node weight copies; for dense-layer models
+        (``Model.layers``) trained by ``sgd``/``momentum``/``nesterov`` every node's
+        weights are the shared global weights plus a low-rank sum of its past
+        (input, output-gradient) factors, so the big matmuls run once over the whole
+        cohort with the shared weights (exact, see ``edgejax.core.shared_base``); a
+        configuration where that is not exact raises ``ValueError``.  ``auto``:
+        ``shared_base`` where it is exact and its factor history is smaller than the
+        weights, else ``per_node``.  Same numbers (to rounding) either way.
     """
 
     batch_size: int = 10
-    epochs: int | None = 1
+    epochs: int | None = None
     steps: int | None = None
     optimizer: str | Callable = "sgd"
     group_size: int | str | None = "auto"
+    execution: str = "auto"
 
     def __post_init__(self):
-        if (self.epochs is None) == (self.steps is None):
-            raise ValueError(f"give exactly one of epochs and steps; got epochs={self.epochs}, steps={self.steps}")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"give epochs or steps, not both; got epochs={self.epochs}, steps={self.steps}")
+        if self.epochs is None and self.steps is None:
+            object.__setattr__(self, "epochs", 1)
         for name in ("batch_size", "epochs", "steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
@@ -72,6 +88,8 @@ class LocalTraining:
         if isinstance(self.optimizer, str) and self.optimizer not in LOCAL_OPTIMIZERS:
             raise ValueError(f"unknown local optimizer {self.optimizer!r}; choose from {LOCAL_OPTIMIZERS} "
                              "or pass a callable hparams -> optax.GradientTransformation")
+        if self.execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {self.execution!r}; choose from {EXECUTIONS}")
         if self.group_size not in ("auto", None) and not (isinstance(self.group_size, int) and self.group_size >= 1):
             raise ValueError(f"group_size must be None, 'auto' or a positive integer; got {self.group_size!r}")
 
@@ -118,7 +136,13 @@ class LocalTraining:
         """The group size actually used for a cohort of ``cohort`` nodes."""
         size = self.group_size
         if size == "auto":
-            size = None if jax.default_backend() != "cpu" else 8
+            if jax.default_backend() != "cpu":
+                return None
+            # the largest group of <= 8 nodes that divides the cohort (a remainder group would
+            # compile the local update a second time); tiny divisors gain nothing over vmap
+            size = max(d for d in range(1, 9) if cohort % d == 0)
+            if size < 4:
+                return None
         if size is None or size >= cohort:
             return None
         return size
@@ -191,3 +215,30 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
         return params, loss_sum / jnp.maximum(steps, 1.0), steps
 
     return update
+
+
+def masked_weighted_sum(p: jax.Array, values: jax.Array) -> jax.Array:
+    """``sum_i p_i values_i`` over the leading axis, where nodes with ``p_i = 0`` add exactly
+    nothing (a ``where``, so even a NaN/inf from an absent node cannot leak in)."""
+    mask = (p > 0).reshape(p.shape + (1,) * (values.ndim - 1))
+    return jnp.tensordot(p, jnp.where(mask, values, 0), axes=1)
+
+
+def make_per_node_delta(local_update: Callable, group_size: int | None):
+    """The ``per_node`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
+
+    Every cohort node trains its own copy of ``x`` (``local_update``, mapped with
+    ``map_nodes``); returns ``(sum_i p_i (x_i - x), loss [K], steps [K])``.
+    """
+
+    def local_delta(x, cohort, keys, budget, p, hparams):
+        def one(args):
+            xs, ys, count, key, node_budget = args
+            return local_update(x, xs, ys, count, key, node_budget, hparams)
+
+        args = (cohort.x, cohort.y, cohort.count, keys, budget)
+        node_params, node_loss, node_steps = map_nodes(one, args, group_size)
+        delta = jax.tree_util.tree_map(lambda xi, x0: masked_weighted_sum(p, xi - x0), node_params, x)
+        return delta, node_loss, node_steps
+
+    return local_delta

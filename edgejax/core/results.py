@@ -57,10 +57,14 @@ class Results:
     def to_dataframe(self) -> pd.DataFrame:
         """One row per round (plus round 0), round metrics and evaluation metrics as columns."""
         rounds = pd.DataFrame(self.rounds)
-        evals = pd.DataFrame(self.evals)
+        evals = self.evaluations()
         if rounds.empty:
             return evals
         return rounds.merge(evals, on="round", how="outer").sort_values("round").reset_index(drop=True)
+
+    def evaluations(self) -> pd.DataFrame:
+        """One row per evaluation (round 0 and every ``eval_every`` rounds), for plotting."""
+        return pd.DataFrame(self.evals)
 
     def last_eval(self) -> dict[str, float]:
         """Metrics of the last evaluation (empty if none)."""
@@ -81,7 +85,7 @@ class Results:
     def summary(self) -> str:
         """A short text table of the evaluations."""
         cols = ["round", "test_accuracy", "test_loss", "node_accuracy_mean", "node_accuracy_min",
-                "node_accuracy_p10"]
+                "node_accuracy_p10", "own_accuracy_mean", "own_accuracy_min"]
         table = pd.DataFrame({c: self.evals[c] for c in cols if c in self.evals})
         return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 

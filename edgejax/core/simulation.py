@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.core.evaluate import evaluate
-from edgejax.core.local import LocalTraining, make_local_update
+from edgejax.core.local import LocalTraining, make_local_update, make_per_node_delta
 from edgejax.core.nodedata import FederatedData
 from edgejax.core.results import Results
+from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.participation import uniform_cohort
@@ -40,9 +41,16 @@ class DivergenceError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class LocalContext:
-    """What an algorithm's round needs from the simulation (static)."""
+    """What an algorithm's round needs from the simulation (static).
+
+    ``local_update``: one node's update from given parameters (see ``make_local_update``);
+    ``local_delta(x, cohort, keys, budget, p, hparams) -> (sum_i p_i (x_i - x), loss [K],
+    steps [K])``: the cohort's weighted model change under the chosen execution strategy;
+    ``group_size``: how node-wise work is mapped; ``model_bytes``: one model's size.
+    """
 
     local_update: Any
+    local_delta: Any
     group_size: int | None
     model_bytes: int
 
@@ -96,9 +104,16 @@ class Simulation:
     def context(self) -> LocalContext:
         max_steps, shuffles = self.schedule
         params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
+        local_update = make_local_update(self.model, self.local, max_steps, shuffles)
+        group_size = self.local.resolved_group_size(self.cohort_size)
+        if resolve_execution(self.model, self.local, max_steps) == "shared_base":
+            local_delta = make_shared_base_delta(self.model, self.local, max_steps, shuffles)
+        else:
+            local_delta = make_per_node_delta(local_update, group_size)
         return LocalContext(
-            local_update=make_local_update(self.model, self.local, max_steps, shuffles),
-            group_size=self.local.resolved_group_size(self.cohort_size),
+            local_update=local_update,
+            local_delta=local_delta,
+            group_size=group_size,
             model_bytes=sum(math.prod(p.shape) * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params)),
         )
 
@@ -166,8 +181,10 @@ class Simulation:
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
     def evaluate(self, state: SimState, data: FederatedData) -> dict:
-        """Metrics of the algorithm's evaluation model (FedAvg: the server model)."""
-        return evaluate(self.model, self.algorithm.eval_params(state), data, self.context.group_size)
+        """Metrics of the algorithm's models: ``eval_models(state) -> (model, node models or None)``
+        (FedAvg: the server model; decentralized: the node average and every node's own model)."""
+        params, node_params = self.algorithm.eval_models(state)
+        return evaluate(self.model, params, data, self.context.group_size, node_params)
 
     def run_chunk(self, state, data, hparams, num_rounds: int, active_rounds):
         """``run_rounds`` followed by ``evaluate``: the program the host loop calls."""
@@ -271,7 +288,21 @@ class _MetricLog:
         return Results(as_arrays(self.rounds), as_arrays(self.evals), config, status, wall_time, state)
 
 
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress(total: int, enabled: bool):
+    """A tqdm bar over rounds (tqdm is imported only when one is shown)."""
+    if not enabled:
+        return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="round", desc="rounds", leave=False)
+    return tqdm(total=total, unit="round", desc="rounds", leave=False)

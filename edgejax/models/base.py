@@ -8,6 +8,18 @@ import jax.numpy as jnp
 import optax
 
 
+class DenseLayer(NamedTuple):
+    """One layer of a dense stack: ``a_out = activation(a_in @ params[name]["w"] + params[name]["b"])``.
+
+    ``activation`` is a name in ``edgejax.models.zoo.ACTIVATIONS`` or ``None`` (the output layer).
+    """
+
+    name: str
+    d_in: int
+    d_out: int
+    activation: str | None = None
+
+
 class Model(NamedTuple):
     """A classifier as two pure functions.
 
@@ -16,6 +28,13 @@ class Model(NamedTuple):
     functions of pytrees, so ``jax.vmap`` over a leading node axis of ``params``
     gives every node its own model.  ``Model`` is hashable and is static
     configuration: a different model is a different compiled program.
+
+    ``layers``: optional static description of ``apply`` as a stack of dense layers
+    (a tuple of ``DenseLayer``, first to last; the input is ``x`` flattened to
+    ``[B, layers[0].d_in]``).  Where given it must describe ``apply`` exactly: the
+    ``shared_base`` local-update execution computes the model from it (see
+    ``edgejax.core.shared_base``).  ``None`` for models that are not dense stacks
+    (convolutional nets).
     """
 
     name: str
@@ -23,6 +42,7 @@ class Model(NamedTuple):
     apply: Callable[[dict, jax.Array], jax.Array]
     input_shape: tuple[int, ...]
     num_classes: int
+    layers: tuple[DenseLayer, ...] | None = None
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.models import layers
-from edgejax.models.base import Model
+from edgejax.models.base import DenseLayer, Model
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "sigmoid": jax.nn.sigmoid}
 
@@ -28,7 +28,7 @@ def logistic_regression(input_shape: Sequence[int], num_classes: int) -> Model:
     def apply(params, x):
         return layers.dense(params["out"], x.reshape(x.shape[0], d))
 
-    return Model("logreg", init, apply, input_shape, num_classes)
+    return Model("logreg", init, apply, input_shape, num_classes, layers=(DenseLayer("out", d, num_classes),))
 
 
 def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (200, 200),
@@ -53,7 +53,10 @@ def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (2
         return a
 
     name = "mlp" if activation == "relu" else f"mlp_{activation}"
-    return Model(f"{name}_{'x'.join(map(str, hidden))}", init, apply, input_shape, num_classes)
+    n = len(widths) - 1
+    stack = tuple(DenseLayer(f"dense_{i}", widths[i], widths[i + 1], activation if i < n - 1 else None)
+                  for i in range(n))
+    return Model(f"{name}_{'x'.join(map(str, hidden))}", init, apply, input_shape, num_classes, layers=stack)
 
 
 def cnn(input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64),

@@ -1,0 +1,238 @@
+"""The ``shared_base`` local-update execution: dense layers trained by SGD with no per-node weights.
+
+With per-node weights every op of the local update is a small GEMM over ``K`` weight
+copies (memory-bound).  For a dense layer ``z = a W + b`` trained by plain SGD from the
+shared global ``W``, node ``i``'s weights after ``s`` local steps are::
+
+    W_i(s) = W - lr * sum_{t<s} A_{i,t}^T G_{i,t}        b_i(s) = b - lr * sum_{t<s} 1^T G_{i,t}
+
+where ``A_{i,t} [B, d_in]`` are the layer's inputs on step ``t``'s minibatch and
+``G_{i,t} [B, d_out] = d(batch-mean loss)/dz`` (the batch weights / sum(weights) factor
+included).  Hence, for step ``s`` with inputs ``a_s`` and output gradient ``g_s``::
+
+    forward   z_s  = a_s W + b - lr * sum_{t<s} (a_s A_{i,t}^T + 1) G_{i,t}
+    backward  da_s = g_s W^T    - lr * sum_{t<s} (g_s G_{i,t}^T) A_{i,t}
+    aggregate sum_i p_i (W_i(S_i) - W) = -lr * sum_i p_i sum_t A_{i,t}^T G_{i,t}
+
+``a_s W``, ``g_s W^T`` and the aggregation are each ONE large GEMM with the shared
+``W`` over all cohort rows ``[K*B, d]`` (the aggregation over ``[K*S*B, d]``); per node
+there are only ``[B, S*B]`` Gram matrices against its own history.  No per-node copy of
+a weight matrix ever exists.  This is exact (the same function of the same minibatches
+as ``per_node``), not an approximation.
+
+Momentum (optax's ``trace``: ``m_t = g_t + mu m_{t-1}``, update ``-lr m_t``; Nesterov:
+``-lr (g_t + mu m_t)``) keeps the form, with a coefficient on each past factor::
+
+    W_i(s) = W - lr * sum_{t<s} c(s - t) A_{i,t}^T G_{i,t}
+    c(k) = sum_{j<k} mu^j              (heavy ball)
+    c(k) = 1 + mu * sum_{j<k} mu^j     (Nesterov);   c(k) = 1 for plain SGD
+
+The first layer's inputs are the node's own samples ``X_i [M, d_in]``, so when samples
+are revisited (``M <= S*B``, e.g. several epochs) its history is kept as sample slots:
+``X_i W`` and ``X_i X_i^T`` are computed once per round (one GEMM over ``[K*M, d_in]``)
+and gathered, and its aggregation is ``X^T (G scattered onto the slots)`` over ``K*M``
+rows instead of ``K*S*B`` (``make_shared_base_delta(sample_space=...)``).
+
+Minibatches are drawn exactly as in ``per_node`` (``node_shuffles`` /
+``batch_positions`` with the node's key); steps at or past
+``min(node_steps(count), budget)`` are masked: they write zero factors, so they change
+nothing.  Nodes with ``p_i = 0`` are excluded from the aggregation with a ``where`` (a
+NaN in an absent node's data cannot leak in).
+
+What is supported: models with a ``Model.layers`` dense-stack description (logistic
+regression, MLPs; activations from ``edgejax.models.zoo.ACTIVATIONS``), local optimizers
+``sgd``, ``momentum``, ``nesterov``, the weighted cross-entropy loss.  Not supported
+(use ``per_node``): convolutional models, adaptive local optimizers (Adam, Adagrad,
+RMSProp: their update is not linear in the gradients), callable optimizers (weight decay,
+clipping and the like cannot be verified), local regularizers (FedProx's proximal term).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from edgejax.core.local import LocalTraining, batch_positions, node_shuffles
+from edgejax.models.base import Model, weighted_cross_entropy
+
+SGD_FAMILY = ("sgd", "momentum", "nesterov")
+
+
+def shared_base_unsupported(model: Model, spec: LocalTraining) -> str | None:
+    """Why ``shared_base`` cannot be exact for this model and local training, or ``None``."""
+    from edgejax.models.zoo import ACTIVATIONS
+
+    if callable(spec.optimizer):
+        return ("the local optimizer is a callable; shared_base is exact only for the named "
+                f"SGD-family optimizers {SGD_FAMILY}")
+    if spec.optimizer not in SGD_FAMILY:
+        return (f"local optimizer {spec.optimizer!r} is not SGD-family (its update is not a linear "
+                f"function of the gradients); shared_base supports {SGD_FAMILY}")
+    if model.layers is None:
+        return (f"model {model.name!r} is not a stack of dense layers (Model.layers is None, e.g. a "
+                "convolutional model)")
+    for layer in model.layers:
+        if layer.activation is not None and layer.activation not in ACTIVATIONS:
+            return f"layer {layer.name!r} has an unknown activation {layer.activation!r}"
+    return None
+
+
+def shared_base_is_cheaper(model: Model, spec: LocalTraining, max_steps: int) -> bool:
+    """The ``auto`` cost rule: the per-node factor history ``S*B*(d_in + d_out)`` summed over
+    layers is no larger than the weights ``d_in*d_out`` (then both the Gram work and the
+    history traffic stay below what ``per_node`` spends streaming weight copies)."""
+    rows = max_steps * spec.batch_size
+    history = sum(rows * (layer.d_in + layer.d_out) for layer in model.layers)
+    weights = sum(layer.d_in * layer.d_out for layer in model.layers)
+    return history <= weights
+
+
+def resolve_execution(model: Model, spec: LocalTraining, max_steps: int) -> str:
+    """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here).
+
+    Raises ``ValueError`` naming the reason when ``shared_base`` is asked for explicitly
+    but cannot be exact.
+    """
+    if spec.execution == "per_node":
+        return "per_node"
+    reason = shared_base_unsupported(model, spec)
+    if spec.execution == "shared_base":
+        if reason is not None:
+            raise ValueError(f"execution='shared_base' cannot be exact here: {reason}. "
+                             "Use execution='per_node' (or 'auto', which falls back to it).")
+        return "shared_base"
+    if reason is None and shared_base_is_cheaper(model, spec, max_steps):
+        return "shared_base"
+    return "per_node"
+
+
+def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype) -> jax.Array:
+    """``c(k)`` for ``k = 0..max_steps`` (``c(0) = 0``): the weight of a factor ``k`` steps old."""
+    k = jnp.arange(max_steps + 1)
+    if name == "sgd":
+        return (k > 0).astype(dtype)
+    mu = jnp.asarray(hparams["client_momentum"], dtype)
+    powers = jnp.where(k[:-1] == 0, jnp.ones((), dtype), mu ** k[:-1].astype(dtype))
+    trace = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(powers)])  # sum_{j<k} mu^j
+    if name == "momentum":
+        return trace
+    return jnp.where(k > 0, 1 + mu * trace, 0)
+
+
+def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
+                           sample_space: bool | None = None) -> Callable:
+    """The ``shared_base`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
+
+    Returns ``(sum_i p_i (x_i - x), loss [K], steps [K])`` like ``make_per_node_delta``,
+    computed as in the module docstring.  Raises ``ValueError`` where that is not exact.
+
+    ``sample_space``: for the first layer, whose inputs are the node's own samples, keep
+    the history as sample slots and precompute ``X_i W`` and the Gram ``X_i X_i^T`` over
+    the node's ``M`` (padded) samples once per round; the aggregation is then
+    ``X^T (scatter of G onto slots)`` over ``K*M`` rows instead of ``K*S*B``.  Cheaper
+    when samples are revisited (``M <= S*B``, e.g. several epochs), which is the default
+    choice (``None``); the same numbers either way.
+    """
+    reason = shared_base_unsupported(model, spec)
+    if reason is not None:
+        raise ValueError(f"execution='shared_base' cannot be exact here: {reason}")
+    from edgejax.models.zoo import ACTIVATIONS
+
+    stack = model.layers
+    n_layers = len(stack)
+    S, B = max_steps, spec.batch_size
+
+    def local_delta(x, cohort, keys, budget, p, hparams):
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(x))
+        W = [x[layer.name]["w"] for layer in stack]
+        bias = [x[layer.name]["b"] for layer in stack]
+        lr = jnp.asarray(hparams["client_lr"], dtype)
+        coef = _step_coefficients(spec.optimizer, hparams, S, dtype)
+        K = cohort.x.shape[0]
+        counts = cohort.count
+        orders = jax.vmap(node_shuffles, in_axes=(0, 0, None, None))(keys, counts, cohort.x.shape[1], shuffles)
+        n_steps = jnp.minimum(spec.node_steps(counts), budget)
+        loss_grad = jax.vmap(jax.value_and_grad(weighted_cross_entropy))
+        M = cohort.x.shape[1]
+        flat_x = cohort.x.reshape(K, M, stack[0].d_in)
+        samples = (M <= S * B) if sample_space is None else sample_space
+        if samples:  # first layer in sample space: X W and X X^T once per round
+            X = flat_x.astype(dtype)
+            xw0 = (X.reshape(K * M, stack[0].d_in) @ W[0]).reshape(K, M, stack[0].d_out)
+            gram0 = jnp.einsum("kmd,knd->kmn", X, X)
+
+        def gram_apply(h_left, h_right, q, cs, plus_one):
+            # sum_t cs[t] (q h_left_t^T [+ 1]) h_right_t, per node: [K,B,d] x [K,S,B,d] -> [K,B,d']
+            gram = jnp.einsum("kbd,ktcd->kbtc", q, h_left)
+            if plus_one:
+                gram = gram + 1
+            return jnp.einsum("kbtc,ktce->kbe", gram * cs[None, None, :, None], h_right)
+
+        def step(carry, s):
+            hist_a, hist_g, loss_sum = carry
+            slots, wb = jax.vmap(batch_positions, in_axes=(None, None, 0, 0))(spec, s, counts, orders)
+            a = jnp.take_along_axis(flat_x, slots[:, :, None], axis=1).astype(dtype)
+            yb = jnp.take_along_axis(cohort.y, slots, axis=1)
+            cs = coef[jnp.clip(s - jnp.arange(S), 0, S)]  # c(s - t) for t < s, 0 otherwise
+            inputs, pre = [], []
+            for l, layer in enumerate(stack):  # forward
+                inputs.append(a)
+                if l == 0 and samples:
+                    shared = jnp.take_along_axis(xw0, slots[:, :, None], axis=1) + bias[0]
+                    rows = jnp.take_along_axis(gram0, slots[:, :, None], axis=1)  # [K, B, M]
+                    gram = jax.vmap(lambda r, h: r[:, h])(rows, hist_a[0]) + 1  # [K, B, S, B]
+                    z = shared - lr * jnp.einsum("kbtc,ktce->kbe", gram * cs[None, None, :, None], hist_g[0])
+                else:
+                    shared = (a.reshape(K * B, layer.d_in) @ W[l]).reshape(K, B, layer.d_out) + bias[l]
+                    z = shared - lr * gram_apply(hist_a[l], hist_g[l], a, cs, True)
+                pre.append(z)
+                a = z if layer.activation is None else ACTIVATIONS[layer.activation](z)
+            loss, g = loss_grad(a, yb, wb)
+            active = s < n_steps
+            mask = active[:, None, None]
+            new_a, new_g = list(hist_a), list(hist_g)
+            for l in reversed(range(n_layers)):  # backward
+                layer = stack[l]
+                if layer.activation is not None:
+                    g = jax.vjp(ACTIVATIONS[layer.activation], pre[l])[1](g)[0]
+                if l == 0 and samples:  # the slots (a masked step's G is zero, so it adds nothing)
+                    new_a[0] = hist_a[0].at[:, s].set(slots.astype(jnp.int32))
+                else:
+                    new_a[l] = hist_a[l].at[:, s].set(jnp.where(mask, inputs[l], 0))
+                new_g[l] = hist_g[l].at[:, s].set(jnp.where(mask, g, 0))
+                if l > 0:
+                    shared = (g.reshape(K * B, layer.d_out) @ W[l].T).reshape(K, B, layer.d_in)
+                    g = shared - lr * gram_apply(hist_g[l], hist_a[l], g, cs, False)
+            loss_sum = loss_sum + jnp.where(active, loss, 0.0)
+            return (tuple(new_a), tuple(new_g), loss_sum), None
+
+        hist_a = tuple(jnp.zeros((K, S, B) if l == 0 and samples else (K, S, B, layer.d_in),
+                                 jnp.int32 if l == 0 and samples else dtype)
+                       for l, layer in enumerate(stack))
+        hist_g = tuple(jnp.zeros((K, S, B, layer.d_out), dtype) for layer in stack)
+        init = (hist_a, hist_g, jnp.zeros((K,), dtype))
+        (hist_a, hist_g, loss_sum), _ = jax.lax.scan(step, init, jnp.arange(S))
+
+        # aggregation: -lr sum_i p_i sum_t c(n_i - t) A_{i,t}^T G_{i,t}, one GEMM per layer
+        final = coef[jnp.clip(n_steps[:, None] - jnp.arange(S)[None, :], 0, S)]  # [K, S]
+        present = p > 0
+        scale = jnp.where(present[:, None], p[:, None].astype(dtype) * final, 0)[:, :, None, None]
+        delta = {}
+        for l, layer in enumerate(stack):
+            if l == 0 and samples:  # X^T (G scattered onto the sample slots), over K*M rows
+                onehot = jax.nn.one_hot(hist_a[0].reshape(K, S * B), M, dtype=dtype)
+                gs = (hist_g[0] * scale).reshape(K, S * B, layer.d_out)
+                gsum = jnp.where(present[:, None, None], jnp.einsum("kjm,kje->kme", onehot, gs), 0)
+                xm = jnp.where(present[:, None, None], X, 0)
+                gsum = gsum.reshape(K * M, layer.d_out)
+                delta[layer.name] = {"w": -lr * (xm.reshape(K * M, layer.d_in).T @ gsum),
+                                     "b": -lr * jnp.sum(gsum, axis=0)}
+                continue
+            ga = jnp.where(present[:, None, None, None], hist_a[l], 0).reshape(K * S * B, layer.d_in)
+            gg = jnp.where(present[:, None, None, None], hist_g[l] * scale, 0).reshape(K * S * B, layer.d_out)
+            delta[layer.name] = {"w": -lr * (ga.T @ gg), "b": -lr * jnp.sum(gg, axis=0)}
+        steps = n_steps.astype(jnp.float32)
+        return delta, loss_sum / jnp.maximum(steps, 1.0), steps
+
+    return local_delta
