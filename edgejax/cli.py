@@ -19,12 +19,14 @@ DEFAULTS = {
     "model": "mlp", "hidden": "128",
     "clients_per_round": 10, "rounds": 100, "local_epochs": 1, "local_steps": None, "batch_size": 10,
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "group_size": "auto",
+    "execution": "auto",
+    "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
     "hparam": [], "seed": 0, "eval_every": 10, "out": "runs/edgejax", "progress": True,
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    from edgejax.algorithms import ALGORITHMS
+    from edgejax.algorithms import ALGORITHMS, GRAPHS
     from edgejax.core.local import LOCAL_OPTIMIZERS
     from edgejax.data import DATASETS
     from edgejax.models import MODELS
@@ -39,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--algorithm", choices=ALGORITHMS, help="server-side algorithm")
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
+    g = p.add_argument_group("decentralized (dpsgd, pushsum, choco, pairwise: every node trains every round)")
+    g.add_argument("--topology", choices=[name for name in GRAPHS if name != "adjacency"], help="communication graph")
+    g.add_argument("--gossip-order", choices=("lian", "atc"), help="dpsgd: mix then step (Lian et al.) or "
+                   "adapt then combine")
+    g.add_argument("--compressor", help="choco: none | topk:<fraction> | randomk:<fraction> | qsgd:<levels> | sign")
+    g.add_argument("--link-failures", action="store_true", default=None, help="links fail each round with "
+                   "probability given by --hparam link_failure=P (Metropolis weights rebuilt on the live graph)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="dataset (no downloads; mnist reads IDX files by path)")
     g.add_argument("--data-path", help="npz file, or folder with MNIST IDX files (default $EDGEJAX_DATA or "
@@ -58,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, help="local minibatch size")
     g.add_argument("--local-optimizer", choices=LOCAL_OPTIMIZERS, help="local optax optimizer")
     g.add_argument("--lr", type=float, help="client learning rate")
+    g.add_argument("--execution", choices=("auto", "per_node", "shared_base"), help="local-update strategy: "
+                   "shared_base (exact, no per-node weights; dense models + SGD-family) or per_node")
     g.add_argument("--group-size", help="'auto', 'none' (vmap all nodes) or nodes per lax.map group")
     g.add_argument("--hparam", action="append", metavar="NAME=VALUE",
                    help="any traced hyper-parameter, e.g. server_momentum=0.8 (repeatable)")
@@ -129,9 +140,29 @@ def _load_data(o: dict):
     return load_dataset(o["dataset"], **kwargs)
 
 
+def _algorithm(o: dict):
+    """The algorithm and its options (topology, order, compressor, weighting) from resolved options."""
+    from edgejax.algorithms import DECENTRALIZED, Topology, get_algorithm, parse_compressor
+
+    name = o["algorithm"]
+    if name not in DECENTRALIZED:
+        return get_algorithm(name, weighting=o["weighting"])
+    push = name == "pushsum"
+    topology = Topology(graph=o["topology"], weights="column" if push else "metropolis",
+                        directed=push and o["topology"] == "exponential", link_failures=bool(o["link_failures"]),
+                        seed=o["seed"])
+    options = {"topology": topology}
+    if name == "dpsgd":
+        options["order"] = o["gossip_order"]
+    if name == "choco":
+        options["compressor"] = parse_compressor(o["compressor"])
+    return get_algorithm(name, **options)
+
+
 def build(o: dict):
     """Dataset, partition, model and ``Simulation`` from resolved options (validated before compute)."""
     import edgejax as ej
+    from edgejax.algorithms import DECENTRALIZED
     from edgejax.data import Natural, format_partition_summary, parse_partition
 
     scheme = parse_partition(o["partition"])
@@ -143,9 +174,11 @@ def build(o: dict):
         model_kwargs["hidden"] = tuple(int(h) for h in str(o["hidden"]).split(",") if h.strip())
     model = ej.models.get_model(o["model"], data.feature_shape, data.num_classes, **model_kwargs)
     local = ej.LocalTraining(batch_size=o["batch_size"], epochs=o["local_epochs"], steps=o["local_steps"],
-                             optimizer=o["local_optimizer"], group_size=_group_size(o["group_size"]))
-    algorithm = ej.get_algorithm(o["algorithm"], weighting=o["weighting"])
-    cohort = o["clients_per_round"]
+                             optimizer=o["local_optimizer"], group_size=_group_size(o["group_size"]),
+                             execution=o["execution"])
+    algorithm, cohort = _algorithm(o), o["clients_per_round"]
+    if o["algorithm"] in DECENTRALIZED:
+        cohort = None
     if cohort is not None and cohort > data.num_nodes:
         raise ValueError(f"clients_per_round={cohort} is larger than the number of nodes N={data.num_nodes}")
     sim = ej.Simulation(model, data, algorithm, local, clients_per_round=cohort)
@@ -158,7 +191,7 @@ def run(o: dict) -> int:
 
     sim, hparams, partition_text = build(o)
     print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
-          f"{sim.cohort_size} per round, model {sim.model.name}, {o['rounds']} rounds")
+          f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds")
     print(partition_text)
     try:
         results = sim.run(o["rounds"], seed=o["seed"], hparams=hparams, eval_every=o["eval_every"],

@@ -38,7 +38,20 @@ def test_toml_config_with_flag_override(tmp_path, capsys):
     assert info["config"]["local"]["steps"] == 2
 
 
+@pytest.mark.parametrize("args", [["--algorithm", "dpsgd", "--topology", "torus", "--gossip-order", "atc"],
+                                  ["--algorithm", "choco", "--compressor", "topk:0.2"],
+                                  ["--algorithm", "dpsgd", "--link-failures", "--hparam", "link_failure=0.3"],
+                                  ["--algorithm", "pushsum", "--topology", "exponential"]])
+def test_decentralized_runs_from_the_cli(args, tmp_path, capsys):
+    assert main(["run", *SMALL, "--model", "logreg", "--out", str(tmp_path), *args]) == 0
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert table["consensus_distance"].notna().sum() == 4 and table["own_accuracy_mean"].notna().sum() == 3
+    assert "own_accuracy_mean" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--algorithm", "choco", "--compressor", "topk:2"], "fraction"),
+    (["--algorithm", "choco", "--compressor", "zip"], "zip"),
     (["--partition", "dirichlet:0"], "alpha"),
     (["--nodes", "5000"], "5000"),
     (["--clients-per-round", "50"], "clients_per_round=50"),

@@ -1,0 +1,38 @@
+"""Algorithms by name, for the CLI and configuration files."""
+from __future__ import annotations
+
+from edgejax import compression
+from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
+from edgejax.algorithms.fedavg import PRESETS, FedAvg
+
+DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip}
+ALGORITHMS = (*PRESETS, *DECENTRALIZED)
+COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
+               "qsgd": compression.QSGD, "sign": compression.Sign}
+
+
+def get_algorithm(name: str, **options):
+    """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
+    ``fedadam``, ``fedyogi``) or a decentralized one (``dpsgd``, ``pushsum``, ``choco``,
+    ``pairwise``); ``options`` are the dataclass's fields (e.g. ``weighting``, ``topology``)."""
+    if name in PRESETS:
+        return FedAvg(server_optimizer=PRESETS[name], **options)
+    if name in DECENTRALIZED:
+        return DECENTRALIZED[name](**options)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {ALGORITHMS}")
+
+
+def parse_compressor(spec: str) -> compression.Compressor:
+    """``none``, ``topk:<fraction>``, ``randomk:<fraction>``, ``qsgd:<levels>``, ``sign``."""
+    kind, _, arg = spec.strip().lower().partition(":")
+    accepted = "'none', 'topk:<fraction>', 'randomk:<fraction>', 'qsgd:<levels>', 'sign'"
+    try:
+        if kind in ("none", "sign") and not arg:
+            return COMPRESSORS[kind]()
+        if kind in ("topk", "randomk") and arg:
+            return COMPRESSORS[kind](fraction=float(arg))
+        if kind == "qsgd" and arg:
+            return compression.QSGD(levels=int(arg))
+    except ValueError as err:
+        raise ValueError(f"bad compressor {spec!r}: {err}") from err
+    raise ValueError(f"bad compressor {spec!r}; accepted: {accepted}")

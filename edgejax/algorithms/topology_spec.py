@@ -1,0 +1,137 @@
+"""``Topology``: the static description of a decentralized run's communication graph.
+
+It turns a graph family and a weight rule into the mixing operator of each round:
+
+* a fixed graph: one ``Dense`` or ``Sparse`` operator built on the host at ``init``;
+* ``one_peer_exponential``: the time-varying graph of round t (Ying et al. 2021), built
+  inside the jitted round from ``t``;
+* ``link_failures=True``: Metropolis-Hastings weights rebuilt every round on the live
+  graph (each undirected edge fails with the traced probability ``link_failure``;
+  absent nodes neither send nor receive), so every round's matrix stays symmetric and
+  doubly stochastic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edgejax import topology as tp
+
+GRAPHS = ("ring", "torus", "exponential", "one_peer_exponential", "random_regular", "erdos_renyi", "star",
+          "complete", "adjacency")
+WEIGHTS = ("metropolis", "uniform", "lazy_metropolis", "column")
+
+
+def _near_square(n: int) -> tuple[int, int]:
+    rows = int(math.isqrt(n))
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Topology:
+    """A communication graph and its mixing weights (static configuration).
+
+    Attributes:
+      graph: one of ``GRAPHS``; ``adjacency`` uses the user's ``adjacency`` matrix.
+      weights: ``metropolis`` (w_ij = 1/(1+max(deg_i, deg_j)), doubly stochastic on
+        undirected graphs), ``uniform`` (1/(deg_i+1) incl. self, row-stochastic),
+        ``lazy_metropolis`` ((I + W_MH)/2), ``column`` (column-stochastic, for push-sum
+        on directed graphs).  ``one_peer_exponential`` always uses its 1/2-1/2 weights.
+      degree: degree of ``random_regular``; p: edge probability of ``erdos_renyi``.
+      directed: the directed static exponential graph (Ying et al.) when True.
+      adjacency: a user's ``[N, N]`` boolean adjacency (``adj[i, j]``: i sends to j).
+      representation: ``auto``, ``dense`` or ``sparse`` (same numbers, see
+        ``edgejax.topology.choose_representation``).
+      link_failures: rebuild Metropolis-Hastings weights on the live graph every round.
+      seed: seed of random graphs.
+    """
+
+    graph: str = "ring"
+    weights: str = "metropolis"
+    degree: int = 4
+    p: float = 0.2
+    directed: bool = False
+    adjacency: np.ndarray | None = None
+    representation: str = "auto"
+    link_failures: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.graph not in GRAPHS:
+            raise ValueError(f"unknown graph {self.graph!r}; choose from {GRAPHS}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"unknown weights {self.weights!r}; choose from {WEIGHTS}")
+        if (self.graph == "adjacency") != (self.adjacency is not None):
+            raise ValueError("pass adjacency= exactly when graph='adjacency'")
+        if self.link_failures and (self.weights != "metropolis" or self.graph == "one_peer_exponential"):
+            raise ValueError("link_failures rebuilds Metropolis-Hastings weights on a fixed graph; it needs "
+                             f"weights='metropolis' and a fixed graph (got weights={self.weights!r}, "
+                             f"graph={self.graph!r})")
+
+    @property
+    def time_varying(self) -> bool:
+        return self.graph == "one_peer_exponential"
+
+    def adjacency_matrix(self, n: int) -> np.ndarray:
+        """The fixed graph's boolean adjacency for ``n`` nodes (host)."""
+        builders = {
+            "ring": lambda: tp.ring(n),
+            "torus": lambda: tp.torus(*_near_square(n)),
+            "exponential": lambda: tp.exponential(n, directed=self.directed),
+            "random_regular": lambda: tp.random_regular(n, self.degree, seed=self.seed),
+            "erdos_renyi": lambda: tp.erdos_renyi(n, self.p, seed=self.seed),
+            "star": lambda: tp.star(n),
+            "complete": lambda: tp.complete(n),
+            "adjacency": lambda: tp.from_adjacency(self.adjacency),
+        }
+        if self.graph not in builders:
+            raise ValueError(f"{self.graph!r} is time-varying and has no fixed adjacency")
+        adj = builders[self.graph]()
+        if adj.shape[0] != n:
+            raise ValueError(f"the adjacency has {adj.shape[0]} nodes but the simulation has N={n}")
+        tp.check_connected(adj)
+        return adj
+
+    def matrix(self, n: int) -> np.ndarray:
+        """The fixed graph's mixing matrix (host, float64)."""
+        adj = self.adjacency_matrix(n)
+        if self.weights == "column":
+            return tp.column_stochastic(adj)
+        if self.weights == "uniform":
+            return tp.uniform_weights(adj)
+        w = tp.metropolis_hastings(adj)
+        return tp.lazy(w, 0.5) if self.weights == "lazy_metropolis" else w
+
+    def init_state(self, n: int) -> dict:
+        """What the jitted round needs, as arrays: the fixed operator or the neighbour table."""
+        if self.time_varying:
+            return {}
+        if self.link_failures:
+            return {"table": tp.neighbour_table(self.adjacency_matrix(n))}
+        check = "column" if self.weights == "column" else "row"
+        return {"mixing": tp.mixing_operator(self.matrix(n), self.representation, check=check)}
+
+    def operator(self, extra: dict, n: int, round_: jax.Array, key: jax.Array, present: jax.Array,
+                 link_failure: jax.Array):
+        """This round's mixing operator (inside ``jit``)."""
+        if self.time_varying:
+            return tp.one_peer_exponential_operator(n, round_)
+        if self.link_failures:
+            table = extra["table"]
+            live = tp.draw_live_edges(key, table, link_failure)
+            return tp.live_metropolis_hastings(*table, live, present)
+        return extra["mixing"]
+
+
+def messages_sent(operator) -> jax.Array:
+    """Number of node-to-node messages one mixing step sends: off-diagonal non-zeros of W."""
+    if isinstance(operator, tp.Dense):
+        w = operator.matrix
+        return jnp.sum(w != 0) - jnp.sum(jnp.diag(w) != 0)
+    return jnp.sum(operator.weights[:, 1:] != 0)

@@ -1,0 +1,169 @@
+"""Decentralized algorithms against float64 NumPy references of their papers' equations, plus invariants."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import edgejax as ej
+from edgejax import topology as tp
+from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
+from edgejax.algorithms.topology_spec import Topology
+from edgejax.compression import TopK
+from conftest import make_data
+from references import logreg_loss_grad
+
+N, LR = 6, 0.3
+
+
+def _setup(alg, sizes=(5,) * N, seed=0):
+    data, xs, ys = make_data(list(sizes), seed=seed)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, alg, ej.LocalTraining(batch_size=max(sizes), steps=1))
+    hp = sim.hparams({"client_lr": LR})
+    state = sim.init(jax.random.PRNGKey(seed), hp)
+    # start the nodes from different models so that mixing has work to do
+    rng = np.random.default_rng(seed)
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape)), state.nodes.params)
+    state = state._replace(nodes=state.nodes._replace(params=params))
+    return sim, hp, state, xs, ys
+
+
+def _stack(state):
+    p = state.nodes.params["out"]
+    return np.asarray(p["w"]), np.asarray(p["b"])
+
+
+def _grads(w, b, xs, ys):
+    out = [logreg_loss_grad(w[i], b[i], xs[i], ys[i], 3)[1:] for i in range(len(xs))]
+    return np.stack([g[0] for g in out]), np.stack([g[1] for g in out])
+
+
+@pytest.mark.parametrize("order", ["lian", "atc"])
+@pytest.mark.parametrize("representation", ["dense", "sparse"])
+def test_dpsgd_matches_reference(x64, order, representation):
+    sim, hp, state, xs, ys = _setup(DPSGD(Topology("ring", representation=representation), order=order))
+    round_fn = jax.jit(sim.round)  # one compilation for the whole loop
+    W = tp.metropolis_hastings(tp.ring(N))
+    w, b = _stack(state)
+    for _ in range(3):
+        gw, gb = _grads(w, b, xs, ys)
+        if order == "lian":   # X+ = W X - lr G(X)
+            w, b = np.einsum("ij,j...->i...", W, w) - LR * gw, W @ b - LR * gb
+        else:                 # X+ = W (X - lr G(X))
+            w, b = np.einsum("ij,j...->i...", W, w - LR * gw), W @ (b - LR * gb)
+        state, metrics = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(_stack(state)[1], b, rtol=1e-11, atol=1e-12)
+    flat = np.concatenate([w.reshape(N, -1), b], axis=1)
+    np.testing.assert_allclose(float(metrics["consensus_distance"]),
+                               np.mean(np.sum((flat - flat.mean(0)) ** 2, axis=1)), rtol=1e-10)
+    assert float(metrics["bytes_up"]) == 2 * N * sim.context.model_bytes  # a ring: two messages per node
+
+
+def test_pushsum_matches_sgp_reference_and_keeps_weight_sum(x64):
+    sim, hp, state, xs, ys = _setup(PushSum())
+    round_fn = jax.jit(sim.round)  # one compilation for the whole loop
+    P = tp.column_stochastic(tp.exponential(N, directed=True))
+    x_w, x_b = _stack(state)
+    weights = np.ones(N)
+    for _ in range(3):
+        z_w, z_b = x_w / weights[:, None, None], x_b / weights[:, None]
+        gw, gb = _grads(z_w, z_b, xs, ys)
+        x_w, x_b = np.einsum("ij,j...->i...", P, x_w - LR * gw), P @ (x_b - LR * gb)
+        weights = P @ weights
+        state, _ = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], x_w, rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.nodes.extra), weights, rtol=1e-12)
+        assert float(jnp.sum(state.nodes.extra)) == pytest.approx(N, rel=1e-12)
+
+
+def _topk_np(v, k):
+    out = np.zeros_like(v)
+    idx = np.argsort(-np.abs(v), kind="stable")[:k]
+    out[idx] = v[idx]
+    return out
+
+
+def test_choco_matches_reference_with_topk(x64):
+    gamma, fraction = 0.4, 0.5
+    sim, hp, state, xs, ys = _setup(CHOCO(Topology("ring"), TopK(fraction=fraction), per_tensor=True))
+    round_fn = jax.jit(sim.round)  # one compilation for the whole loop
+    hp = {**hp, "consensus_step": jnp.asarray(gamma)}
+    W = tp.metropolis_hastings(tp.ring(N))
+    w, b = _stack(state)
+    hw, hb = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(3):
+        gw, gb = _grads(w, b, xs, ys)
+        w_half, b_half = w - LR * gw, b - LR * gb
+        kw, kb = round(fraction * w[0].size), round(fraction * b[0].size)
+        hw = hw + np.stack([_topk_np((w_half[i] - hw[i]).ravel(), kw).reshape(w[0].shape) for i in range(N)])
+        hb = hb + np.stack([_topk_np(b_half[i] - hb[i], kb) for i in range(N)])
+        w = w_half + gamma * (np.einsum("ij,j...->i...", W, hw) - hw)
+        b = b_half + gamma * (W @ hb - hb)
+        state, metrics = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.nodes.extra["out"]["b"]), hb, rtol=1e-10, atol=1e-12)
+    # payload: k values + k indices per tensor, per message
+    kw, kb = round(fraction * w[0].size), round(fraction * b[0].size)
+    bits = kw * (32 + int(np.ceil(np.log2(w[0].size)))) + kb * (32 + int(np.ceil(np.log2(b[0].size))))
+    assert float(metrics["bytes_up"]) == pytest.approx(2 * N * bits / 8)
+
+
+@pytest.mark.parametrize("alg", [DPSGD(Topology("torus")), DPSGD(Topology("exponential", representation="sparse")),
+                                 DPSGD(Topology("ring", link_failures=True)), PairwiseGossip(),
+                                 DPSGD(Topology("one_peer_exponential"))],
+                         ids=["torus", "exponential", "link-failures", "pairwise", "one-peer"])
+def test_gossip_without_gradients_preserves_the_average_and_contracts(x64, alg):
+    sim, hp, state, _, _ = _setup(alg)
+    round_fn = jax.jit(sim.round)  # one compilation for the whole loop
+    hp = {**hp, "client_lr": jnp.asarray(0.0)}
+    if "link_failure" in hp:
+        hp["link_failure"] = jnp.asarray(0.5)
+    mean0 = jax.tree_util.tree_map(lambda p: p.mean(0), state.nodes.params)
+    distances = []
+    for _ in range(8):
+        state, metrics = round_fn(state, sim.data, hp)
+        distances.append(float(metrics["consensus_distance"]))
+        jax.tree_util.tree_map(lambda a, m: np.testing.assert_allclose(a.mean(0), m, atol=1e-12),
+                               state.nodes.params, mean0)
+    assert distances[-1] < 0.5 * distances[0]
+
+
+def test_link_failures_with_zero_probability_equal_the_fixed_graph(x64):
+    a = _setup(DPSGD(Topology("ring", link_failures=True)))
+    b = _setup(DPSGD(Topology("ring")))
+    sa, sb = a[2], b[2]
+    round_a, round_b = jax.jit(a[0].round), jax.jit(b[0].round)
+    for _ in range(2):
+        sa, _ = round_a(sa, a[0].data, a[1])
+        sb, _ = round_b(sb, b[0].data, b[1])
+    np.testing.assert_allclose(_stack(sa)[0], _stack(sb)[0], rtol=1e-12, atol=1e-13)
+
+
+def test_decentralized_run_reports_consensus_and_own_accuracy():
+    data, _, _ = make_data([6] * 8, dtype=np.float32, seed=3)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    results = ej.Simulation(model, data, DPSGD(Topology("ring")), ej.LocalTraining(batch_size=3)).run(4, eval_every=2)
+    assert {"own_accuracy_mean", "own_accuracy_min", "node_accuracy_mean"} <= set(results.evals)
+    assert np.all(np.isfinite(results.rounds["consensus_distance"]))
+
+
+def test_bad_decentralized_configuration_is_rejected():
+    data, _, _ = make_data([6] * 8, dtype=np.float32, seed=4)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, DPSGD(), ej.LocalTraining(batch_size=3), clients_per_round=4)
+    with pytest.raises(ValueError, match="clients_per_round=None"):
+        sim.run(1)
+    with pytest.raises(ValueError, match="hexagon"):
+        Topology("hexagon")
+    with pytest.raises(ValueError, match="link_failures"):
+        Topology("ring", weights="uniform", link_failures=True)
+    with pytest.raises(ValueError, match="order"):
+        DPSGD(order="cta")
+    disconnected = np.zeros((8, 8), bool)
+    disconnected[0, 1] = disconnected[1, 0] = True
+    with pytest.raises(ValueError, match="not connected"):
+        ej.Simulation(model, data, DPSGD(Topology("adjacency", adjacency=disconnected)),
+                      ej.LocalTraining(batch_size=3)).run(1)
