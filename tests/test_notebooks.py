@@ -1,0 +1,88 @@
+"""The quickstart notebook runs top to bottom (small settings) and is stored without outputs."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+
+
+def _text(output) -> str:
+    """All text an output carries: stream text, plain-text and HTML results, error tracebacks."""
+    if output.output_type == "stream":
+        return output.text
+    if output.output_type == "error":
+        return "\n".join(output.traceback)
+    data = output.get("data", {})
+    return "\n".join(str(data.get(kind, "")) for kind in ("text/plain", "text/html"))
+
+
+def _pin_python3_kernel(tmp_path: Path, monkeypatch) -> None:
+    """Make the ``python3`` kernel this interpreter (a user-registered ``python3`` could be another one)."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (test)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))  # searched before the default locations
+
+
+def test_quickstart_is_stored_without_outputs():
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install 'edgejax[test]')")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "the notebook has no code cells"
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None, f"stored with outputs: {cell.source[:60]!r}"
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+    reason = "executing notebooks needs nbformat, nbclient and ipykernel (pip install 'edgejax[test]')"
+    nbformat = pytest.importorskip("nbformat", reason=reason)
+    nbclient = pytest.importorskip("nbclient", reason=reason)
+    pytest.importorskip("ipykernel", reason=reason)
+
+    _pin_python3_kernel(tmp_path, monkeypatch)
+    monkeypatch.setenv("EDGEJAX_NOTEBOOK_ROUNDS", "3")  # the kernel inherits this environment
+    monkeypatch.setenv("EDGEJAX_NOTEBOOK_NODES", "20")
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    probe = nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON=' + sys.executable)")
+    nb.cells.insert(0, probe)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError naming the failing cell
+
+    texts = ["\n".join(_text(o) for o in cell.get("outputs", [])) for cell in nb.cells if cell.cell_type == "code"]
+    everything = "\n".join(texts)
+    assert f"KERNEL_PYTHON={sys.executable}" in texts[0], f"the kernel ran another Python: {texts[0]!r}"
+    assert "Traceback" not in everything
+
+    # the partition summary for the shrunken settings
+    assert "20 nodes," in everything and "samples per node" in everything
+    # the results DataFrame was displayed, with round 0..3 and the evaluation columns
+    frame = next((t for t in texts if "test_accuracy" in t and "train_loss" in t), None)
+    assert frame is not None, "no cell displayed the results DataFrame"
+    assert frame.count("<tr") == 5, "expected a header and rounds 0..3 in the results DataFrame"
+    # the three algorithms ran and learned something in 3 rounds (chance is 0.1)
+    accuracy = dict(re.findall(r"^(fed\w+)\s+final test accuracy ([0-9.]+)", everything, re.M))
+    assert set(accuracy) == {"fedavg", "fedadam", "fedyogi"}, everything
+    assert all(0.0 <= float(a) <= 1.0 for a in accuracy.values())
+    assert float(accuracy["fedavg"]) > 0.2
+    # the learning-rate sweep and the pure-function rounds
+    assert everything.count("no recompilation") == 3
+    assert "cohort nodes:" in everything and "global model after 3 rounds" in everything
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    for name in ("fedavg_accuracy", "server_optimizers"):
+        png = tmp_path / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"plot {png.name} was not written"
