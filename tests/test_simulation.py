@@ -132,3 +132,15 @@ def test_more_nodes_than_samples_is_rejected():
     ds = ej.data.from_arrays(np.zeros((10, 3), np.float32), np.arange(10) % 2, test_fraction=0.2)
     with pytest.raises(ValueError, match="num_nodes=50"):
         ej.federate(ds, 50, ej.data.IID())
+
+
+def test_a_sweep_of_points_equals_separate_runs(data):
+    sim = _sim(data)
+    lrs, seeds = np.array([0.02, 0.1, 0.3]), np.array([0, 1, 1])
+    metrics, final = sim.sweep(4, {"client_lr": lrs, "clients_per_round": np.array([3.0, 2.0, 3.0])}, seeds)
+    assert metrics["train_loss"].shape == (3, 4)
+    for p in range(3):
+        single = sim.run(4, seed=int(seeds[p]), hparams={"client_lr": lrs[p], "clients_per_round": [3, 2, 3][p]},
+                         eval_every=4)
+        np.testing.assert_allclose(metrics["train_loss"][p], single.rounds["train_loss"], rtol=2e-5, atol=1e-6)
+        assert float(final["test_accuracy"][p]) == pytest.approx(single.evals["test_accuracy"][-1], abs=1e-6)
