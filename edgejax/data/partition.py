@@ -37,7 +37,34 @@ class IID:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dirichlet:
+class _ResampledDirichlet:
+    """Shared by the Dirichlet-based partitioners: ``alpha``, and redraws (at most
+    ``max_retries``) until every node holds at least ``min_size`` samples."""
+
+    alpha: float
+    min_size: int = 10
+    max_retries: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_alpha(self, self.alpha)
+        _check_min_size(self, self.min_size, self.max_retries)
+
+    def split(
+        self, labels: np.ndarray, num_nodes: int, rng: np.random.Generator, groups: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        _check_feasible(self, len(labels), num_nodes)
+        for _ in range(self.max_retries):
+            parts = self._draw(labels, num_nodes, rng)
+            if parts is not None and min(len(p) for p in parts) >= self.min_size:
+                return _sorted_parts(parts)
+        raise _infeasible(self, len(labels), num_nodes)
+
+    def _draw(self, labels: np.ndarray, num_nodes: int, rng: np.random.Generator) -> list[np.ndarray] | None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dirichlet(_ResampledDirichlet):
     """Label skew by a Dirichlet prior, NIID-Bench's 'noniid-labeldir'.
 
     Li et al. 2022, "Federated Learning on Non-IID Data Silos: An Experimental Study"
@@ -55,29 +82,9 @@ class Dirichlet:
     alpha gives more skewed per-node label distributions.
     """
 
-    alpha: float
-    min_size: int = 10
-    max_retries: int = 1000
-
-    def __post_init__(self) -> None:
-        _check_alpha(self, self.alpha)
-        _check_min_size(self, self.min_size, self.max_retries)
-
-    def split(
-        self, labels: np.ndarray, num_nodes: int, rng: np.random.Generator, groups: np.ndarray | None = None
-    ) -> list[np.ndarray]:
+    def _draw(self, labels: np.ndarray, num_nodes: int, rng: np.random.Generator) -> list[np.ndarray] | None:
         n = len(labels)
-        _check_feasible(self, n, num_nodes)
         by_class = [np.flatnonzero(labels == k) for k in np.unique(labels)]
-        for _ in range(self.max_retries):
-            parts = self._draw(by_class, n, num_nodes, rng)
-            if parts is not None and min(len(p) for p in parts) >= self.min_size:
-                return _sorted_parts(parts)
-        raise _infeasible(self, n, num_nodes)
-
-    def _draw(
-        self, by_class: list[np.ndarray], n: int, num_nodes: int, rng: np.random.Generator
-    ) -> list[np.ndarray] | None:
         chunks: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
         sizes = np.zeros(num_nodes, np.int64)
         for idx_k in by_class:
@@ -130,36 +137,21 @@ class Shards:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantitySkew:
+class QuantitySkew(_ResampledDirichlet):
     """Quantity skew with i.i.d. labels, NIID-Bench's 'iid-diff-quantity' (Li et al. 2022).
 
     Proportions ``q ~ Dir(alpha * 1_N)``; a random permutation of the samples is cut at
-    ``floor(cumsum(q) * n)``. ``q`` is redrawn (the permutation is kept) until every node
+    ``floor(cumsum(q) * n)``. ``q`` and the permutation are redrawn until every node
     holds at least ``min_size`` samples, at most ``max_retries`` times. NIID-Bench tests
     ``min(q) * n >= 10`` before the floor; this tests the integer sizes actually produced,
     so ``min_size`` is a guarantee. Smaller alpha gives more unequal node sizes.
     """
 
-    alpha: float
-    min_size: int = 10
-    max_retries: int = 1000
-
-    def __post_init__(self) -> None:
-        _check_alpha(self, self.alpha)
-        _check_min_size(self, self.min_size, self.max_retries)
-
-    def split(
-        self, labels: np.ndarray, num_nodes: int, rng: np.random.Generator, groups: np.ndarray | None = None
-    ) -> list[np.ndarray]:
+    def _draw(self, labels: np.ndarray, num_nodes: int, rng: np.random.Generator) -> list[np.ndarray]:
         n = len(labels)
-        _check_feasible(self, n, num_nodes)
-        perm = rng.permutation(n)
-        for _ in range(self.max_retries):
-            q = rng.dirichlet(np.full(num_nodes, self.alpha))
-            cuts = (np.cumsum(q) * n).astype(np.int64)[:-1]
-            if np.diff(cuts, prepend=0, append=n).min() >= self.min_size:
-                return _sorted_parts(np.split(perm, cuts))
-        raise _infeasible(self, n, num_nodes)
+        q = rng.dirichlet(np.full(num_nodes, self.alpha))
+        cuts = (np.cumsum(q) * n).astype(np.int64)[:-1]
+        return np.split(rng.permutation(n), cuts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,28 +58,28 @@ def check_nonnegative(W, name: str = "W", atol: float = ATOL) -> np.ndarray:
     return W
 
 
-def check_row_stochastic(W, name: str = "W", atol: float = 1e-6) -> np.ndarray:
-    """Non-negative with every row summing to 1; the error names the first bad row and its sum."""
+def _check_sums(W, name: str, atol: float, axis: int) -> np.ndarray:
+    """Non-negative with every row (axis=1) or column (axis=0) summing to 1; the error names
+    the first bad one and its sum."""
     W = check_nonnegative(W, name)
-    sums = W.sum(axis=1)
+    what = "row" if axis == 1 else "column"
+    sums = W.sum(axis=axis)
     bad = np.flatnonzero(np.abs(sums - 1.0) > atol)
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name} is not row stochastic: row {i} sums to {sums[i]:.8g}, not 1"
-                         + (f" ({bad.size} bad rows in all)" if bad.size > 1 else ""))
+        raise ValueError(f"{name} is not {what} stochastic: {what} {i} sums to {sums[i]:.8g}, not 1"
+                         + (f" ({bad.size} bad {what}s in all)" if bad.size > 1 else ""))
     return W
+
+
+def check_row_stochastic(W, name: str = "W", atol: float = 1e-6) -> np.ndarray:
+    """Non-negative with every row summing to 1; the error names the first bad row and its sum."""
+    return _check_sums(W, name, atol, axis=1)
 
 
 def check_column_stochastic(W, name: str = "W", atol: float = 1e-6) -> np.ndarray:
     """Non-negative with every column summing to 1; the error names the first bad column and its sum."""
-    W = check_nonnegative(W, name)
-    sums = W.sum(axis=0)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > atol)
-    if bad.size:
-        j = int(bad[0])
-        raise ValueError(f"{name} is not column stochastic: column {j} sums to {sums[j]:.8g}, not 1"
-                         + (f" ({bad.size} bad columns in all)" if bad.size > 1 else ""))
-    return W
+    return _check_sums(W, name, atol, axis=0)
 
 
 def check_doubly_stochastic(W, name: str = "W", atol: float = 1e-6) -> np.ndarray:
