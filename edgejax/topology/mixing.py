@@ -7,8 +7,8 @@ Two representations (both NamedTuples, so pytrees that pass through ``jit``/``vm
 
 - :class:`Dense` ``(matrix [N, N])``: ``jnp.tensordot(W, x, axes=1)``; O(N^2 P) compute for P
   parameters per node, any matrix, best for small N.
-- :class:`Sparse` ``(neighbours [N, K] int32, weights [N, K])``: gather ``x[neighbours]`` to
-  ``[N, K, ...]``, weight and sum over K; O(N K P) for rings, tori, exponential and random
+- :class:`Sparse` ``(neighbours [N, K] int32, weights [N, K])``: one gather per neighbour
+  column, weighted and accumulated; O(N K P) for rings, tori, exponential and random
   regular graphs.  Column 0 is the node itself (its self weight); nodes with fewer than
   ``K - 1`` neighbours are padded with their own index and weight 0.
 
@@ -189,8 +189,8 @@ def _weights_for(w: jax.Array, x: jax.Array) -> jax.Array:
 def mix(mixing: Dense | Sparse, tree: PyTree) -> PyTree:
     """One gossip step ``x_i <- sum_j W_ij x_j`` on every leaf (node axis first) of ``tree``.
 
-    Dense: ``tensordot(W, x, axes=1)`` at ``Precision.HIGHEST``.  Sparse: gather
-    ``x[neighbours]`` ``[N, K, ...]``, multiply by ``weights`` and sum over K.  Jitted;
+    Dense: ``tensordot(W, x, axes=1)`` at ``Precision.HIGHEST``.  Sparse: for each of the K
+    columns, gather ``x[neighbours[:, k]]`` and accumulate ``weights[:, k]`` times it.  Jitted;
     inside an outer ``jit`` it is inlined.
     """
     if not isinstance(mixing, (Dense, Sparse)):
@@ -210,10 +210,16 @@ def _mix(mixing: Dense | Sparse, tree: PyTree) -> PyTree:
         n = mixing.neighbours.shape[0]
 
         def f(x):
+            # one gather per neighbour column, accumulated: reads each column once and never
+            # materialises [N, K, ...]; the fused gather-multiply-sum form ran 10-105x slower
+            # on XLA:CPU (benchmarks/gossip.py).  K is static and small for sparse graphs.
             _check_leaf(x, n)
             w = _weights_for(mixing.weights, x)
-            w = w.reshape(w.shape + (1,) * (x.ndim - 1))
-            return jnp.sum(w * x[mixing.neighbours], axis=1)
+            tail = (1,) * (x.ndim - 1)
+            out = w[:, 0].reshape((n, *tail)) * jnp.take(x, mixing.neighbours[:, 0], axis=0)
+            for k in range(1, mixing.neighbours.shape[1]):
+                out = out + w[:, k].reshape((n, *tail)) * jnp.take(x, mixing.neighbours[:, k], axis=0)
+            return out
     return jax.tree_util.tree_map(f, tree)
 
 
