@@ -9,6 +9,22 @@ Networks from Decentralized Data"; Reddi et al. 2021 for adaptive servers)::
     x <- ServerOpt(x, -Delta)                                        (sgd with lr 1: x + Delta)
 
 A round with no active node leaves the server state unchanged.
+
+Two variants are options of the same dataclass (a few lines each):
+
+* FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks"),
+  ``prox=True``: the local objective gains ``mu/2 ||w - x||^2`` (traced ``mu``).  The
+  paper's model L2 term is not added (the authors' code declares it but never adds it).
+* FedNova (Wang et al. 2020, "Tackling the Objective Inconsistency Problem in
+  Heterogeneous Federated Optimization"), ``normalized=True``: node changes are
+  normalised by ``||a_i||_1`` and rescaled by ``tau_eff``::
+
+      Delta = tau_eff sum_i p_i (x_i - x) / ||a_i||_1
+      ||a_i||_1 = tau_i                                    (SGD, tau_i local steps)
+                = [tau_i - rho (1 - rho^tau_i)/(1 - rho)] / (1 - rho)   (momentum rho)
+                = (1 - (1 - lr mu)^tau_i) / (lr mu)        (SGD + proximal term)
+      tau_eff = sum_i p_i ||a_i||_1  (the paper; ``tau_eff="steps"``: sum_i p_i tau_i,
+                                      as the authors' code does when mu > 0)
 """
 from __future__ import annotations
 
@@ -23,7 +39,10 @@ from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree
 from edgejax.core.local import masked_weighted_sum
 
 WEIGHTINGS = ("samples", "uniform")
-PRESETS = {"fedavg": "sgd", "fedavgm": "momentum", "fedadagrad": "adagrad", "fedadam": "adam", "fedyogi": "yogi"}
+TAU_EFF = ("paper", "steps")
+PRESETS = {"fedavg": {}, "fedavgm": {"server_optimizer": "momentum"}, "fedadagrad": {"server_optimizer": "adagrad"},
+           "fedadam": {"server_optimizer": "adam"}, "fedyogi": {"server_optimizer": "yogi"},
+           "fedprox": {"prox": True}, "fednova": {"normalized": True}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,24 +54,39 @@ class FedAvg:
       weighting: ``samples`` weights node updates by their sample counts (the paper),
         ``uniform`` weights every active node equally.
       bias_correction: Adam/Yogi-style bias correction on the server (off in Reddi et al.).
+      prox: FedProx's proximal term ``mu/2 ||w - x||^2`` in the local objective.
+      normalized: FedNova's normalised averaging; ``tau_eff`` picks its convention.
     """
 
     server_optimizer: str = "sgd"
     weighting: str = "samples"
     bias_correction: bool = False
+    prox: bool = False
+    normalized: bool = False
+    tau_eff: str = "paper"
 
     def __post_init__(self):
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise ValueError(f"unknown server optimizer {self.server_optimizer!r}; choose from {SERVER_OPTIMIZERS}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose from {WEIGHTINGS}")
+        if self.tau_eff not in TAU_EFF:
+            raise ValueError(f"unknown tau_eff {self.tau_eff!r}; choose from {TAU_EFF}")
 
     @property
     def name(self) -> str:
-        return {v: k for k, v in PRESETS.items()}[self.server_optimizer]
+        if not (self.prox or self.normalized):
+            return {"sgd": "fedavg", "momentum": "fedavgm"}.get(self.server_optimizer, f"fed{self.server_optimizer}")
+        base = "fednova" if self.normalized else "fedprox"
+        return base if self.server_optimizer == "sgd" else f"{base}+server_{self.server_optimizer}"
 
     def default_hparams(self) -> dict[str, float]:
-        return server_hparams(self.server_optimizer)
+        return {**server_hparams(self.server_optimizer), **({"mu": 0.01} if self.prox else {})}
+
+    @property
+    def regularizer(self):
+        """FedProx's proximal term, or ``None``."""
+        return proximal_term if self.prox else None
 
     def init(self, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         opt = make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
@@ -74,6 +108,8 @@ class FedAvg:
         weights = plan.active * size
         total = jnp.sum(weights)
         p = weights / jnp.maximum(total, 1e-30)
+        if self.normalized:
+            p = self._nova_weights(ctx, p, cohort.count, plan.step_budget, hparams)
         delta, node_loss, node_steps = ctx.local_delta(x, cohort, keys, plan.step_budget, p, hparams)
 
         opt = make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
@@ -84,10 +120,36 @@ class FedAvg:
 
         participants = jnp.sum(plan.active)
         metrics = {
-            "train_loss": masked_weighted_sum(p, node_loss),
+            "train_loss": masked_weighted_sum(weights / jnp.maximum(total, 1e-30), node_loss),
             "participants": participants,
             "local_steps": jnp.sum(plan.active * node_steps),
             "bytes_up": participants * ctx.model_bytes,
             "bytes_down": participants * ctx.model_bytes,
         }
         return state._replace(server=server), metrics
+
+
+    def _nova_weights(self, ctx, p, counts, budget, hparams):
+        """FedNova: ``p_i tau_eff / ||a_i||_1`` (see the module docstring)."""
+        name = ctx.local.optimizer
+        if name not in ("sgd", "momentum") or (self.prox and name != "sgd"):
+            raise ValueError(f"FedNova's normalisation is implemented for local 'sgd' (with or without the "
+                             f"proximal term) and 'momentum'; got {name!r}")
+        tau = jnp.minimum(ctx.local.node_steps(counts), budget).astype(p.dtype)
+        if name == "momentum":
+            rho = hparams["client_momentum"]
+            a_norm = (tau - rho * (1 - rho ** tau) / (1 - rho)) / (1 - rho)
+        elif self.prox:
+            decay = hparams["client_lr"] * hparams["mu"]
+            a_norm = jnp.where(decay > 0, (1 - (1 - decay) ** tau) / jnp.where(decay > 0, decay, 1.0), tau)
+        else:
+            a_norm = tau
+        tau_eff = jnp.sum(p * (a_norm if self.tau_eff == "paper" else tau))
+        return jnp.where(a_norm > 0, p * tau_eff / jnp.where(a_norm > 0, a_norm, 1.0), 0.0)
+
+
+def proximal_term(params, anchor, node_args, hparams):
+    """FedProx: ``mu/2 ||w - w_global||^2`` (``anchor`` is the global model the update started from)."""
+    sq = sum(jnp.sum((w - w0) ** 2) for w, w0 in zip(jax.tree_util.tree_leaves(params),
+                                                   jax.tree_util.tree_leaves(anchor)))
+    return 0.5 * hparams["mu"] * sq

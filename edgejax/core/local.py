@@ -178,23 +178,25 @@ def batch_positions(spec: LocalTraining, step: jax.Array, count: jax.Array, orde
 
 def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
                       regularizer: Callable | None = None):
-    """Build ``update(params0, x, y, count, key, budget, hparams, reg_args) -> (params, loss, steps)``.
+    """Build ``update(params0, x, y, count, key, budget, hparams, node_args=()) -> (params, loss, steps)``.
 
-    The local objective is the weighted cross-entropy of the minibatch plus
-    ``regularizer(params, reg_args, hparams)`` when given (e.g. FedProx's proximal
-    term).  ``loss`` is the mean minibatch loss over the steps taken; ``steps`` is
-    how many steps ran.
+    The local objective is the weighted cross-entropy of the minibatch plus, when given,
+    ``regularizer(params, params0, node_args, hparams)``: ``params0`` is where the local
+    update started (the global model for server algorithms, e.g. FedProx's proximal
+    anchor) and ``node_args`` any per-node pytree the algorithm passes (e.g. SCAFFOLD's
+    correction ``c - c_i``).  ``loss`` is the mean minibatch cross-entropy over the steps
+    taken (without the regularizer); ``steps`` is how many steps ran.
     """
 
-    def objective(params, xb, yb, wb, hparams, reg_args):
+    def objective(params, xb, yb, wb, hparams, params0, node_args):
         loss = weighted_cross_entropy(model.apply(params, xb), yb, wb)
         if regularizer is None:
             return loss, loss
-        return loss + regularizer(params, reg_args, hparams), loss
+        return loss + regularizer(params, params0, node_args, hparams), loss
 
     grad_fn = jax.grad(objective, has_aux=True)
 
-    def update(params0, x, y, count, key, budget, hparams, reg_args=()):
+    def update(params0, x, y, count, key, budget, hparams, node_args=()):
         opt = spec.make_optimizer(hparams)
         order = node_shuffles(key, count, x.shape[0], shuffles)
         n_steps = jnp.minimum(spec.node_steps(count), budget)
@@ -202,7 +204,7 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
         def step(carry, t):
             params, opt_state, loss_sum = carry
             slots, wb = batch_positions(spec, t, count, order)
-            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, reg_args)
+            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, params0, node_args)
             updates, new_opt_state = opt.update(grads, opt_state, params)
             active = t < n_steps
             params = tree_where(active, optax.apply_updates(params, updates), params)

@@ -88,15 +88,18 @@ def shared_base_is_cheaper(model: Model, spec: LocalTraining, max_steps: int) ->
     return history <= weights
 
 
-def resolve_execution(model: Model, spec: LocalTraining, max_steps: int) -> str:
+def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regularized: bool = False) -> str:
     """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here).
 
-    Raises ``ValueError`` naming the reason when ``shared_base`` is asked for explicitly
-    but cannot be exact.
+    ``regularized``: the algorithm adds a term to the local objective (FedProx, SCAFFOLD),
+    which shared_base does not implement.  Raises ``ValueError`` naming the reason when
+    ``shared_base`` is asked for explicitly but cannot be exact.
     """
     if spec.execution == "per_node":
         return "per_node"
     reason = shared_base_unsupported(model, spec)
+    if regularized:
+        reason = "the algorithm adds a local regularizer (e.g. FedProx's proximal term, SCAFFOLD's correction)"
     if spec.execution == "shared_base":
         if reason is not None:
             raise ValueError(f"execution='shared_base' cannot be exact here: {reason}. "

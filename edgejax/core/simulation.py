@@ -46,13 +46,15 @@ class LocalContext:
     ``local_update``: one node's update from given parameters (see ``make_local_update``);
     ``local_delta(x, cohort, keys, budget, p, hparams) -> (sum_i p_i (x_i - x), loss [K],
     steps [K])``: the cohort's weighted model change under the chosen execution strategy;
-    ``group_size``: how node-wise work is mapped; ``model_bytes``: one model's size.
+    ``group_size``: how node-wise work is mapped; ``model_bytes``: one model's size;
+    ``local``: the static local-training description.
     """
 
     local_update: Any
     local_delta: Any
     group_size: int | None
     model_bytes: int
+    local: LocalTraining
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,9 +106,10 @@ class Simulation:
     def context(self) -> LocalContext:
         max_steps, shuffles = self.schedule
         params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
-        local_update = make_local_update(self.model, self.local, max_steps, shuffles)
+        regularizer = getattr(self.algorithm, "regularizer", None)
+        local_update = make_local_update(self.model, self.local, max_steps, shuffles, regularizer)
         group_size = self.local.resolved_group_size(self.cohort_size)
-        if resolve_execution(self.model, self.local, max_steps) == "shared_base":
+        if resolve_execution(self.model, self.local, max_steps, regularizer is not None) == "shared_base":
             local_delta = make_shared_base_delta(self.model, self.local, max_steps, shuffles)
         else:
             local_delta = make_per_node_delta(local_update, group_size)
@@ -114,6 +117,7 @@ class Simulation:
             local_update=local_update,
             local_delta=local_delta,
             group_size=group_size,
+            local=self.local,
             model_bytes=sum(math.prod(p.shape) * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params)),
         )
 
