@@ -21,12 +21,15 @@ DEFAULTS = {
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "group_size": "auto",
     "execution": "auto",
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
+    "profiles": "uniform", "availability": "always", "selection": "uniform", "stragglers": "none",
+    "deadline_policy": "wait_all",
     "hparam": [], "seed": 0, "eval_every": 10, "out": "runs/edgejax", "progress": True,
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     from edgejax.algorithms import ALGORITHMS, GRAPHS
+    from edgejax.system import POLICIES, SELECTIONS, STRAGGLERS
     from edgejax.core.local import LOCAL_OPTIMIZERS
     from edgejax.data import DATASETS
     from edgejax.models import MODELS
@@ -48,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--compressor", help="choco: none | topk:<fraction> | randomk:<fraction> | qsgd:<levels> | sign")
     g.add_argument("--link-failures", action="store_true", default=None, help="links fail each round with "
                    "probability given by --hparam link_failure=P (Metropolis weights rebuilt on the live graph)")
+    g = p.add_argument_group("system model (traced values via --hparam: dropout, straggler_fraction, deadline)")
+    g.add_argument("--profiles", choices=("uniform", "lognormal", "tiered"), help="device speeds and bandwidths")
+    g.add_argument("--availability", choices=("always", "bernoulli", "markov"), help="who is online each round")
+    g.add_argument("--selection", choices=SELECTIONS, help="how the cohort is chosen among online nodes")
+    g.add_argument("--stragglers", choices=STRAGGLERS, help="FedProx-paper stragglers: dropped, or random epochs")
+    g.add_argument("--deadline-policy", choices=POLICIES, help="what happens to nodes late for the round deadline")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="dataset (no downloads; mnist reads IDX files by path)")
     g.add_argument("--data-path", help="npz file, or folder with MNIST IDX files (default $EDGEJAX_DATA or "
@@ -159,6 +168,18 @@ def _algorithm(o: dict):
     return get_algorithm(name, **options)
 
 
+def _system(o: dict, num_nodes: int):
+    """The ``SystemModel`` from resolved options."""
+    from edgejax import system
+
+    profiles = {"uniform": lambda: None,
+                "lognormal": lambda: system.lognormal_profiles(num_nodes, seed=o["seed"]),
+                "tiered": lambda: system.tiered_profiles(num_nodes, seed=o["seed"])}[o["profiles"]]()
+    return system.SystemModel(profiles=profiles, availability=system.Availability(o["availability"]),
+                              selection=o["selection"], stragglers=o["stragglers"],
+                              deadline_policy=o["deadline_policy"])
+
+
 def build(o: dict):
     """Dataset, partition, model and ``Simulation`` from resolved options (validated before compute)."""
     import edgejax as ej
@@ -181,7 +202,7 @@ def build(o: dict):
         cohort = None
     if cohort is not None and cohort > data.num_nodes:
         raise ValueError(f"clients_per_round={cohort} is larger than the number of nodes N={data.num_nodes}")
-    sim = ej.Simulation(model, data, algorithm, local, clients_per_round=cohort)
+    sim = ej.Simulation(model, data, algorithm, local, clients_per_round=cohort, system=_system(o, data.num_nodes))
     hparams = sim.hparams(_parse_hparams(o["hparam"], o["lr"], o["server_lr"]))
     return sim, hparams, format_partition_summary(summary, max_rows=5)
 

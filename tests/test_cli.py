@@ -49,6 +49,15 @@ def test_decentralized_runs_from_the_cli(args, tmp_path, capsys):
     assert "own_accuracy_mean" in capsys.readouterr().out
 
 
+def test_system_model_options(tmp_path):
+    args = ["--algorithm", "fedprox", "--profiles", "tiered", "--availability", "bernoulli", "--stragglers",
+            "partial_epochs", "--deadline-policy", "drop_late", "--hparam", "dropout=0.2",
+            "--hparam", "straggler_fraction=0.5", "--hparam", "deadline=5"]
+    assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 0
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert (table["sim_time_s"].dropna().diff().dropna() > 0).all() and table["energy_j"].notna().sum() == 4
+
+
 @pytest.mark.parametrize("args, message", [
     (["--algorithm", "choco", "--compressor", "topk:2"], "fraction"),
     (["--algorithm", "choco", "--compressor", "zip"], "zip"),

@@ -27,7 +27,7 @@ from edgejax.core.results import Results
 from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
 from edgejax.models.base import Model, num_bytes, num_parameters
-from edgejax.system.participation import uniform_cohort
+from edgejax.system.model import SystemModel
 
 
 class DivergenceError(RuntimeError):
@@ -69,6 +69,8 @@ class Simulation:
       clients_per_round: the cohort size K (static shape); ``None`` means all N nodes.
         The number that actually takes part is the traced hyper-parameter
         ``clients_per_round`` (<= K, default K).
+      system: the ``SystemModel`` (device profiles, availability, selection, stragglers,
+        deadlines, simulated clock); the default has every node online and equal devices.
     """
 
     model: Model
@@ -76,6 +78,7 @@ class Simulation:
     algorithm: Any
     local: LocalTraining = LocalTraining()
     clients_per_round: int | None = None
+    system: SystemModel = SystemModel()
 
     def __post_init__(self):
         n = self.data.num_nodes
@@ -125,7 +128,7 @@ class Simulation:
     def default_hparams(self) -> dict[str, jax.Array]:
         """All traced hyper-parameters with their defaults (a dict of scalar arrays)."""
         values = {**self.local.default_hparams(), **self.algorithm.default_hparams(),
-                  "clients_per_round": float(self.cohort_size)}
+                  **self.system.default_hparams(), "clients_per_round": float(self.cohort_size)}
         return {k: jnp.asarray(v, dtype=jnp.result_type(float)) for k, v in values.items()}
 
     def hparams(self, overrides: dict | None = None) -> dict[str, jax.Array]:
@@ -149,23 +152,29 @@ class Simulation:
     # ----- pure functions ---------------------------------------------------------------
     def init(self, key: jax.Array, hparams: dict) -> SimState:
         """Initial state: one global model from ``key``, per-node keys, algorithm state."""
-        k_model, k_nodes, k_run = jax.random.split(key, 3)
+        k_model, k_nodes, k_run, k_system = jax.random.split(key, 4)
         params = self.model.init(k_model)
         node_rng = jax.random.split(k_nodes, self.num_nodes)
         nodes, server = self.algorithm.init(params, node_rng, hparams)
-        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server)
+        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server,
+                        system=self.system.init(k_system, self.num_nodes))
+
+    def _plan(self, state: SimState, data: FederatedData, hparams: dict):
+        key = jax.random.fold_in(state.rng, state.round)
+        return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
+                                data.train.count, self.context.model_bytes)
 
     def plan(self, state: SimState, hparams: dict) -> RoundPlan:
         """The system model's plan for the state's next round (drawn from the run's key)."""
-        key = jax.random.fold_in(state.rng, state.round)
-        return uniform_cohort(key, self.num_nodes, self.cohort_size, hparams["clients_per_round"],
-                              self.schedule[0])
+        return self._plan(state, self.data, hparams)[0]
 
     def round(self, state: SimState, data: FederatedData, hparams: dict):
-        """One round: the system model draws a plan, then the algorithm runs it."""
-        plan = self.plan(state, hparams)
+        """One round: the system model draws a plan, the algorithm runs it, the clock charges it."""
+        plan, system = self._plan(state, data, hparams)
         state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
-        return state._replace(round=state.round + 1), metrics
+        per_node = metrics["bytes_up"] / jnp.maximum(metrics["participants"], 1.0)
+        cost, system = self.system.charge(system, plan, self.local, data.train.count, per_node)
+        return state._replace(round=state.round + 1, system=system), {**metrics, **cost}
 
     def run_rounds(self, state: SimState, data: FederatedData, hparams: dict, num_rounds: int,
                    active_rounds: jax.Array | None = None):

@@ -5,7 +5,8 @@ algorithms; each fills in only what it needs and leaves the rest as ``()``:
 
 ``SimState``
     ``round`` (int32 scalar, rounds finished), ``rng`` (the run's key),
-    ``nodes`` (``NodeState``) and ``server`` (``ServerState``).
+    ``nodes`` (``NodeState``), ``server`` (``ServerState``) and ``system`` (the system
+    model's state: device profiles, availability, simulated clock).
 ``NodeState``
     ``rng [N, 2]``: each node's key; round ``t`` uses ``fold_in(rng[i], t)``.
     ``params [N, ...]`` and ``opt_state [N, ...]``: persistent node models
@@ -13,7 +14,8 @@ algorithms; each fills in only what it needs and leaves the rest as ``()``:
     every round (FedAvg family).
     ``extra``: per-node algorithm state (control variates, delay buffers ``[D, N, ...]``).
 ``ServerState``
-    ``params`` (the global model), ``opt_state`` (server optimizer), ``extra``.
+    ``params`` (the global model), ``opt_state`` (server optimizer), ``extra`` (global
+    algorithm state: SCAFFOLD's ``c``, a decentralized run's mixing operator).
 
 A round reads a ``RoundPlan`` made by the system model: which ``K`` nodes form the
 cohort, which of them take part, and how many local steps each may run.
@@ -46,6 +48,7 @@ class SimState(NamedTuple):
     rng: jax.Array
     nodes: NodeState
     server: ServerState
+    system: PyTree = ()
 
 
 class RoundPlan(NamedTuple):

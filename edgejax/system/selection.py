@@ -6,7 +6,7 @@ convention), and takes ``count`` (how many to pick, ``<= K``) as a possibly trac
 so a sweep over it needs no recompilation.  ``available`` is a bool (or 0/1) mask ``[N]``,
 e.g. from ``Availability.step``.
 
-Like ``participation.uniform_cohort``, each selector ranks all ``N`` nodes by a score:
+Each selector ranks all ``N`` nodes by a score:
 
 * ``cohort_size < N``: the cohort is the ``K`` best-ranked nodes (``lax.top_k`` / a sort),
   best first, and the first ``count`` of them that are eligible are active;
@@ -48,7 +48,7 @@ def _from_order(order: jax.Array, eligible: jax.Array, cohort_size: int, count) 
 
 
 def _from_scores(scores: jax.Array, eligible: jax.Array, cohort_size: int, count) -> tuple[jax.Array, jax.Array]:
-    """Cohort and mask from scores (higher is better), mirroring ``uniform_cohort``."""
+    """Cohort and mask from scores (higher is better)."""
     n = scores.shape[0]
     if cohort_size == n:
         nodes = jnp.arange(n, dtype=jnp.int32)
@@ -69,8 +69,8 @@ def select_uniform(key: jax.Array, available: jax.Array, cohort_size: int, count
 
     Available nodes get scores ``U[0, 1)``, unavailable ones ``U[0, 1) - 2`` (so they rank
     after every available node and are marked inactive).  Each available node is chosen with
-    probability ``min(count, A) / A`` where ``A`` is the number available.  With every node
-    available and the same key this reproduces ``uniform_cohort``'s cohort and mask.
+    probability ``min(count, A) / A`` where ``A`` is the number available (McMahan et al.
+    2017's uniform sampling when every node is available).
     """
     available = jnp.asarray(available) > 0
     _check_sizes(available.shape[0], cohort_size)

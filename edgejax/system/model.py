@@ -1,0 +1,133 @@
+"""``SystemModel``: devices and network inside the jitted round.
+
+Each round, drawn from the state's rng (no host round-trip):
+
+1. availability (always / Bernoulli dropout / two-state Markov / a user's trace) says who is online;
+2. selection picks the cohort among the online nodes: ``uniform`` (McMahan et al. 2017),
+   ``deadline`` (FedCS-style: the fastest nodes whose estimated round time fits the
+   deadline), or ``tier`` (TiFL-style: one random tier, uniform inside it);
+3. stragglers (the FedProx paper's simulation): a traced fraction ``straggler_fraction`` of
+   the selected nodes are stragglers; ``drop`` removes them (FedAvg), ``partial_epochs``
+   gives each a uniformly random number of epochs in ``1..E-1`` (FedProx; in ``steps``
+   mode a random number of steps in ``1..S-1``);
+4. the deadline policy (``wait_all``, ``drop_late``, ``partial``) turns the traced
+   ``deadline`` (seconds) into the final active mask and step budgets.
+
+After the round, the simulated clock charges every active node download + compute +
+upload under its ``DeviceProfiles`` (bytes: the algorithm's per-participant traffic) and
+reports the makespan, the cumulative simulated time and the energy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from edgejax.core.state import RoundPlan, default_float, tree_take
+from edgejax.system.availability import Availability
+from edgejax.system.clock import POLICIES, deadline_plan, node_times, round_cost
+from edgejax.system.profiles import DeviceProfiles, uniform_profiles
+from edgejax.system.selection import select_deadline_greedy, select_tier, select_uniform
+
+SELECTIONS = ("uniform", "deadline", "tier")
+STRAGGLERS = ("none", "drop", "partial_epochs")
+
+
+class SystemState(NamedTuple):
+    """``profiles`` (per node), ``online`` (availability state [N]), ``clock`` (simulated seconds)."""
+
+    profiles: DeviceProfiles
+    online: jax.Array
+    clock: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SystemModel:
+    """Static description of the devices and the network (see the module docstring).
+
+    Attributes:
+      profiles: per-node ``DeviceProfiles``; ``None`` gives every node ``uniform_profiles``.
+      availability: an ``Availability`` process.
+      selection: one of ``SELECTIONS``.
+      stragglers: one of ``STRAGGLERS``.
+      deadline_policy: one of ``edgejax.system.clock.POLICIES``.
+      num_tiers: tiers for ``tier`` selection (``profiles.tier`` in ``0..num_tiers-1``).
+    """
+
+    profiles: DeviceProfiles | None = None
+    availability: Availability = Availability()
+    selection: str = "uniform"
+    stragglers: str = "none"
+    deadline_policy: str = "wait_all"
+    num_tiers: int = 3
+
+    def __post_init__(self):
+        for name, value, allowed in (("selection", self.selection, SELECTIONS),
+                                     ("stragglers", self.stragglers, STRAGGLERS),
+                                     ("deadline_policy", self.deadline_policy, POLICIES)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
+
+    def default_hparams(self) -> dict[str, float]:
+        """Traced system hyper-parameters: ``dropout``, ``straggler_fraction``, ``deadline``."""
+        hp = dict(self.availability.default_hparams())
+        if self.stragglers != "none":
+            hp["straggler_fraction"] = 0.0
+        if self.deadline_policy != "wait_all" or self.selection == "deadline":
+            hp["deadline"] = 60.0
+        return hp
+
+    def init(self, key: jax.Array, n: int) -> SystemState:
+        profiles = uniform_profiles(n) if self.profiles is None else self.profiles
+        if profiles.speed.shape[0] != n:
+            raise ValueError(f"the device profiles describe {profiles.speed.shape[0]} nodes but N={n}")
+        return SystemState(profiles, self.availability.init(key, n), jnp.zeros((), default_float()))
+
+    def plan(self, key, system: SystemState, round_, hparams, cohort_size: int, local, counts,
+             model_bytes: int) -> tuple[RoundPlan, SystemState]:
+        """This round's ``RoundPlan`` and the next availability state."""
+        k_avail, k_select, k_strag, k_epochs = jax.random.split(key, 4)
+        online, state = self.availability.step(k_avail, system.online, round_, hparams)
+        count = hparams["clients_per_round"]
+        profiles = system.profiles
+        if self.selection == "uniform":
+            nodes, active = select_uniform(k_select, online, cohort_size, count)
+        elif self.selection == "tier":
+            nodes, active = select_tier(k_select, profiles.tier, online, cohort_size, count, self.num_tiers)
+        else:
+            est = sum(node_times(profiles, local.node_steps(counts), local.batch_size, model_bytes, model_bytes))
+            nodes, active = select_deadline_greedy(k_select, est, online, hparams["deadline"], cohort_size, count)
+        planned = local.node_steps(counts[nodes])
+        budget = jnp.where(active > 0, planned, 0)
+        if self.stragglers != "none":
+            straggler = (jax.random.uniform(k_strag, active.shape) < hparams["straggler_fraction"]) & (active > 0)
+            if self.stragglers == "drop":
+                active = jnp.where(straggler, 0.0, active).astype(active.dtype)
+                budget = jnp.where(straggler, 0, budget)
+            else:
+                budget = jnp.where(straggler, self._partial_budget(k_epochs, local, counts[nodes], planned), budget)
+        if self.deadline_policy != "wait_all":
+            active, limit = deadline_plan(self.deadline_policy, hparams["deadline"], tree_take(profiles, nodes),
+                                          active, budget, local.batch_size, model_bytes, model_bytes)
+            budget = jnp.minimum(budget, limit)
+        budget = jnp.where(active > 0, budget, 0).astype(jnp.int32)
+        return RoundPlan(nodes.astype(jnp.int32), active, budget), system._replace(online=state)
+
+    @staticmethod
+    def _partial_budget(key, local, counts, planned):
+        """FedProx's stragglers: a uniform number of epochs in 1..E-1 (steps in 1..S-1)."""
+        units = local.epochs if local.epochs is not None else local.steps
+        per_unit = local.steps_per_epoch(counts) if local.epochs is not None else jnp.ones_like(counts)
+        drawn = jax.random.randint(key, counts.shape, 1, jnp.maximum(units, 2))
+        return jnp.minimum(drawn * per_unit, planned)
+
+    def charge(self, system: SystemState, plan: RoundPlan, local, counts, bytes_per_node) -> tuple[dict, SystemState]:
+        """Simulated time and energy of the round just run; advances the clock."""
+        steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
+        cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
+                          bytes_per_node, bytes_per_node)
+        clock = system.clock + cost.makespan_s
+        metrics = {"round_time_s": cost.makespan_s, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
+        return metrics, system._replace(clock=clock)
