@@ -37,6 +37,7 @@ import optax
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_take, tree_where
 from edgejax.core.local import masked_weighted_sum
+from edgejax.core.validation import check_choice
 
 WEIGHTINGS = ("samples", "uniform")
 TAU_EFF = ("paper", "steps")
@@ -66,12 +67,9 @@ class FedAvg:
     tau_eff: str = "paper"
 
     def __post_init__(self):
-        if self.server_optimizer not in SERVER_OPTIMIZERS:
-            raise ValueError(f"unknown server optimizer {self.server_optimizer!r}; choose from {SERVER_OPTIMIZERS}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; choose from {WEIGHTINGS}")
-        if self.tau_eff not in TAU_EFF:
-            raise ValueError(f"unknown tau_eff {self.tau_eff!r}; choose from {TAU_EFF}")
+        check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("tau_eff", self.tau_eff, TAU_EFF)
 
     @property
     def name(self) -> str:

@@ -26,6 +26,7 @@ import optax
 from edgejax.algorithms.fedavg import WEIGHTINGS
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.local import map_nodes, masked_weighted_sum
+from edgejax.core.validation import check_choice
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_take, tree_where
 
 CONTROL_AVERAGES = ("paper", "cohort")
@@ -46,12 +47,9 @@ class SCAFFOLD:
     server_optimizer: str = "sgd"
 
     def __post_init__(self):
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; choose from {WEIGHTINGS}")
-        if self.control_average not in CONTROL_AVERAGES:
-            raise ValueError(f"unknown control_average {self.control_average!r}; choose from {CONTROL_AVERAGES}")
-        if self.server_optimizer not in SERVER_OPTIMIZERS:
-            raise ValueError(f"unknown server optimizer {self.server_optimizer!r}; choose from {SERVER_OPTIMIZERS}")
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("control_average", self.control_average, CONTROL_AVERAGES)
+        check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
 
     @property
     def name(self) -> str:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax import topology as tp
+from edgejax.core.validation import check_choice
 
 GRAPHS = ("ring", "torus", "exponential", "one_peer_exponential", "random_regular", "erdos_renyi", "star",
           "complete", "adjacency")
@@ -63,10 +64,8 @@ class Topology:
     seed: int = 0
 
     def __post_init__(self):
-        if self.graph not in GRAPHS:
-            raise ValueError(f"unknown graph {self.graph!r}; choose from {GRAPHS}")
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"unknown weights {self.weights!r}; choose from {WEIGHTS}")
+        check_choice("graph", self.graph, GRAPHS)
+        check_choice("weights", self.weights, WEIGHTS)
         if (self.graph == "adjacency") != (self.adjacency is not None):
             raise ValueError("pass adjacency= exactly when graph='adjacency'")
         if self.link_failures and (self.weights != "metropolis" or self.graph == "one_peer_exponential"):

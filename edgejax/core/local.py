@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from edgejax.core.state import tree_where
+from edgejax.core.validation import check_choice
 from edgejax.models.base import Model, weighted_cross_entropy
 
 LOCAL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
@@ -88,8 +89,7 @@ class LocalTraining:
         if isinstance(self.optimizer, str) and self.optimizer not in LOCAL_OPTIMIZERS:
             raise ValueError(f"unknown local optimizer {self.optimizer!r}; choose from {LOCAL_OPTIMIZERS} "
                              "or pass a callable hparams -> optax.GradientTransformation")
-        if self.execution not in EXECUTIONS:
-            raise ValueError(f"unknown execution {self.execution!r}; choose from {EXECUTIONS}")
+        check_choice("execution", self.execution, EXECUTIONS)
         if self.group_size not in ("auto", None) and not (isinstance(self.group_size, int) and self.group_size >= 1):
             raise ValueError(f"group_size must be None, 'auto' or a positive integer; got {self.group_size!r}")
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.core.state import RoundPlan, default_float, tree_take
+from edgejax.core.validation import check_choice
 from edgejax.system.availability import Availability
 from edgejax.system.clock import POLICIES, deadline_plan, node_times, round_cost
 from edgejax.system.profiles import DeviceProfiles, uniform_profiles
@@ -64,11 +65,9 @@ class SystemModel:
     num_tiers: int = 3
 
     def __post_init__(self):
-        for name, value, allowed in (("selection", self.selection, SELECTIONS),
-                                     ("stragglers", self.stragglers, STRAGGLERS),
-                                     ("deadline_policy", self.deadline_policy, POLICIES)):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
+        check_choice("selection", self.selection, SELECTIONS)
+        check_choice("stragglers", self.stragglers, STRAGGLERS)
+        check_choice("deadline_policy", self.deadline_policy, POLICIES)
 
     def default_hparams(self) -> dict[str, float]:
         """Traced system hyper-parameters: ``dropout``, ``straggler_fraction``, ``deadline``."""
