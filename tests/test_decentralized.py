@@ -131,6 +131,22 @@ def test_gossip_without_gradients_preserves_the_average_and_contracts(x64, alg):
     assert distances[-1] < 0.5 * distances[0]
 
 
+@pytest.mark.parametrize("representation", ["dense", "sparse"])
+def test_a_schedule_of_graphs_mixes_with_graph_t_mod_T(x64, representation):
+    star = tp.star(N)
+    schedule = (tp.ring(N), star, tp.complete(N))
+    sim, hp, state, xs, ys = _setup(DPSGD(Topology("schedule", schedule=schedule, representation=representation),
+                                          order="atc"))
+    round_fn = jax.jit(sim.round)
+    w, b = _stack(state)
+    for t in range(4):
+        W = tp.metropolis_hastings(schedule[t % 3])
+        gw, gb = _grads(w, b, xs, ys)
+        w, b = np.einsum("ij,j...->i...", W, w - LR * gw), W @ (b - LR * gb)
+        state, _ = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-11, atol=1e-12)
+
+
 def test_link_failures_with_zero_probability_equal_the_fixed_graph(x64):
     a = _setup(DPSGD(Topology("ring", link_failures=True)))
     b = _setup(DPSGD(Topology("ring")))
@@ -156,6 +172,8 @@ def test_bad_decentralized_configuration_is_rejected():
     sim = ej.Simulation(model, data, DPSGD(), ej.LocalTraining(batch_size=3), clients_per_round=4)
     with pytest.raises(ValueError, match="clients_per_round=None"):
         sim.run(1)
+    with pytest.raises(ValueError, match="schedule"):
+        Topology("schedule")
     with pytest.raises(ValueError, match="hexagon"):
         Topology("hexagon")
     with pytest.raises(ValueError, match="link_failures"):

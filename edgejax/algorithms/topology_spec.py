@@ -5,6 +5,8 @@ It turns a graph family and a weight rule into the mixing operator of each round
 * a fixed graph: one ``Dense`` or ``Sparse`` operator built on the host at ``init``;
 * ``one_peer_exponential``: the time-varying graph of round t (Ying et al. 2021), built
   inside the jitted round from ``t``;
+* ``schedule``: any user sequence of graphs, round t using graph ``t mod T`` (operators
+  stacked on the host, indexed inside the round);
 * ``link_failures=True``: Metropolis-Hastings weights rebuilt every round on the live
   graph (each undirected edge fails with the traced probability ``link_failure``;
   absent nodes neither send nor receive), so every round's matrix stays symmetric and
@@ -23,7 +25,7 @@ from edgejax import topology as tp
 from edgejax.core.validation import check_choice
 
 GRAPHS = ("ring", "torus", "exponential", "one_peer_exponential", "random_regular", "erdos_renyi", "star",
-          "complete", "adjacency")
+          "complete", "adjacency", "schedule")
 WEIGHTS = ("metropolis", "uniform", "lazy_metropolis", "column")
 
 
@@ -39,7 +41,8 @@ class Topology:
     """A communication graph and its mixing weights (static configuration).
 
     Attributes:
-      graph: one of ``GRAPHS``; ``adjacency`` uses the user's ``adjacency`` matrix.
+      graph: one of ``GRAPHS``; ``adjacency`` uses the user's ``adjacency`` matrix,
+        ``schedule`` the user's ``schedule`` of adjacency matrices (round t: ``t mod T``).
       weights: ``metropolis`` (w_ij = 1/(1+max(deg_i, deg_j)), doubly stochastic on
         undirected graphs), ``uniform`` (1/(deg_i+1) incl. self, row-stochastic),
         ``lazy_metropolis`` ((I + W_MH)/2), ``column`` (column-stochastic, for push-sum
@@ -47,6 +50,7 @@ class Topology:
       degree: degree of ``random_regular``; p: edge probability of ``erdos_renyi``.
       directed: the directed static exponential graph (Ying et al.) when True.
       adjacency: a user's ``[N, N]`` boolean adjacency (``adj[i, j]``: i sends to j).
+      schedule: a sequence of such adjacency matrices (each connected), for ``schedule``.
       representation: ``auto``, ``dense`` or ``sparse`` (same numbers, see
         ``edgejax.topology.choose_representation``).
       link_failures: rebuild Metropolis-Hastings weights on the live graph every round.
@@ -59,6 +63,7 @@ class Topology:
     p: float = 0.2
     directed: bool = False
     adjacency: np.ndarray | None = None
+    schedule: tuple | None = None
     representation: str = "auto"
     link_failures: bool = False
     seed: int = 0
@@ -68,17 +73,20 @@ class Topology:
         check_choice("weights", self.weights, WEIGHTS)
         if (self.graph == "adjacency") != (self.adjacency is not None):
             raise ValueError("pass adjacency= exactly when graph='adjacency'")
-        if self.link_failures and (self.weights != "metropolis" or self.graph == "one_peer_exponential"):
+        if (self.graph == "schedule") != (self.schedule is not None and len(self.schedule) > 0):
+            raise ValueError("pass a non-empty schedule= of adjacency matrices exactly when graph='schedule'")
+        if self.link_failures and (self.weights != "metropolis" or self.time_varying):
             raise ValueError("link_failures rebuilds Metropolis-Hastings weights on a fixed graph; it needs "
                              f"weights='metropolis' and a fixed graph (got weights={self.weights!r}, "
                              f"graph={self.graph!r})")
 
     @property
     def time_varying(self) -> bool:
-        return self.graph == "one_peer_exponential"
+        return self.graph in ("one_peer_exponential", "schedule")
 
-    def adjacency_matrix(self, n: int) -> np.ndarray:
-        """The fixed graph's boolean adjacency for ``n`` nodes (host)."""
+    def adjacency_matrix(self, n: int, adjacency=None) -> np.ndarray:
+        """The fixed graph's boolean adjacency for ``n`` nodes (host); ``adjacency`` overrides
+        the user's matrix (one graph of a schedule)."""
         builders = {
             "ring": lambda: tp.ring(n),
             "torus": lambda: tp.torus(*_near_square(n)),
@@ -87,9 +95,10 @@ class Topology:
             "erdos_renyi": lambda: tp.erdos_renyi(n, self.p, seed=self.seed),
             "star": lambda: tp.star(n),
             "complete": lambda: tp.complete(n),
-            "adjacency": lambda: tp.from_adjacency(self.adjacency),
+            "adjacency": lambda: tp.from_adjacency(self.adjacency if adjacency is None else adjacency),
+            "schedule": lambda: tp.from_adjacency(adjacency),
         }
-        if self.graph not in builders:
+        if self.graph not in builders or (self.graph == "schedule" and adjacency is None):
             raise ValueError(f"{self.graph!r} is time-varying and has no fixed adjacency")
         adj = builders[self.graph]()
         if adj.shape[0] != n:
@@ -97,9 +106,9 @@ class Topology:
         tp.check_connected(adj)
         return adj
 
-    def matrix(self, n: int) -> np.ndarray:
+    def matrix(self, n: int, adjacency=None) -> np.ndarray:
         """The fixed graph's mixing matrix (host, float64)."""
-        adj = self.adjacency_matrix(n)
+        adj = self.adjacency_matrix(n, adjacency)
         if self.weights == "column":
             return tp.column_stochastic(adj)
         if self.weights == "uniform":
@@ -109,16 +118,29 @@ class Topology:
 
     def init_state(self, n: int) -> dict:
         """What the jitted round needs, as arrays: the fixed operator or the neighbour table."""
+        check = "column" if self.weights == "column" else "row"
+        if self.graph == "schedule":
+            return {"schedule": self._stacked([self.matrix(n, adj) for adj in self.schedule], check)}
         if self.time_varying:
             return {}
         if self.link_failures:
             return {"table": tp.neighbour_table(self.adjacency_matrix(n))}
-        check = "column" if self.weights == "column" else "row"
         return {"mixing": tp.mixing_operator(self.matrix(n), self.representation, check=check)}
+
+    def _stacked(self, matrices, check: str):
+        """The schedule's operators stacked on a leading axis (sparse ones padded to one K)."""
+        ops = [tp.mixing_operator(w, self.representation, check=check) for w in matrices]
+        if isinstance(ops[0], tp.Sparse) or any(isinstance(op, tp.Sparse) for op in ops):
+            k = max(int(((w != 0) & ~np.eye(len(w), dtype=bool)).sum(axis=1).max()) for w in matrices)
+            ops = [tp.to_sparse(w, max_degree=k) for w in matrices]
+        return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *ops)
 
     def operator(self, extra: dict, n: int, round_: jax.Array, key: jax.Array, present: jax.Array,
                  link_failure: jax.Array):
         """This round's mixing operator (inside ``jit``)."""
+        if self.graph == "schedule":
+            stacked = extra["schedule"]
+            return jax.tree_util.tree_map(lambda a: a[round_ % a.shape[0]], stacked)
         if self.time_varying:
             return tp.one_peer_exponential_operator(n, round_)
         if self.link_failures:
