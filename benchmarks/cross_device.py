@@ -14,10 +14,11 @@ The setting of DESIGN.md's CPU measurement: MNIST digits (the t10k files in
 Each is compiled by a first (untimed) run, then timed over ``--rounds`` rounds
 (``Results.wall_time_s``: the round loop with its evaluations).  The accuracy curves must
 agree (same batches, same maths).  Results go to
-``benchmarks/results/cross_device-<backend>.json`` and ``.md``.  Run::
+``benchmarks/results/cross_device-<backend>[-<k>core].json`` and ``.md``.  Run::
 
     python benchmarks/cross_device.py               # 200 rounds each
     python benchmarks/cross_device.py --rounds 40
+    taskset -c 0 python benchmarks/cross_device.py  # pinned to one core: ...-cpu-1core.{json,md}
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import platform
 from pathlib import Path
 from typing import Sequence
 
-import jax
 import numpy as np
 
 import edgejax
@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
               f"final test accuracy {ways[name]['test_accuracy'][-1]:.4f}", flush=True)
     accs = np.array([v["test_accuracy"] for v in ways.values()])
     env = environment()
-    device = env["device"] if env["backend"] != "cpu" else f"CPU: {cpu_name()}, {os.cpu_count()} cores"
+    cores = len(os.sched_getaffinity(0))
+    device = (env["device"] if env["backend"] != "cpu"
+              else f"CPU: {cpu_name()}, {os.cpu_count()} cores, this run on {cores}")
     report = {"date": datetime.date.today().isoformat(), "device": device, "environment": env,
               "setting": (f"MNIST t10k (8,000 train / 2,000 test), 1,000 nodes x 8 (IID), 100 a round, "
                           f"2 epochs of batch 4, lr 0.05, MLP 784-200-200-10, {args.rounds} rounds, "
@@ -116,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
               "ways": ways}
     report["max_accuracy_gap"] = float(np.max(accs.max(axis=0) - accs.min(axis=0)))
     RESULTS_DIR.mkdir(exist_ok=True)
-    stem = RESULTS_DIR / f"cross_device-{env['backend']}"
+    pinned = env["backend"] == "cpu" and cores < (os.cpu_count() or cores)
+    stem = RESULTS_DIR / f"cross_device-{env['backend']}{f'-{cores}core' if pinned else ''}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))

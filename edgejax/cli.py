@@ -7,7 +7,6 @@ label skew of scikit-learn's digits (ships with scikit-learn, no download), an M
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tomllib
 from pathlib import Path

@@ -26,7 +26,7 @@ from edgejax.core.nodedata import FederatedData
 from edgejax.core.results import Results
 from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
-from edgejax.models.base import Model, num_bytes, num_parameters
+from edgejax.models.base import Model, num_parameters
 from edgejax.system.model import SystemModel
 
 

@@ -1,0 +1,52 @@
+"""Shared by the benchmark scripts: the device record, the load average, writing reports."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+
+def device_info() -> dict:
+    """The device, backend, versions and host the numbers were measured on."""
+    dev = jax.devices()[0]
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    versions = {}
+    for pkg in ("edgejax", "jax", "jaxlib", "optax"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"device_kind": dev.device_kind, "backend": jax.default_backend(), "device_count": jax.device_count(),
+            "slug": re.sub(r"[^a-z0-9]+", "-", dev.device_kind.lower()).strip("-"), "host_cpu": cpu,
+            "host_cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions,
+            "python": platform.python_version()}
+
+
+def load_average() -> float | None:
+    """The host's 1-minute load average (other processes competing for the cores skew timings)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def write_report(name: str, report: dict, markdown: Callable[[dict], str], out_dir: Path,
+                 quick: bool) -> tuple[Path, Path]:
+    """Write ``<name>-<device>[-quick].json`` and ``.md`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{report['device']['slug']}" + ("-quick" if quick else "")
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
