@@ -136,9 +136,5 @@ def test_variants_that_are_not_defined_are_rejected():
         _sim(data, ej.SCAFFOLD(), optimizer="adam").run(1)
     with pytest.raises(ValueError, match="'nesterov'"):
         _sim(data, ej.get_algorithm("fednova"), optimizer="nesterov").run(1)
-    with pytest.raises(ValueError, match="regularizer"):
-        model = ej.models.mlp(data.feature_shape, data.num_classes, hidden=(4,))
-        ej.Simulation(model, data, ej.get_algorithm("fedprox"),
-                      ej.LocalTraining(batch_size=2, execution="shared_base")).run(1)
     with pytest.raises(ValueError, match="tau_eff"):
         ej.FedAvg(normalized=True, tau_eff="mean")

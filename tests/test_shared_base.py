@@ -50,16 +50,20 @@ CASES = [
     # model, activation, local-training options, server optimizer
     ("logreg", "relu", dict(batch_size=3, epochs=2), "sgd"),
     ("mlp", "tanh", dict(batch_size=3, epochs=2, optimizer="nesterov"), "adam"),
+    ("mlp-fedprox", "relu", dict(batch_size=3, epochs=2), "sgd"),   # FedProx's proximal term, mu = 0.8
 ]
 
 
 @pytest.mark.parametrize("kind, activation, local, server", CASES)
 def test_shared_base_equals_per_node_float64(x64, kind, activation, local, server):
     data, _, _ = make_data(SIZES, dim=5, num_classes=3, seed=1)
-    model = _model(kind, data, activation)
-    sims = _pair(model, data, ej.FedAvg(server_optimizer=server), cohort=4, **local)
+    prox = kind.endswith("fedprox")
+    model = _model(kind.split("-")[0], data, activation)
+    sims = _pair(model, data, ej.FedAvg(server_optimizer=server, prox=prox), cohort=4, **local)
     assert sims[1].context.local_delta is not sims[0].context.local_delta
     hp_over = {"client_lr": 0.3, "clients_per_round": 3}  # partial participation: 3 of a cohort of 4
+    if prox:
+        hp_over["mu"] = 0.8
     if server != "sgd":
         hp_over["server_lr"] = 0.1
     results = []
@@ -164,3 +168,8 @@ def test_explicit_shared_base_that_cannot_be_exact_raises():
         resolve_execution(cnn, ej.LocalTraining(batch_size=4, execution="shared_base"), 2)
     with pytest.raises(ValueError, match="unknown execution"):
         ej.LocalTraining(execution="fast")
+    momentum = ej.LocalTraining(batch_size=4, optimizer="momentum", execution="shared_base")
+    with pytest.raises(ValueError, match="proximal term is supported with local 'sgd' only"):
+        ej.Simulation(mlp, data, ej.get_algorithm("fedprox"), momentum).context
+    with pytest.raises(ValueError, match="SCAFFOLD"):
+        ej.Simulation(mlp, data, ej.SCAFFOLD(), ej.LocalTraining(batch_size=4, execution="shared_base")).context

@@ -37,6 +37,7 @@ import optax
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_take, tree_where
 from edgejax.core.local import masked_weighted_sum
+from edgejax.core.regularizers import proximal_term
 from edgejax.core.validation import check_choice
 
 WEIGHTINGS = ("samples", "uniform")
@@ -145,9 +146,3 @@ class FedAvg:
         tau_eff = jnp.sum(p * (a_norm if self.tau_eff == "paper" else tau))
         return jnp.where(a_norm > 0, p * tau_eff / jnp.where(a_norm > 0, a_norm, 1.0), 0.0)
 
-
-def proximal_term(params, anchor, node_args, hparams):
-    """FedProx: ``mu/2 ||w - w_global||^2`` (``anchor`` is the global model the update started from)."""
-    sq = sum(jnp.sum((w - w0) ** 2) for w, w0 in zip(jax.tree_util.tree_leaves(params),
-                                                   jax.tree_util.tree_leaves(anchor)))
-    return 0.5 * hparams["mu"] * sq

@@ -26,6 +26,8 @@ Momentum (optax's ``trace``: ``m_t = g_t + mu m_{t-1}``, update ``-lr m_t``; Nes
     W_i(s) = W - lr * sum_{t<s} c(s - t) A_{i,t}^T G_{i,t}
     c(k) = sum_{j<k} mu^j              (heavy ball)
     c(k) = 1 + mu * sum_{j<k} mu^j     (Nesterov);   c(k) = 1 for plain SGD
+    c(k) = (1 - lr mu_prox)^(k-1)      (SGD with FedProx's proximal term mu_prox/2 ||w - W||^2:
+                                        w - W decays by 1 - lr mu_prox every step)
 
 The first layer's inputs are the node's own samples ``X_i [M, d_in]``, so when samples
 are revisited (``M <= S*B``, e.g. several epochs) its history is kept as sample slots:
@@ -41,10 +43,12 @@ NaN in an absent node's data cannot leak in).
 
 What is supported: models with a ``Model.layers`` dense-stack description (logistic
 regression, MLPs; activations from ``edgejax.models.zoo.ACTIVATIONS``), local optimizers
-``sgd``, ``momentum``, ``nesterov``, the weighted cross-entropy loss.  Not supported
+``sgd``, ``momentum``, ``nesterov``, FedProx's proximal term with ``sgd``, the weighted
+cross-entropy loss.  Not supported
 (use ``per_node``): convolutional models, adaptive local optimizers (Adam, Adagrad,
 RMSProp: their update is not linear in the gradients), callable optimizers (weight decay,
-clipping and the like cannot be verified), local regularizers (FedProx's proximal term).
+clipping and the like cannot be verified), local regularizers other than FedProx's proximal
+term with plain SGD (e.g. SCAFFOLD's correction), weight decay.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.core.local import LocalTraining, batch_positions, node_shuffles
+from edgejax.core.regularizers import proximal_term
 from edgejax.models.base import Model, weighted_cross_entropy
 
 SGD_FAMILY = ("sgd", "momentum", "nesterov")
@@ -88,18 +93,29 @@ def shared_base_is_cheaper(model: Model, spec: LocalTraining, max_steps: int) ->
     return history <= weights
 
 
-def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regularized: bool = False) -> str:
+def regularizer_unsupported(spec: LocalTraining, regularizer) -> str | None:
+    """Why shared_base cannot include the algorithm's local regularizer, or ``None``.
+
+    FedProx's proximal term with plain SGD keeps the form: ``w - W`` decays by ``1 - lr mu``
+    each step, so a factor ``k`` steps old weighs ``(1 - lr mu)^(k-1)``.
+    """
+    if regularizer is None or (regularizer is proximal_term and spec.optimizer == "sgd"):
+        return None
+    if regularizer is proximal_term:
+        return f"the proximal term is supported with local 'sgd' only (got {spec.optimizer!r})"
+    return "the algorithm adds a local regularizer other than FedProx's proximal term (e.g. SCAFFOLD's correction)"
+
+
+def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regularizer=None) -> str:
     """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here).
 
-    ``regularized``: the algorithm adds a term to the local objective (FedProx, SCAFFOLD),
-    which shared_base does not implement.  Raises ``ValueError`` naming the reason when
-    ``shared_base`` is asked for explicitly but cannot be exact.
+    ``regularizer``: the algorithm's addition to the local objective (``None`` for FedAvg).
+    Raises ``ValueError`` naming the reason when ``shared_base`` is asked for explicitly
+    but cannot be exact.
     """
     if spec.execution == "per_node":
         return "per_node"
-    reason = shared_base_unsupported(model, spec)
-    if regularized:
-        reason = "the algorithm adds a local regularizer (e.g. FedProx's proximal term, SCAFFOLD's correction)"
+    reason = shared_base_unsupported(model, spec) or regularizer_unsupported(spec, regularizer)
     if spec.execution == "shared_base":
         if reason is not None:
             raise ValueError(f"execution='shared_base' cannot be exact here: {reason}. "
@@ -110,9 +126,12 @@ def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regular
     return "per_node"
 
 
-def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype) -> jax.Array:
+def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, proximal: bool = False) -> jax.Array:
     """``c(k)`` for ``k = 0..max_steps`` (``c(0) = 0``): the weight of a factor ``k`` steps old."""
     k = jnp.arange(max_steps + 1)
+    if name == "sgd" and proximal:
+        decay = 1 - jnp.asarray(hparams["client_lr"], dtype) * jnp.asarray(hparams["mu"], dtype)
+        return jnp.where(k > 0, decay ** jnp.maximum(k - 1, 0).astype(dtype), 0).astype(dtype)
     if name == "sgd":
         return (k > 0).astype(dtype)
     mu = jnp.asarray(hparams["client_momentum"], dtype)
@@ -124,7 +143,7 @@ def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype) -> jax.A
 
 
 def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
-                           sample_space: bool | None = None) -> Callable:
+                           sample_space: bool | None = None, regularizer=None) -> Callable:
     """The ``shared_base`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
 
     Returns ``(sum_i p_i (x_i - x), loss [K], steps [K])`` like ``make_per_node_delta``,
@@ -135,9 +154,10 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
     the node's ``M`` (padded) samples once per round; the aggregation is then
     ``X^T (scatter of G onto slots)`` over ``K*M`` rows instead of ``K*S*B``.  Cheaper
     when samples are revisited (``M <= S*B``, e.g. several epochs), which is the default
-    choice (``None``); the same numbers either way.
+    choice (``None``); the same numbers either way.  ``regularizer``: FedProx's
+    ``proximal_term`` (with local ``sgd``) or ``None``.
     """
-    reason = shared_base_unsupported(model, spec)
+    reason = shared_base_unsupported(model, spec) or regularizer_unsupported(spec, regularizer)
     if reason is not None:
         raise ValueError(f"execution='shared_base' cannot be exact here: {reason}")
     from edgejax.models.zoo import ACTIVATIONS
@@ -151,7 +171,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         W = [x[layer.name]["w"] for layer in stack]
         bias = [x[layer.name]["b"] for layer in stack]
         lr = jnp.asarray(hparams["client_lr"], dtype)
-        coef = _step_coefficients(spec.optimizer, hparams, S, dtype)
+        coef = _step_coefficients(spec.optimizer, hparams, S, dtype, regularizer is proximal_term)
         K = cohort.x.shape[0]
         counts = cohort.count
         orders = jax.vmap(node_shuffles, in_axes=(0, 0, None, None))(keys, counts, cohort.x.shape[1], shuffles)

@@ -112,8 +112,8 @@ class Simulation:
         regularizer = getattr(self.algorithm, "regularizer", None)
         local_update = make_local_update(self.model, self.local, max_steps, shuffles, regularizer)
         group_size = self.local.resolved_group_size(self.cohort_size)
-        if resolve_execution(self.model, self.local, max_steps, regularizer is not None) == "shared_base":
-            local_delta = make_shared_base_delta(self.model, self.local, max_steps, shuffles)
+        if resolve_execution(self.model, self.local, max_steps, regularizer) == "shared_base":
+            local_delta = make_shared_base_delta(self.model, self.local, max_steps, shuffles, regularizer=regularizer)
         else:
             local_delta = make_per_node_delta(local_update, group_size)
         return LocalContext(
