@@ -18,7 +18,7 @@ DEFAULTS = {
     "model": "mlp", "hidden": "128",
     "clients_per_round": 10, "rounds": 100, "local_epochs": 1, "local_steps": None, "batch_size": 10,
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "group_size": "auto",
-    "execution": "auto",
+    "execution": "auto", "weight_decay": False,
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
     "profiles": "uniform", "availability": "always", "selection": "uniform", "stragglers": "none",
     "deadline_policy": "wait_all",
@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="client learning rate")
     g.add_argument("--execution", choices=("auto", "per_node", "shared_base"), help="local-update strategy: "
                    "shared_base (exact, no per-node weights; dense models + SGD-family) or per_node")
+    g.add_argument("--weight-decay", action="store_true", default=None,
+                   help="L2 weight decay in the local steps (strength: --hparam client_weight_decay=...)")
     g.add_argument("--group-size", help="'auto', 'none' (vmap all nodes) or nodes per lax.map group")
     g.add_argument("--hparam", action="append", metavar="NAME=VALUE",
                    help="any traced hyper-parameter, e.g. server_momentum=0.8 (repeatable)")
@@ -195,7 +197,7 @@ def build(o: dict):
     model = ej.models.get_model(o["model"], data.feature_shape, data.num_classes, **model_kwargs)
     local = ej.LocalTraining(batch_size=o["batch_size"], epochs=o["local_epochs"], steps=o["local_steps"],
                              optimizer=o["local_optimizer"], group_size=_group_size(o["group_size"]),
-                             execution=o["execution"])
+                             execution=o["execution"], weight_decay=bool(o["weight_decay"]))
     algorithm, cohort = _algorithm(o), o["clients_per_round"]
     if o["algorithm"] in DECENTRALIZED:
         cohort = None

@@ -50,12 +50,14 @@ def test_decentralized_runs_from_the_cli(args, tmp_path, capsys):
 
 
 def test_system_model_options(tmp_path):
-    args = ["--algorithm", "fedprox", "--profiles", "tiered", "--availability", "bernoulli", "--stragglers",
+    args = ["--algorithm", "fedprox", "--weight-decay", "--hparam", "client_weight_decay=0.001", "--profiles", "tiered", "--availability", "bernoulli", "--stragglers",
             "partial_epochs", "--deadline-policy", "drop_late", "--hparam", "dropout=0.2",
             "--hparam", "straggler_fraction=0.5", "--hparam", "deadline=5"]
     assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 0
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert (table["sim_time_s"].dropna().diff().dropna() > 0).all() and table["energy_j"].notna().sum() == 4
+    hparams = json.loads((tmp_path / "run.json").read_text())["config"]["hparams"]
+    assert hparams["client_weight_decay"] == pytest.approx(0.001) and hparams["mu"] == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("args, message", [

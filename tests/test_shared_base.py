@@ -51,6 +51,8 @@ CASES = [
     ("logreg", "relu", dict(batch_size=3, epochs=2), "sgd"),
     ("mlp", "tanh", dict(batch_size=3, epochs=2, optimizer="nesterov"), "adam"),
     ("mlp-fedprox", "relu", dict(batch_size=3, epochs=2), "sgd"),   # FedProx's proximal term, mu = 0.8
+    ("logreg", "relu", dict(batch_size=3, epochs=2, weight_decay=True), "yogi"),            # lambda = 0.2
+    ("mlp-fedprox", "tanh", dict(batch_size=2, steps=5, weight_decay=True), "sgd"),        # both decays
 ]
 
 
@@ -64,6 +66,8 @@ def test_shared_base_equals_per_node_float64(x64, kind, activation, local, serve
     hp_over = {"client_lr": 0.3, "clients_per_round": 3}  # partial participation: 3 of a cohort of 4
     if prox:
         hp_over["mu"] = 0.8
+    if local.get("weight_decay"):
+        hp_over["client_weight_decay"] = 0.2
     if server != "sgd":
         hp_over["server_lr"] = 0.1
     results = []
@@ -169,7 +173,7 @@ def test_explicit_shared_base_that_cannot_be_exact_raises():
     with pytest.raises(ValueError, match="unknown execution"):
         ej.LocalTraining(execution="fast")
     momentum = ej.LocalTraining(batch_size=4, optimizer="momentum", execution="shared_base")
-    with pytest.raises(ValueError, match="proximal term is supported with local 'sgd' only"):
+    with pytest.raises(ValueError, match="proximal term are supported with local 'sgd' only"):
         ej.Simulation(mlp, data, ej.get_algorithm("fedprox"), momentum).context
     with pytest.raises(ValueError, match="SCAFFOLD"):
         ej.Simulation(mlp, data, ej.SCAFFOLD(), ej.LocalTraining(batch_size=4, execution="shared_base")).context

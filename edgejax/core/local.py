@@ -58,6 +58,9 @@ class LocalTraining:
         (best on a CPU with small per-node batches, see DESIGN.md); ``"auto"``
         vmaps on GPU/TPU and on a CPU uses the largest group of at most 8 that divides
         the cohort (vmap if that is below 4).  Same numbers either way.
+      weight_decay: add ``client_weight_decay * w`` to every local gradient (coupled L2
+        weight decay, ``optax.add_decayed_weights`` before the optimizer; traced
+        ``client_weight_decay``, default 1e-4).
       execution: how the cohort's local updates are computed. ``per_node``: every
         node holds its own copy of the model while it trains (the general strategy).
         ``shared_base``: no per-node weight copies; for dense-layer models
@@ -76,6 +79,7 @@ class LocalTraining:
     optimizer: str | Callable = "sgd"
     group_size: int | str | None = "auto"
     execution: str = "auto"
+    weight_decay: bool = False
 
     def __post_init__(self):
         if self.epochs is not None and self.steps is not None:
@@ -95,12 +99,17 @@ class LocalTraining:
 
     def default_hparams(self) -> dict[str, float]:
         """Traced hyper-parameters of the local optimizer and their defaults."""
-        if callable(self.optimizer):
-            return {"client_lr": 0.05}
-        return dict(_OPTIMIZER_HPARAMS[self.optimizer])
+        hp = {"client_lr": 0.05} if callable(self.optimizer) else dict(_OPTIMIZER_HPARAMS[self.optimizer])
+        return hp | ({"client_weight_decay": 1e-4} if self.weight_decay else {})
 
     def make_optimizer(self, hparams: dict) -> optax.GradientTransformation:
         """The local optax optimizer, built from (possibly traced) hyper-parameters."""
+        base = self._base_optimizer(hparams)
+        if self.weight_decay:
+            return optax.chain(optax.add_decayed_weights(hparams["client_weight_decay"]), base)
+        return base
+
+    def _base_optimizer(self, hparams: dict) -> optax.GradientTransformation:
         h, name = hparams, self.optimizer
         if callable(name):
             return name(h)

@@ -26,8 +26,9 @@ Momentum (optax's ``trace``: ``m_t = g_t + mu m_{t-1}``, update ``-lr m_t``; Nes
     W_i(s) = W - lr * sum_{t<s} c(s - t) A_{i,t}^T G_{i,t}
     c(k) = sum_{j<k} mu^j              (heavy ball)
     c(k) = 1 + mu * sum_{j<k} mu^j     (Nesterov);   c(k) = 1 for plain SGD
-    c(k) = (1 - lr mu_prox)^(k-1)      (SGD with FedProx's proximal term mu_prox/2 ||w - W||^2:
-                                        w - W decays by 1 - lr mu_prox every step)
+    SGD with weight decay lam and FedProx's proximal term mu/2 ||w - W||^2 (e = 1 - lr (lam + mu)):
+    W_i(s) = beta(s) W - lr * sum_{t<s} e^(s-1-t) A_{i,t}^T G_{i,t},  beta(s) = e^s + mu/(lam+mu) (1 - e^s)
+    (beta = 1 without weight decay), so the shared GEMMs are scaled by the scalar beta(s)
 
 The first layer's inputs are the node's own samples ``X_i [M, d_in]``, so when samples
 are revisited (``M <= S*B``, e.g. several epochs) its history is kept as sample slots:
@@ -43,12 +44,12 @@ NaN in an absent node's data cannot leak in).
 
 What is supported: models with a ``Model.layers`` dense-stack description (logistic
 regression, MLPs; activations from ``edgejax.models.zoo.ACTIVATIONS``), local optimizers
-``sgd``, ``momentum``, ``nesterov``, FedProx's proximal term with ``sgd``, the weighted
-cross-entropy loss.  Not supported
+``sgd``, ``momentum``, ``nesterov``, weight decay and FedProx's proximal term with ``sgd``,
+the weighted cross-entropy loss.  Not supported
 (use ``per_node``): convolutional models, adaptive local optimizers (Adam, Adagrad,
 RMSProp: their update is not linear in the gradients), callable optimizers (weight decay,
 clipping and the like cannot be verified), local regularizers other than FedProx's proximal
-term with plain SGD (e.g. SCAFFOLD's correction), weight decay.
+term (e.g. SCAFFOLD's correction), weight decay or the proximal term with momentum.
 """
 from __future__ import annotations
 
@@ -94,16 +95,35 @@ def shared_base_is_cheaper(model: Model, spec: LocalTraining, max_steps: int) ->
 
 
 def regularizer_unsupported(spec: LocalTraining, regularizer) -> str | None:
-    """Why shared_base cannot include the algorithm's local regularizer, or ``None``.
+    """Why shared_base cannot include the decay terms or the algorithm's regularizer, or ``None``.
 
-    FedProx's proximal term with plain SGD keeps the form: ``w - W`` decays by ``1 - lr mu``
-    each step, so a factor ``k`` steps old weighs ``(1 - lr mu)^(k-1)``.
+    Weight decay (lambda) and FedProx's proximal term (mu) with plain SGD keep the form (see
+    ``_decay``); with momentum they do not, and other regularizers (SCAFFOLD's correction)
+    are not implemented.
     """
-    if regularizer is None or (regularizer is proximal_term and spec.optimizer == "sgd"):
-        return None
-    if regularizer is proximal_term:
-        return f"the proximal term is supported with local 'sgd' only (got {spec.optimizer!r})"
-    return "the algorithm adds a local regularizer other than FedProx's proximal term (e.g. SCAFFOLD's correction)"
+    decays = spec.weight_decay or regularizer is proximal_term
+    if regularizer is not None and regularizer is not proximal_term:
+        return "the algorithm adds a local regularizer other than FedProx's proximal term (e.g. SCAFFOLD's correction)"
+    if decays and spec.optimizer != "sgd":
+        return f"weight decay and the proximal term are supported with local 'sgd' only (got {spec.optimizer!r})"
+    return None
+
+
+def _decay(spec: LocalTraining, proximal: bool, hparams: dict, dtype):
+    """``(e, lam, mu)``: with SGD, weight decay lam and the proximal term mu,
+    ``w_{t+1} = e w_t + lr mu W - lr g_t`` with ``e = 1 - lr (lam + mu)``, so
+    ``w_s = beta(s) W - lr sum_t e^(s-1-t) g_t`` where ``beta(s) = e^s + mu/(lam+mu) (1 - e^s)``."""
+    lr = jnp.asarray(hparams["client_lr"], dtype)
+    lam = jnp.asarray(hparams["client_weight_decay"], dtype) if spec.weight_decay else jnp.zeros((), dtype)
+    mu = jnp.asarray(hparams["mu"], dtype) if proximal else jnp.zeros((), dtype)
+    return 1 - lr * (lam + mu), lam, mu
+
+
+def _base_scale(e, lam, mu, steps):
+    """``beta(s)`` of ``_decay`` (1 without weight decay, whatever mu)."""
+    total = lam + mu
+    kept = jnp.where(total > 0, mu / jnp.where(total > 0, total, 1), 1)
+    return e ** steps + kept * (1 - e ** steps)
 
 
 def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regularizer=None) -> str:
@@ -126,14 +146,13 @@ def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regular
     return "per_node"
 
 
-def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, proximal: bool = False) -> jax.Array:
-    """``c(k)`` for ``k = 0..max_steps`` (``c(0) = 0``): the weight of a factor ``k`` steps old."""
+def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, e=None) -> jax.Array:
+    """``c(k)`` for ``k = 0..max_steps`` (``c(0) = 0``): the weight of a factor ``k`` steps old
+    (``e``: the per-step decay of ``_decay`` for SGD)."""
     k = jnp.arange(max_steps + 1)
-    if name == "sgd" and proximal:
-        decay = 1 - jnp.asarray(hparams["client_lr"], dtype) * jnp.asarray(hparams["mu"], dtype)
-        return jnp.where(k > 0, decay ** jnp.maximum(k - 1, 0).astype(dtype), 0).astype(dtype)
     if name == "sgd":
-        return (k > 0).astype(dtype)
+        e = jnp.ones((), dtype) if e is None else e
+        return jnp.where(k > 0, e ** jnp.maximum(k - 1, 0).astype(dtype), 0).astype(dtype)
     mu = jnp.asarray(hparams["client_momentum"], dtype)
     powers = jnp.where(k[:-1] == 0, jnp.ones((), dtype), mu ** k[:-1].astype(dtype))
     trace = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(powers)])  # sum_{j<k} mu^j
@@ -171,7 +190,8 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         W = [x[layer.name]["w"] for layer in stack]
         bias = [x[layer.name]["b"] for layer in stack]
         lr = jnp.asarray(hparams["client_lr"], dtype)
-        coef = _step_coefficients(spec.optimizer, hparams, S, dtype, regularizer is proximal_term)
+        e, lam, mu = _decay(spec, regularizer is proximal_term, hparams, dtype)
+        coef = _step_coefficients(spec.optimizer, hparams, S, dtype, e)
         K = cohort.x.shape[0]
         counts = cohort.count
         orders = jax.vmap(node_shuffles, in_axes=(0, 0, None, None))(keys, counts, cohort.x.shape[1], shuffles)
@@ -198,16 +218,17 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
             a = jnp.take_along_axis(flat_x, slots[:, :, None], axis=1).astype(dtype)
             yb = jnp.take_along_axis(cohort.y, slots, axis=1)
             cs = coef[jnp.clip(s - jnp.arange(S), 0, S)]  # c(s - t) for t < s, 0 otherwise
+            beta = _base_scale(e, lam, mu, s.astype(dtype))  # W_i(s) = beta W - lr sum(...)
             inputs, pre = [], []
             for l, layer in enumerate(stack):  # forward
                 inputs.append(a)
                 if l == 0 and samples:
-                    shared = jnp.take_along_axis(xw0, slots[:, :, None], axis=1) + bias[0]
+                    shared = beta * (jnp.take_along_axis(xw0, slots[:, :, None], axis=1) + bias[0])
                     rows = jnp.take_along_axis(gram0, slots[:, :, None], axis=1)  # [K, B, M]
                     gram = jax.vmap(lambda r, h: r[:, h])(rows, hist_a[0]) + 1  # [K, B, S, B]
                     z = shared - lr * jnp.einsum("kbtc,ktce->kbe", gram * cs[None, None, :, None], hist_g[0])
                 else:
-                    shared = (a.reshape(K * B, layer.d_in) @ W[l]).reshape(K, B, layer.d_out) + bias[l]
+                    shared = beta * ((a.reshape(K * B, layer.d_in) @ W[l]).reshape(K, B, layer.d_out) + bias[l])
                     z = shared - lr * gram_apply(hist_a[l], hist_g[l], a, cs, True)
                 pre.append(z)
                 a = z if layer.activation is None else ACTIVATIONS[layer.activation](z)
@@ -225,7 +246,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
                     new_a[l] = hist_a[l].at[:, s].set(jnp.where(mask, inputs[l], 0))
                 new_g[l] = hist_g[l].at[:, s].set(jnp.where(mask, g, 0))
                 if l > 0:
-                    shared = (g.reshape(K * B, layer.d_out) @ W[l].T).reshape(K, B, layer.d_in)
+                    shared = beta * (g.reshape(K * B, layer.d_out) @ W[l].T).reshape(K, B, layer.d_in)
                     g = shared - lr * gram_apply(hist_g[l], hist_a[l], g, cs, False)
             loss_sum = loss_sum + jnp.where(active, loss, 0.0)
             return (tuple(new_a), tuple(new_g), loss_sum), None
@@ -241,6 +262,8 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         final = coef[jnp.clip(n_steps[:, None] - jnp.arange(S)[None, :], 0, S)]  # [K, S]
         present = p > 0
         scale = jnp.where(present[:, None], p[:, None].astype(dtype) * final, 0)[:, :, None, None]
+        # the shared part: sum_i p_i (beta(n_i) - 1) W (zero without weight decay)
+        shrink = jnp.sum(jnp.where(present, p.astype(dtype) * (_base_scale(e, lam, mu, n_steps.astype(dtype)) - 1), 0))
         delta = {}
         for l, layer in enumerate(stack):
             if l == 0 and samples:  # X^T (G scattered onto the sample slots), over K*M rows
@@ -249,12 +272,12 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
                 gsum = jnp.where(present[:, None, None], jnp.einsum("kjm,kje->kme", onehot, gs), 0)
                 xm = jnp.where(present[:, None, None], X, 0)
                 gsum = gsum.reshape(K * M, layer.d_out)
-                delta[layer.name] = {"w": -lr * (xm.reshape(K * M, layer.d_in).T @ gsum),
-                                     "b": -lr * jnp.sum(gsum, axis=0)}
+                delta[layer.name] = {"w": shrink * W[0] - lr * (xm.reshape(K * M, layer.d_in).T @ gsum),
+                                     "b": shrink * bias[0] - lr * jnp.sum(gsum, axis=0)}
                 continue
             ga = jnp.where(present[:, None, None, None], hist_a[l], 0).reshape(K * S * B, layer.d_in)
             gg = jnp.where(present[:, None, None, None], hist_g[l] * scale, 0).reshape(K * S * B, layer.d_out)
-            delta[layer.name] = {"w": -lr * (ga.T @ gg), "b": -lr * jnp.sum(gg, axis=0)}
+            delta[layer.name] = {"w": shrink * W[l] - lr * (ga.T @ gg), "b": shrink * bias[l] - lr * jnp.sum(gg, axis=0)}
         steps = n_steps.astype(jnp.float32)
         return delta, loss_sum / jnp.maximum(steps, 1.0), steps
 
