@@ -50,3 +50,16 @@ def write_report(name: str, report: dict, markdown: Callable[[dict], str], out_d
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(markdown(report))
     return json_path, md_path
+
+
+def report_header(title: str, report: dict) -> list[str]:
+    """The Markdown title and the device / versions / load lines every report starts with."""
+    dev, load = report["device"], report["load_average_1min"]
+    loads = ", ".join("n/a" if load[k] is None else f"{load[k]:.1f}" for k in ("start", "end"))
+    return [f"# edgejax {title}: {dev['device_kind']} ({dev['backend']})", "",
+            f"Device: {dev['device_kind']} x{dev['device_count']} ({dev['backend']}); host CPU: {dev['host_cpu']}, "
+            f"{dev['host_cpu_count']} cores. jax {dev['versions']['jax']}, jaxlib {dev['versions']['jaxlib']}, "
+            f"edgejax {dev['versions']['edgejax']}. XLA_FLAGS={dev['xla_flags'] or '(none)'}. Measured "
+            f"{report['date']}; total wall time {report['total_wall_s'] / 60:.1f} min; host 1-min load average "
+            f"{loads} (start, end).", "",
+            f"Command: `{report['command']}`", ""]

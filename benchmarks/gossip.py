@@ -55,7 +55,7 @@ from edgejax.compression import TopK
 from edgejax.data.partition import IID, Dirichlet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, load_average, write_report  # noqa: E402  (benchmarks/common.py)
+from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_NODES = (64, 256, 1024, 4096, 16384)
@@ -274,14 +274,7 @@ def _human_bytes(b: float) -> str:
 
 
 def markdown_report(report: dict) -> str:
-    dev = report["device"]
-    lines = [f"# edgejax gossip: {dev['device_kind']} ({dev['backend']})", "",
-             f"Device: {dev['device_kind']} x{dev['device_count']} ({dev['backend']}); host CPU: {dev['host_cpu']}, "
-             f"{dev['host_cpu_count']} cores. jax {dev['versions']['jax']}, jaxlib {dev['versions']['jaxlib']}, "
-             f"edgejax {dev['versions']['edgejax']}. XLA_FLAGS={dev['xla_flags'] or '(none)'}. Measured "
-             f"{report['date']}; total wall time {report['total_wall_s'] / 60:.1f} min; host 1-min load average "
-             f"{report['load_average_1min']['start']:.1f}, {report['load_average_1min']['end']:.1f} (start, end).", "",
-             f"Command: `{report['command']}`", ""]
+    lines = report_header("gossip", report)
     if report["mixing"]:
         lines += ["## 1. One gossip step on a ring (Metropolis-Hastings), ms (x the copy floor)", "",
                   "Every node holds its own parameters (float32); one jitted `edgejax.topology.mix(op, params)`; "

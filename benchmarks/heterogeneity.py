@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import edgejax as ej
-from common import device_info, load_average, write_report  # noqa: E402  (benchmarks/common.py)
+from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
 from edgejax.core.shared_base import resolve_execution
 from edgejax.models import weighted_cross_entropy
 from edgejax.system import tiered_profiles
@@ -386,18 +386,8 @@ def _plain(obj):
     return obj
 
 
-def _fmt_load(load: dict) -> str:
-    return ", ".join("n/a" if load[k] is None else f"{load[k]:.2f}" for k in ("start", "end"))
-
-
 def markdown_report(report: dict) -> str:
-    dev = report["device"]
-    lines = [f"# edgejax heterogeneity: {dev['device_kind']} ({dev['backend']})", "",
-             f"Device: {dev['device_kind']} x{dev['device_count']} ({dev['backend']}); host CPU: {dev['host_cpu']}, "
-             f"{dev['host_cpu_count']} cores. jax {dev['versions']['jax']}, edgejax {dev['versions']['edgejax']}. "
-             f"Measured {report['date']}; total wall time {report['total_wall_s'] / 60:.1f} min; host 1-min load "
-             f"average {_fmt_load(report['load_average_1min'])} (start, end).", "",
-             f"Command: `{report['command']}`", ""]
+    lines = report_header("heterogeneity", report)
     fp = report.get("fedprox")
     if fp:
         s = fp["setting"]

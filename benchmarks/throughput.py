@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 import edgejax
-from common import device_info, load_average, write_report  # noqa: E402  (benchmarks/common.py)
+from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
 from edgejax.core.local import LocalTraining, make_local_update, map_nodes
 from edgejax.data.datasets import Dataset
 from edgejax.data.partition import IID
@@ -322,10 +322,6 @@ def bench_e2e(config: dict, rounds: int) -> dict:
 
 # ----- reporting ---------------------------------------------------------------------------
 
-def _fmt_load(load: dict) -> str:
-    return ", ".join("n/a" if v is None else f"{v:.1f}" for v in (load["start"], load["end"]))
-
-
 def _throughput_table(res: dict) -> list[str]:
     """Markdown: ways x N (node-samples/s), then ratio rows x N; ``-`` where a way did not run."""
     cols = [str(n) for n in (*res["nodes"], *res["skipped_nodes"])]
@@ -381,13 +377,7 @@ def _target_lines(report: dict) -> list[str]:
 
 def markdown_report(report: dict) -> str:
     """The Markdown summary of a report (device at the top, one table per benchmark)."""
-    dev = report["device"]
-    lines = [f"# edgejax throughput: {dev['device_kind']} ({dev['backend']})", "",
-             f"Device: {dev['device_kind']} x{dev['device_count']} ({dev['backend']}); host CPU: {dev['host_cpu']}, "
-             f"{dev['host_cpu_count']} cores. jax {dev['versions']['jax']}, edgejax {dev['versions']['edgejax']}. "
-             f"Measured {report['date']}; total wall time {report['total_wall_s'] / 60:.1f} min; host 1-min load "
-             f"average {_fmt_load(report['load_average_1min'])} (start, end).", "",
-             f"Command: `{report['command']}`", ""]
+    lines = report_header("throughput", report)
     if report["local_step"]:
         lines += ["## One local SGD step (node-samples/s, higher is better)", "",
                   f"Batch {BATCH} per node, CIFAR10-shaped inputs, float32, every node with its own weights; "
