@@ -47,6 +47,18 @@ PRESETS = {"fedavg": {}, "fedavgm": {"server_optimizer": "momentum"}, "fedadagra
            "fedprox": {"prox": True}, "fednova": {"normalized": True}}
 
 
+def cohort_inputs(state: SimState, data, plan: RoundPlan, weighting: str):
+    """The cohort's training data, its nodes' round keys, and aggregation weights
+    ``active_i * n_i`` (``samples``) or ``active_i`` (``uniform``).  With a full cohort
+    (K = N) no node data is gathered."""
+    full = plan.nodes.shape[0] == data.train.num_nodes
+    cohort = data.train if full else tree_take(data.train, plan.nodes)
+    node_rng = state.nodes.rng if full else state.nodes.rng[plan.nodes]
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(node_rng, state.round)
+    size = cohort.count.astype(plan.active.dtype) if weighting == "samples" else 1.0
+    return cohort, keys, plan.active * size
+
+
 @dataclasses.dataclass(frozen=True)
 class FedAvg:
     """FedAvg with a server optimizer on the pseudo-gradient (static options).
@@ -98,13 +110,7 @@ class FedAvg:
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         """One FedAvg round; returns the new state and this round's scalar metrics."""
         x = state.server.params
-        full = plan.nodes.shape[0] == data.train.num_nodes
-        cohort = data.train if full else tree_take(data.train, plan.nodes)
-        node_rng = state.nodes.rng if full else state.nodes.rng[plan.nodes]
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(node_rng, state.round)
-
-        size = cohort.count.astype(plan.active.dtype) if self.weighting == "samples" else 1.0
-        weights = plan.active * size
+        cohort, keys, weights = cohort_inputs(state, data, plan, self.weighting)
         total = jnp.sum(weights)
         p = weights / jnp.maximum(total, 1e-30)
         if self.normalized:

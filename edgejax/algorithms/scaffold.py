@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from edgejax.algorithms.fedavg import WEIGHTINGS
+from edgejax.algorithms.fedavg import WEIGHTINGS, cohort_inputs
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.local import map_nodes, masked_weighted_sum
 from edgejax.core.validation import check_choice
@@ -76,10 +76,8 @@ class SCAFFOLD:
         x, c = state.server.params, state.server.extra
         n = data.train.num_nodes
         full = plan.nodes.shape[0] == n
-        cohort = data.train if full else tree_take(data.train, plan.nodes)
-        node_rng = state.nodes.rng if full else state.nodes.rng[plan.nodes]
+        cohort, keys, weights = cohort_inputs(state, data, plan, self.weighting)
         c_nodes = state.nodes.extra if full else tree_take(state.nodes.extra, plan.nodes)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(node_rng, state.round)
         correction = jax.tree_util.tree_map(lambda cg, ci: cg - ci, c, c_nodes)
 
         def local(args):
@@ -89,8 +87,6 @@ class SCAFFOLD:
         args = (cohort.x, cohort.y, cohort.count, keys, plan.step_budget, correction)
         y, node_loss, node_steps = map_nodes(local, args, ctx.group_size)
 
-        size = cohort.count.astype(plan.active.dtype) if self.weighting == "samples" else 1.0
-        weights = plan.active * size
         total = jnp.sum(weights)
         p = weights / jnp.maximum(total, 1e-30)
         delta_y = jax.tree_util.tree_map(lambda yi, x0: masked_weighted_sum(p, yi - x0), y, x)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from edgejax.core.nodedata import FederatedData
 from edgejax.core.results import Results
 from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
-from edgejax.models.base import Model, num_parameters
+from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.model import SystemModel
 
 
@@ -121,7 +120,7 @@ class Simulation:
             local_delta=local_delta,
             group_size=group_size,
             local=self.local,
-            model_bytes=sum(math.prod(p.shape) * p.dtype.itemsize for p in jax.tree_util.tree_leaves(params)),
+            model_bytes=num_bytes(params),
         )
 
     # ----- hyper-parameters -------------------------------------------------------------
