@@ -6,9 +6,10 @@ from edgejax import algorithms, data, models
 from edgejax import compression, system, topology
 from edgejax.algorithms import CHOCO, DPSGD, FedAvg, PairwiseGossip, PushSum, SCAFFOLD, Topology, get_algorithm
 from edgejax.core.local import LocalTraining
-from edgejax.core.nodedata import FederatedData, NodeData, TestData, federate
+from edgejax.data.federated import FederatedData, NodeData, TestData, federate
 from edgejax.core.results import Results
-from edgejax.core.simulation import DivergenceError, Simulation
+from edgejax.core.runner import DivergenceError
+from edgejax.core.simulation import Simulation
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.system import Availability, SystemModel
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from edgejax.core.nodedata import FederatedData, pad_nodes, pad_test
+from edgejax.data.federated import FederatedData, pad_nodes, pad_test
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.core.local import map_nodes
-from edgejax.core.nodedata import FederatedData, NodeData
+from edgejax.data.federated import FederatedData, NodeData
 from edgejax.models.base import Model, weighted_correct, weighted_cross_entropy
 
 NODE_PERCENTILES = (10, 50, 90)

@@ -26,15 +26,14 @@ DEFAULTS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``edgejax run`` on the top-level subparsers."""
     from edgejax.algorithms import ALGORITHMS, GRAPHS
     from edgejax.system import POLICIES, SELECTIONS, STRAGGLERS
     from edgejax.core.local import LOCAL_OPTIMIZERS
     from edgejax.data import DATASETS
     from edgejax.models import MODELS
 
-    top = argparse.ArgumentParser(prog="edgejax", description="Vectorized JAX simulation of edge collaborative training.")
-    sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a simulation (no arguments: the embedded default)",
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", type=Path, help="TOML file whose keys are these options (dashes or underscores); "
@@ -88,12 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed of the partition, the model and every random draw")
     g.add_argument("--out", help="output directory for metrics.csv and run.json")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bar")
-    return top
+    return p
 
 
 def resolve_options(argv: Sequence[str] | None) -> dict:
     """Defaults, then the TOML config, then the command-line flags."""
-    args = vars(_parser().parse_args(argv))
+    from edgejax.cli.main import parser
+
+    return options_from_args(vars(parser().parse_args(argv)))
+
+
+def options_from_args(args: dict) -> dict:
+    """Resolve parsed ``edgejax run`` arguments: defaults, then the TOML config, then the flags."""
     options, given = dict(DEFAULTS), {}
     if args.get("config"):
         with open(args["config"], "rb") as f:
@@ -209,7 +214,7 @@ def build(o: dict):
 
 
 def run(o: dict) -> int:
-    from edgejax.core.simulation import DivergenceError
+    from edgejax.core.runner import DivergenceError
 
     sim, hparams, partition_text = build(o)
     print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
@@ -228,14 +233,6 @@ def run(o: dict) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        options = resolve_options(argv)
-        return run(options)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"edgejax: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def execute(args: dict) -> int:
+    """``edgejax run`` with parsed arguments."""
+    return run(options_from_args(args))
