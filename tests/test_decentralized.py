@@ -17,10 +17,11 @@ from references import logreg_loss_grad
 N, LR = 6, 0.3
 
 
-def _setup(alg, sizes=(5,) * N, seed=0):
+def _setup(alg, sizes=(5,) * N, seed=0, link_failures=False, optimizer="sgd"):
     data, xs, ys = make_data(list(sizes), seed=seed)
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
-    sim = ej.Simulation(model, data, alg, ej.LocalTraining(batch_size=max(sizes), steps=1))
+    sim = ej.Simulation(model, data, alg, ej.LocalTraining(batch_size=max(sizes), steps=1, optimizer=optimizer),
+                        system=ej.SystemModel(link_failures=link_failures))
     hp = sim.hparams({"client_lr": LR})
     state = sim.init(jax.random.PRNGKey(seed), hp)
     # start the nodes from different models so that mixing has work to do
@@ -75,8 +76,8 @@ def test_pushsum_matches_sgp_reference_and_keeps_weight_sum(x64):
         weights = P @ weights
         state, _ = round_fn(state, sim.data, hp)
         np.testing.assert_allclose(_stack(state)[0], x_w, rtol=1e-11, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(state.nodes.extra), weights, rtol=1e-12)
-        assert float(jnp.sum(state.nodes.extra)) == pytest.approx(N, rel=1e-12)
+        np.testing.assert_allclose(np.asarray(state.nodes.extra.w), weights, rtol=1e-12)
+        assert float(jnp.sum(state.nodes.extra.w)) == pytest.approx(N, rel=1e-12)
 
 
 def _topk_np(v, k):
@@ -104,19 +105,20 @@ def test_choco_matches_reference_with_topk(x64):
         b = b_half + gamma * (W @ hb - hb)
         state, metrics = round_fn(state, sim.data, hp)
         np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(state.nodes.extra["out"]["b"]), hb, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.nodes.extra.xhat["out"]["b"]), hb, rtol=1e-10, atol=1e-12)
     # payload: k values + k indices per tensor, per message
     kw, kb = round(fraction * w[0].size), round(fraction * b[0].size)
     bits = kw * (32 + int(np.ceil(np.log2(w[0].size)))) + kb * (32 + int(np.ceil(np.log2(b[0].size))))
     assert float(metrics["bytes_up"]) == pytest.approx(2 * N * bits / 8)
 
 
-@pytest.mark.parametrize("alg", [DPSGD(Topology("torus")), DPSGD(Topology("exponential", representation="sparse")),
-                                 DPSGD(Topology("ring", link_failures=True)), PairwiseGossip(),
-                                 DPSGD(Topology("one_peer_exponential"))],
-                         ids=["torus", "exponential", "link-failures", "pairwise", "one-peer"])
-def test_gossip_without_gradients_preserves_the_average_and_contracts(x64, alg):
-    sim, hp, state, _, _ = _setup(alg)
+@pytest.mark.parametrize("alg, link_failures", [
+    (DPSGD(Topology("torus")), False), (DPSGD(Topology("exponential", representation="sparse")), False),
+    (DPSGD(Topology("ring")), True), (PairwiseGossip(), False), (PairwiseGossip(order="lian"), False),
+    (DPSGD(Topology("one_peer_exponential")), False)],
+    ids=["torus", "exponential", "link-failures", "pairwise", "pairwise-lian", "one-peer"])
+def test_gossip_without_gradients_preserves_the_average_and_contracts(x64, alg, link_failures):
+    sim, hp, state, _, _ = _setup(alg, link_failures=link_failures)
     round_fn = jax.jit(sim.round)  # one compilation for the whole loop
     hp = {**hp, "client_lr": jnp.asarray(0.0)}
     if "link_failure" in hp:
@@ -148,7 +150,7 @@ def test_a_schedule_of_graphs_mixes_with_graph_t_mod_T(x64, representation):
 
 
 def test_link_failures_with_zero_probability_equal_the_fixed_graph(x64):
-    a = _setup(DPSGD(Topology("ring", link_failures=True)))
+    a = _setup(DPSGD(Topology("ring")), link_failures=True)
     b = _setup(DPSGD(Topology("ring")))
     sa, sb = a[2], b[2]
     round_a, round_b = jax.jit(a[0].round), jax.jit(b[0].round)
@@ -169,15 +171,17 @@ def test_decentralized_run_reports_consensus_and_own_accuracy():
 def test_bad_decentralized_configuration_is_rejected():
     data, _, _ = make_data([6] * 8, dtype=np.float32, seed=4)
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
-    sim = ej.Simulation(model, data, DPSGD(), ej.LocalTraining(batch_size=3), clients_per_round=4)
     with pytest.raises(ValueError, match="clients_per_round=None"):
-        sim.run(1)
+        ej.Simulation(model, data, DPSGD(), ej.LocalTraining(batch_size=3), clients_per_round=4)
     with pytest.raises(ValueError, match="schedule"):
         Topology("schedule")
     with pytest.raises(ValueError, match="hexagon"):
         Topology("hexagon")
-    with pytest.raises(ValueError, match="link_failures"):
-        Topology("ring", weights="uniform", link_failures=True)
+    with pytest.raises(ValueError, match="link failures"):
+        ej.Simulation(model, data, DPSGD(Topology("ring", weights="uniform")), ej.LocalTraining(batch_size=3),
+                      system=ej.SystemModel(link_failures=True))
+    with pytest.raises(ValueError, match="no communication graph"):
+        ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=3), system=ej.SystemModel(link_failures=True))
     with pytest.raises(ValueError, match="order"):
         DPSGD(order="cta")
     disconnected = np.zeros((8, 8), bool)

@@ -68,7 +68,7 @@ def _custom_round(sim, state, data, hp, active, budget):
     k = sim.cohort_size
     plan = RoundPlan(nodes=jnp.arange(k, dtype=jnp.int32), active=jnp.asarray(active, jnp.float64),
                      step_budget=jnp.asarray(budget, jnp.int32))
-    return sim.algorithm.round(sim.context, state, data, plan, hp)
+    return sim.round_with_plan(state, data, plan, hp)
 
 
 def test_inactive_node_contributes_nothing_and_budget_caps_steps(x64):

@@ -82,7 +82,7 @@ def test_fednova_matches_reference_with_unequal_steps(x64, variant):
     state = sim.init(jax.random.PRNGKey(4), hp)
     w0, b0 = _wb(state.server.params)
     budget = [5, 2, 3]
-    new, _ = sim.algorithm.round(sim.context, state, data, _plan(3, [1, 1, 1], budget), hp)
+    new, _ = sim.round_with_plan(state, data, _plan(3, [1, 1, 1], budget), hp)
     sizes = np.array([len(y) for y in ys], float)
     p = sizes / sizes.sum()
     tau = np.array(budget, float)
@@ -110,7 +110,7 @@ def test_scaffold_matches_reference(x64, control_average):
     w, b = _wb(state.server.params)
     c = (np.zeros_like(w), np.zeros_like(b))
     ci = [(np.zeros_like(w), np.zeros_like(b)) for _ in range(4)]
-    round_fn = jax.jit(lambda s, plan: sim.algorithm.round(sim.context, s, data, plan, hp))
+    round_fn = jax.jit(lambda s, plan: sim.round_with_plan(s, data, plan, hp))
     for active in ([1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 1, 0]):
         chosen = [i for i in range(4) if active[i]]
         dy_w, dy_b, dc_w, dc_b = 0, 0, 0, 0
@@ -126,8 +126,8 @@ def test_scaffold_matches_reference(x64, control_average):
         c = (c[0] + dc_w / div, c[1] + dc_b / div)
         state, _ = round_fn(state, _plan(4, active, [3, 3, 3, 3]))
         np.testing.assert_allclose(_wb(state.server.params)[0], w, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(state.server.extra["out"]["w"]), c[0], rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(state.nodes.extra["out"]["b"][2]), ci[2][1], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.server.extra.c["out"]["w"]), c[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.nodes.extra.c["out"]["b"][2]), ci[2][1], rtol=1e-10, atol=1e-12)
 
 
 def test_variants_that_are_not_defined_are_rejected():

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import edgejax as ej
-from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
+from edgejax.core.execution import SharedBase, resolve_execution
+from edgejax.core.shared_base import make_shared_base_delta
 from edgejax.core.state import RoundPlan
 from conftest import make_data
 
@@ -62,7 +63,8 @@ def test_shared_base_equals_per_node_float64(x64, kind, activation, local, serve
     prox = kind.endswith("fedprox")
     model = _model(kind.split("-")[0], data, activation)
     sims = _pair(model, data, ej.FedAvg(server_optimizer=server, prox=prox), cohort=4, **local)
-    assert sims[1].context.local_delta is not sims[0].context.local_delta
+    assert [sim.execution for sim in sims] == ["per_node", "shared_base"]
+    assert isinstance(sims[1].context.execution, SharedBase) and not isinstance(sims[0].context.execution, SharedBase)
     hp_over = {"client_lr": 0.3, "clients_per_round": 3}  # partial participation: 3 of a cohort of 4
     if prox:
         hp_over["mu"] = 0.8
@@ -93,7 +95,7 @@ def test_step_budgets_absent_nodes_and_nan_data(x64):
     for sim in sims:
         hp = sim.hparams({"client_lr": 0.2})
         state = sim.init(jax.random.PRNGKey(3), hp)
-        round_fn = jax.jit(lambda st, d, pl: sim.algorithm.round(sim.context, st, d, pl, hp))
+        round_fn = jax.jit(lambda st, d, pl: sim.round_with_plan(st, d, pl, hp))
         for _ in range(2):
             state, metrics = round_fn(state, data, plan)
         clean = state
@@ -117,7 +119,7 @@ def test_node_metrics_match_per_node_in_both_first_layer_forms(x64):
     keys = jax.random.split(jax.random.PRNGKey(5), len(SIZES))
     budget = jnp.asarray([10, 1, 10, 0, 2, 10], jnp.int32)
     p = jnp.asarray([0.2, 0.2, 0.2, 0.0, 0.2, 0.2])
-    ref = jax.jit(sim.context.local_delta)(x, data.train, keys, budget, p, hp)
+    ref = jax.jit(sim.context.execution.delta)(x, data.train, keys, budget, p, hp)
     for sample_space in (True, False):  # first-layer history as sample slots or as inputs
         fn = make_shared_base_delta(model, sim.local, *sim.schedule, sample_space=sample_space)
         _assert_trees_close(jax.jit(fn)(x, data.train, keys, budget, p, hp), ref, 1e-11)
@@ -154,8 +156,11 @@ def test_auto_picks_by_model_and_optimizer():
     assert cnn.layers is None
     assert resolve_execution(cnn, sgd, 2) == "per_node"
     sim = ej.Simulation(mlp, data, ej.FedAvg(), sgd)
-    from edgejax.core import shared_base
-    assert sim.context.local_delta.__qualname__.startswith(shared_base.make_shared_base_delta.__name__)
+    assert sim.execution == "shared_base" and isinstance(sim.context.execution, SharedBase)
+    # algorithms whose local terms or outputs shared_base cannot serve fall back to per_node under auto
+    for algorithm in (ej.SCAFFOLD(), ej.FedDyn(), ej.FedAvg(keep_local_optimizer=True)):
+        assert ej.Simulation(mlp, data, algorithm, sgd).execution == "per_node"
+    assert ej.Simulation(mlp, data, ej.get_algorithm("fedprox"), sgd).execution == "shared_base"
 
 
 def test_explicit_shared_base_that_cannot_be_exact_raises():
@@ -173,7 +178,13 @@ def test_explicit_shared_base_that_cannot_be_exact_raises():
     with pytest.raises(ValueError, match="unknown execution"):
         ej.LocalTraining(execution="fast")
     momentum = ej.LocalTraining(batch_size=4, optimizer="momentum", execution="shared_base")
-    with pytest.raises(ValueError, match="proximal term are supported with local 'sgd' only"):
+    with pytest.raises(ValueError, match="proximal pulls are supported with local 'sgd' only"):
         ej.Simulation(mlp, data, ej.get_algorithm("fedprox"), momentum).context
-    with pytest.raises(ValueError, match="SCAFFOLD"):
-        ej.Simulation(mlp, data, ej.SCAFFOLD(), ej.LocalTraining(batch_size=4, execution="shared_base")).context
+    explicit = ej.LocalTraining(batch_size=4, execution="shared_base")
+    for algorithm, reason in ((ej.SCAFFOLD(), "reads every node's trained model"),
+                              (ej.FedDyn(), "reads every node's trained model"),
+                              (ej.DPSGD(), "starts from its own model")):
+        with pytest.raises(ValueError, match=reason):
+            ej.Simulation(mlp, data, algorithm, explicit).context
+    with pytest.raises(ValueError, match="skips biases"):
+        ej.Simulation(mlp, data, ej.FedAvg(), dataclasses.replace(explicit, weight_decay="weights")).context

@@ -1,17 +1,23 @@
-"""Training algorithms: small frozen dataclasses of options with pure ``init``/``round`` methods.
+"""Training algorithms: small frozen dataclasses of options with pure methods, one protocol.
 
+The protocol every algorithm follows is ``edgejax.algorithms.base``; server-based rounds
+are composed from ``edgejax.algorithms.server``.
 Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its server optimizer;
-FedProx and FedNova as options), ``SCAFFOLD``.
+FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
+from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
+from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.registry import ALGORITHMS, DECENTRALIZED, get_algorithm, parse_compressor
+from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
-from edgejax.algorithms.topology_spec import GRAPHS, Topology
+from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
 
-__all__ = ["ALGORITHMS", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "GRAPHS", "PRESETS", "PairwiseGossip", "PushSum", "SCAFFOLD",
-           "SERVER_OPTIMIZERS", "Topology", "consensus_distance", "get_algorithm", "make_server_optimizer",
-           "parse_compressor", "scale_by_adaptive_server"]
+__all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
+           "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "Topology", "Traits",
+           "consensus_distance", "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer",
+           "parse_compressor", "proximal", "scale_by_adaptive_server"]

@@ -32,31 +32,20 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, normalized_weights, proximal,
+                                       scatter, server_metrics, server_step, weighted_change)
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_take, tree_where
-from edgejax.core.local import masked_weighted_sum
-from edgejax.core.regularizers import proximal_term
+from edgejax.core.execution import Needs
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.core.validation import check_choice
+from edgejax.models.base import num_bytes
 
-WEIGHTINGS = ("samples", "uniform")
 TAU_EFF = ("paper", "steps")
 PRESETS = {"fedavg": {}, "fedavgm": {"server_optimizer": "momentum"}, "fedadagrad": {"server_optimizer": "adagrad"},
            "fedadam": {"server_optimizer": "adam"}, "fedyogi": {"server_optimizer": "yogi"},
            "fedprox": {"prox": True}, "fednova": {"normalized": True}}
-
-
-def cohort_inputs(state: SimState, data, plan: RoundPlan, weighting: str):
-    """The cohort's training data, its nodes' round keys, and aggregation weights
-    ``active_i * n_i`` (``samples``) or ``active_i`` (``uniform``).  With a full cohort
-    (K = N) no node data is gathered."""
-    full = plan.nodes.shape[0] == data.train.num_nodes
-    cohort = data.train if full else tree_take(data.train, plan.nodes)
-    node_rng = state.nodes.rng if full else state.nodes.rng[plan.nodes]
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(node_rng, state.round)
-    size = cohort.count.astype(plan.active.dtype) if weighting == "samples" else 1.0
-    return cohort, keys, plan.active * size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +59,10 @@ class FedAvg:
       bias_correction: Adam/Yogi-style bias correction on the server (off in Reddi et al.).
       prox: FedProx's proximal term ``mu/2 ||w - x||^2`` in the local objective.
       normalized: FedNova's normalised averaging; ``tau_eff`` picks its convention.
+      keep_local_optimizer: every node keeps its local optimizer state (e.g. its momentum
+        buffer, ``nodes.opt_state [N, ...]``) from the last round it took part in; the
+        default, as in the papers, starts a fresh optimizer every round.  Keeping it reads
+        each node's trained model, so it runs ``per_node``.
     """
 
     server_optimizer: str = "sgd"
@@ -78,6 +71,7 @@ class FedAvg:
     prox: bool = False
     normalized: bool = False
     tau_eff: str = "paper"
+    keep_local_optimizer: bool = False
 
     def __post_init__(self):
         check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
@@ -91,17 +85,33 @@ class FedAvg:
         base = "fednova" if self.normalized else "fedprox"
         return base if self.server_optimizer == "sgd" else f"{base}+server_{self.server_optimizer}"
 
+    def traits(self) -> Traits:
+        return Traits(needs=Needs(terms=(proximal("mu"),) if self.prox else (),
+                                  output="models" if self.keep_local_optimizer else "delta",
+                                  keep_optimizer=self.keep_local_optimizer))
+
+    def payload(self, params, num_nodes: int) -> Payload:
+        """One model down, one model (change) up."""
+        return Payload(num_bytes(params), num_bytes(params))
+
     def default_hparams(self) -> dict[str, float]:
         return {**server_hparams(self.server_optimizer), **({"mu": 0.01} if self.prox else {})}
 
-    @property
-    def regularizer(self):
-        """FedProx's proximal term, or ``None``."""
-        return proximal_term if self.prox else None
+    def describe(self) -> dict:
+        return describe_algorithm(self)
 
-    def init(self, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
-        opt = make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
-        return NodeState(rng=node_rng), ServerState(params=global_params, opt_state=opt.init(global_params))
+    def server_optimizer_for(self, hparams):
+        """The server step as optax, fed the pseudo-gradient ``-Delta``."""
+        return make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
+
+    def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
+        server = ServerState(params=global_params, opt_state=self.server_optimizer_for(hparams).init(global_params))
+        if not self.keep_local_optimizer:
+            return NodeState(rng=node_rng), server
+        local_state = ctx.local.make_optimizer(hparams).init(global_params)
+        n = node_rng.shape[0]
+        stacked = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), local_state)
+        return NodeState(rng=node_rng, opt_state=stacked), server
 
     def eval_models(self, state: SimState):
         """The models evaluation reports: the server's (no per-node models persist)."""
@@ -110,45 +120,21 @@ class FedAvg:
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         """One FedAvg round; returns the new state and this round's scalar metrics."""
         x = state.server.params
-        cohort, keys, weights = cohort_inputs(state, data, plan, self.weighting)
-        total = jnp.sum(weights)
-        p = weights / jnp.maximum(total, 1e-30)
+        cohort = cohort_inputs(state, data, plan, self.weighting)
+        p = normalize(cohort.weights)
+        agg = p
         if self.normalized:
-            p = self._nova_weights(ctx, p, cohort.count, plan.step_budget, hparams)
-        delta, node_loss, node_steps = ctx.local_delta(x, cohort, keys, plan.step_budget, p, hparams)
-
-        opt = make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
-        neg_delta = jax.tree_util.tree_map(jnp.negative, delta)
-        updates, opt_state = opt.update(neg_delta, state.server.opt_state, x)
-        server = ServerState(params=optax.apply_updates(x, updates), opt_state=opt_state)
-        server = tree_where(total > 0, server, state.server)
-
-        participants = jnp.sum(plan.active)
-        metrics = {
-            "train_loss": masked_weighted_sum(weights / jnp.maximum(total, 1e-30), node_loss),
-            "participants": participants,
-            "local_steps": jnp.sum(plan.active * node_steps),
-            "bytes_up": participants * ctx.model_bytes,
-            "bytes_down": participants * ctx.model_bytes,
-        }
-        return state._replace(server=server), metrics
-
-
-    def _nova_weights(self, ctx, p, counts, budget, hparams):
-        """FedNova: ``p_i tau_eff / ||a_i||_1`` (see the module docstring)."""
-        name = ctx.local.optimizer
-        if name not in ("sgd", "momentum") or (self.prox and name != "sgd"):
-            raise ValueError(f"FedNova's normalisation is implemented for local 'sgd' (with or without the "
-                             f"proximal term) and 'momentum'; got {name!r}")
-        tau = jnp.minimum(ctx.local.node_steps(counts), budget).astype(p.dtype)
-        if name == "momentum":
-            rho = hparams["client_momentum"]
-            a_norm = (tau - rho * (1 - rho ** tau) / (1 - rho)) / (1 - rho)
-        elif self.prox:
-            decay = hparams["client_lr"] * hparams["mu"]
-            a_norm = jnp.where(decay > 0, (1 - (1 - decay) ** tau) / jnp.where(decay > 0, decay, 1.0), tau)
+            agg = normalized_weights(ctx.local, p, cohort.data.count, plan.step_budget, hparams,
+                                     "mu" if self.prox else None, self.tau_eff)
+        nodes = state.nodes
+        if self.keep_local_optimizer:
+            result = ctx.execution.train(x, cohort.data, cohort.keys, plan.step_budget, hparams,
+                                         opt_state=gather(nodes.opt_state, plan, cohort.full))
+            delta, node_loss, node_steps = weighted_change(agg, result.params, x), result.loss, result.steps
+            nodes = nodes._replace(opt_state=scatter(nodes.opt_state, result.opt_state, plan, cohort.full))
         else:
-            a_norm = tau
-        tau_eff = jnp.sum(p * (a_norm if self.tau_eff == "paper" else tau))
-        return jnp.where(a_norm > 0, p * tau_eff / jnp.where(a_norm > 0, a_norm, 1.0), 0.0)
-
+            delta, node_loss, node_steps = ctx.execution.delta(x, cohort.data, cohort.keys, plan.step_budget, agg,
+                                                               hparams)
+        server = server_step(self.server_optimizer_for(hparams), state.server, delta, jnp.sum(cohort.weights) > 0)
+        metrics = server_metrics(p, node_loss, node_steps, plan, ctx.payload)
+        return state._replace(server=server, nodes=nodes), metrics

@@ -6,11 +6,15 @@ It turns a graph family and a weight rule into the mixing operator of each round
 * ``one_peer_exponential``: the time-varying graph of round t (Ying et al. 2021), built
   inside the jitted round from ``t``;
 * ``schedule``: any user sequence of graphs, round t using graph ``t mod T`` (operators
-  stacked on the host, indexed inside the round);
-* ``link_failures=True``: Metropolis-Hastings weights rebuilt every round on the live
-  graph (each undirected edge fails with the traced probability ``link_failure``;
-  absent nodes neither send nor receive), so every round's matrix stays symmetric and
-  doubly stochastic.
+  stacked on the host, indexed inside the round); each graph may be disconnected (one-peer
+  graphs, matchings) as long as the union over the period is connected;
+* link failures (``SystemModel(link_failures=True)``: the system model draws which links
+  are up each round, ``RoundPlan.live_links``): Metropolis-Hastings weights rebuilt every
+  round on the live graph (absent nodes neither send nor receive), so every round's matrix
+  stays symmetric and doubly stochastic.
+
+The topology's arrays live in ``SimState.network`` (a ``NetworkState``), not in any
+node's or the server's state.
 """
 from __future__ import annotations
 
@@ -21,12 +25,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from typing import NamedTuple
+
 from edgejax import topology as tp
 from edgejax.core.validation import check_choice
 
 GRAPHS = ("ring", "torus", "exponential", "one_peer_exponential", "random_regular", "erdos_renyi", "star",
           "complete", "adjacency", "schedule")
 WEIGHTS = ("metropolis", "uniform", "lazy_metropolis", "column")
+
+
+class NetworkState(NamedTuple):
+    """The communication graph's arrays in ``SimState.network``: the fixed ``mixing`` operator,
+    the ``table`` of neighbours whose links may fail, or the stacked ``schedule`` of operators
+    (``()`` where unused)."""
+
+    mixing: tp.Dense | tp.Sparse | tuple = ()
+    table: tp.NeighbourTable | tuple = ()
+    schedule: tp.Dense | tp.Sparse | tuple = ()
 
 
 def _near_square(n: int) -> tuple[int, int]:
@@ -50,11 +66,14 @@ class Topology:
       degree: degree of ``random_regular``; p: edge probability of ``erdos_renyi``.
       directed: the directed static exponential graph (Ying et al.) when True.
       adjacency: a user's ``[N, N]`` boolean adjacency (``adj[i, j]``: i sends to j).
-      schedule: a sequence of such adjacency matrices (each connected), for ``schedule``.
+      schedule: a sequence of such adjacency matrices whose union is connected, for ``schedule``.
       representation: ``auto``, ``dense`` or ``sparse`` (same numbers, see
         ``edgejax.topology.choose_representation``).
-      link_failures: rebuild Metropolis-Hastings weights on the live graph every round.
       seed: seed of random graphs.
+
+    ``one_peer_exponential`` (Ying et al. 2021): in round t node i receives from
+    ``(i - 2^(t mod tau)) mod N`` (and sends to ``i + 2^(t mod tau)``), each weighing 1/2,
+    with ``tau = ceil(log2 N)``.
     """
 
     graph: str = "ring"
@@ -65,7 +84,6 @@ class Topology:
     adjacency: np.ndarray | None = None
     schedule: tuple | None = None
     representation: str = "auto"
-    link_failures: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -75,8 +93,11 @@ class Topology:
             raise ValueError("pass adjacency= exactly when graph='adjacency'")
         if (self.graph == "schedule") != (self.schedule is not None and len(self.schedule) > 0):
             raise ValueError("pass a non-empty schedule= of adjacency matrices exactly when graph='schedule'")
-        if self.link_failures and (self.weights != "metropolis" or self.time_varying):
-            raise ValueError("link_failures rebuilds Metropolis-Hastings weights on a fixed graph; it needs "
+
+    def check_link_failures(self) -> None:
+        """``ValueError`` unless links can fail on this topology (Metropolis weights, a fixed graph)."""
+        if self.weights != "metropolis" or self.time_varying:
+            raise ValueError("link failures rebuild Metropolis-Hastings weights on a fixed graph; they need "
                              f"weights='metropolis' and a fixed graph (got weights={self.weights!r}, "
                              f"graph={self.graph!r})")
 
@@ -84,9 +105,10 @@ class Topology:
     def time_varying(self) -> bool:
         return self.graph in ("one_peer_exponential", "schedule")
 
-    def adjacency_matrix(self, n: int, adjacency=None) -> np.ndarray:
+    def adjacency_matrix(self, n: int, adjacency=None, connected: bool = True) -> np.ndarray:
         """The fixed graph's boolean adjacency for ``n`` nodes (host); ``adjacency`` overrides
-        the user's matrix (one graph of a schedule)."""
+        the user's matrix (one graph of a schedule, checked for connectivity only when
+        ``connected``)."""
         builders = {
             "ring": lambda: tp.ring(n),
             "torus": lambda: tp.torus(*_near_square(n)),
@@ -103,12 +125,13 @@ class Topology:
         adj = builders[self.graph]()
         if adj.shape[0] != n:
             raise ValueError(f"the adjacency has {adj.shape[0]} nodes but the simulation has N={n}")
-        tp.check_connected(adj)
+        if connected:
+            tp.check_connected(adj)
         return adj
 
-    def matrix(self, n: int, adjacency=None) -> np.ndarray:
+    def matrix(self, n: int, adjacency=None, connected: bool = True) -> np.ndarray:
         """The fixed graph's mixing matrix (host, float64)."""
-        adj = self.adjacency_matrix(n, adjacency)
+        adj = self.adjacency_matrix(n, adjacency, connected)
         if self.weights == "column":
             return tp.column_stochastic(adj)
         if self.weights == "uniform":
@@ -116,16 +139,20 @@ class Topology:
         w = tp.metropolis_hastings(adj)
         return tp.lazy(w, 0.5) if self.weights == "lazy_metropolis" else w
 
-    def init_state(self, n: int) -> dict:
-        """What the jitted round needs, as arrays: the fixed operator or the neighbour table."""
+    def init_state(self, n: int, link_failures: bool = False) -> NetworkState:
+        """What the jitted round needs, as arrays: the fixed operator, the neighbour table whose
+        links may fail, or the schedule's operators."""
         check = "column" if self.weights == "column" else "row"
         if self.graph == "schedule":
-            return {"schedule": self._stacked([self.matrix(n, adj) for adj in self.schedule], check)}
+            graphs = [self.adjacency_matrix(n, adj, connected=False) for adj in self.schedule]
+            tp.check_connected(np.logical_or.reduce(graphs), name="the union of the schedule's graphs")
+            return NetworkState(schedule=self._stacked([self.matrix(n, adj, False) for adj in graphs], check))
         if self.time_varying:
-            return {}
-        if self.link_failures:
-            return {"table": tp.neighbour_table(self.adjacency_matrix(n))}
-        return {"mixing": tp.mixing_operator(self.matrix(n), self.representation, check=check)}
+            return NetworkState()
+        if link_failures:
+            self.check_link_failures()
+            return NetworkState(table=tp.neighbour_table(self.adjacency_matrix(n)))
+        return NetworkState(mixing=tp.mixing_operator(self.matrix(n), self.representation, check=check))
 
     def _stacked(self, matrices, check: str):
         """The schedule's operators stacked on a leading axis (sparse ones padded to one K)."""
@@ -135,19 +162,16 @@ class Topology:
             ops = [tp.to_sparse(w, max_degree=k) for w in matrices]
         return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *ops)
 
-    def operator(self, extra: dict, n: int, round_: jax.Array, key: jax.Array, present: jax.Array,
-                 link_failure: jax.Array):
-        """This round's mixing operator (inside ``jit``)."""
+    def operator(self, network: NetworkState, n: int, round_: jax.Array, plan):
+        """This round's mixing operator (inside ``jit``); with failing links, Metropolis-Hastings
+        weights on the plan's live links among the present nodes."""
         if self.graph == "schedule":
-            stacked = extra["schedule"]
-            return jax.tree_util.tree_map(lambda a: a[round_ % a.shape[0]], stacked)
+            return jax.tree_util.tree_map(lambda a: a[round_ % a.shape[0]], network.schedule)
         if self.time_varying:
             return tp.one_peer_exponential_operator(n, round_)
-        if self.link_failures:
-            table = extra["table"]
-            live = tp.draw_live_edges(key, table, link_failure)
-            return tp.live_metropolis_hastings(*table, live, present)
-        return extra["mixing"]
+        if isinstance(network.table, tp.NeighbourTable):
+            return tp.live_metropolis_hastings(*network.table, plan.live_links, plan.active)
+        return network.mixing
 
 
 def messages_sent(operator) -> jax.Array:

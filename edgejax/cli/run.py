@@ -164,8 +164,7 @@ def _algorithm(o: dict):
         return get_algorithm(name, weighting=o["weighting"])
     push = name == "pushsum"
     topology = Topology(graph=o["topology"], weights="column" if push else "metropolis",
-                        directed=push and o["topology"] == "exponential", link_failures=bool(o["link_failures"]),
-                        seed=o["seed"])
+                        directed=push and o["topology"] == "exponential", seed=o["seed"])
     options = {"topology": topology}
     if name == "dpsgd":
         options["order"] = o["gossip_order"]
@@ -183,7 +182,7 @@ def _system(o: dict, num_nodes: int):
                 "tiered": lambda: system.tiered_profiles(num_nodes, seed=o["seed"])}[o["profiles"]]()
     return system.SystemModel(profiles=profiles, availability=system.Availability(o["availability"]),
                               selection=o["selection"], stragglers=o["stragglers"],
-                              deadline_policy=o["deadline_policy"])
+                              deadline_policy=o["deadline_policy"], link_failures=bool(o["link_failures"]))
 
 
 def build(o: dict):

@@ -6,20 +6,23 @@ import jax.numpy as jnp
 
 from edgejax.core.local import map_nodes
 from edgejax.data.federated import FederatedData, NodeData
-from edgejax.models.base import Model, weighted_correct, weighted_cross_entropy
+from edgejax.models.base import Model
 
 NODE_PERCENTILES = (10, 50, 90)
 
 
 def _sums(model: Model, params, x, y, w):
-    """(sum of weighted losses, weighted correct count) of one batch."""
-    logits = model.apply(params, x)
-    return weighted_cross_entropy(logits, y, w) * jnp.sum(w), weighted_correct(logits, y, w)
+    """(sum of weighted losses, weighted correct count) of one batch (for a model without
+    an accuracy, e.g. regression, the second is the loss sum too)."""
+    outputs = model.apply(params, x)
+    loss = model.loss.fn(outputs, y, w) * jnp.sum(w)
+    correct = loss if model.loss.correct is None else model.loss.correct(outputs, y, w)
+    return loss, correct
 
 
 def _node_accuracies(model: Model, params, local: NodeData, group_size, per_node: bool) -> jax.Array:
-    """Accuracy on each node's local test split of ``params`` (shared) or of node i's own
-    ``params[i]`` (``per_node``); NaN for nodes without a local test split."""
+    """Accuracy (for models without one: loss) on each node's local test split of ``params``
+    (shared) or of node i's own ``params[i]`` (``per_node``); NaN for nodes without a split."""
 
     def accuracy(args):
         node_params, x, y, count = args
@@ -49,16 +52,24 @@ def evaluate(model: Model, params, data: FederatedData, group_size: int | None =
     * ``node_accuracy_{mean,min,p10,p50,p90}``: ``params`` on each node's local test split;
     * with ``node_params`` (a pytree with a leading node axis, e.g. decentralized
       training): ``own_accuracy_*``, node i's own model on node i's local test split.
+
+    A model whose loss reports no accuracy (``Model.loss.correct is None``, regression)
+    gets ``test_loss`` and the per-node loss distributions ``node_loss_*`` / ``own_loss_*``.
+    Metrics are in the parameters' float dtype (float64 under ``jax.enable_x64``).
     """
     test = data.test
     batch = min(test.x.shape[0], 1024)
     shape = (test.x.shape[0] // batch, batch)
-    batches = (test.x.reshape(*shape, *test.x.shape[1:]), test.y.reshape(shape), test.mask.reshape(shape))
+    batches = (test.x.reshape(*shape, *test.x.shape[1:]), test.y.reshape(*shape, *test.y.shape[1:]), test.mask.reshape(shape))
     loss_sums, correct = jax.lax.map(lambda b: _sums(model, params, *b), batches)
-    total = jnp.maximum(jnp.sum(test.mask), 1.0)
-    metrics = {"test_loss": jnp.sum(loss_sums) / total, "test_accuracy": jnp.sum(correct) / total}
-    metrics |= _distribution("node_accuracy", _node_accuracies(model, params, data.local_test, group_size, False))
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
+    total = jnp.maximum(jnp.sum(test.mask), 1.0).astype(dtype)
+    kind = "accuracy" if model.loss.correct is not None else "loss"
+    metrics = {"test_loss": jnp.sum(loss_sums) / total}
+    if kind == "accuracy":
+        metrics["test_accuracy"] = jnp.sum(correct).astype(dtype) / total
+    metrics |= _distribution(f"node_{kind}", _node_accuracies(model, params, data.local_test, group_size, False))
     if node_params is not None:
         own = _node_accuracies(model, node_params, data.local_test, group_size, True)
-        metrics |= _distribution("own_accuracy", own)
+        metrics |= _distribution(f"own_{kind}", own)
     return metrics

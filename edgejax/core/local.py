@@ -12,11 +12,17 @@ mapped over with ``jax.vmap`` (or ``lax.map`` in groups of nodes, see
   samples in every step);
 * a per-node ``step_budget`` (partial work, from the ``RoundPlan``) caps the steps;
   a step past the budget is masked out: parameters and optimizer state stay put.
+
+The local objective is the model's own loss (``Model.loss``) on the minibatch plus the
+``LocalTerm``s the algorithm adds (FedProx's proximal pull, SCAFFOLD's correction,
+FedDyn's linear and quadratic terms, ...), summed.  How the cohort's updates are
+computed (``per_node`` copies or the ``shared_base`` identity) is an execution strategy,
+see ``edgejax.core.execution``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +31,11 @@ import optax
 
 from edgejax.core.state import tree_where
 from edgejax.core.validation import check_choice
-from edgejax.models.base import Model, weighted_cross_entropy
+from edgejax.models.base import Model
 
 LOCAL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
 EXECUTIONS = ("per_node", "shared_base", "auto")
+WEIGHT_DECAY = (False, True, "all", "weights")
 
 _OPTIMIZER_HPARAMS = {
     "sgd": {"client_lr": 0.05},
@@ -60,7 +67,9 @@ class LocalTraining:
         the cohort (vmap if that is below 4).  Same numbers either way.
       weight_decay: add ``client_weight_decay * w`` to every local gradient (coupled L2
         weight decay, ``optax.add_decayed_weights`` before the optimizer; traced
-        ``client_weight_decay``, default 1e-4).
+        ``client_weight_decay``, default 1e-4): ``True`` or ``"all"`` decays every
+        parameter, ``"weights"`` only the weight matrices and kernels (leaves with two or
+        more dimensions; biases are not decayed, the common convention), ``False`` none.
       execution: how the cohort's local updates are computed. ``per_node``: every
         node holds its own copy of the model while it trains (the general strategy).
         ``shared_base``: no per-node weight copies; for dense-layer models
@@ -79,7 +88,7 @@ class LocalTraining:
     optimizer: str | Callable = "sgd"
     group_size: int | str | None = "auto"
     execution: str = "auto"
-    weight_decay: bool = False
+    weight_decay: bool | str = False
 
     def __post_init__(self):
         if self.epochs is not None and self.steps is not None:
@@ -94,6 +103,7 @@ class LocalTraining:
             raise ValueError(f"unknown local optimizer {self.optimizer!r}; choose from {LOCAL_OPTIMIZERS} "
                              "or pass a callable hparams -> optax.GradientTransformation")
         check_choice("execution", self.execution, EXECUTIONS)
+        check_choice("weight_decay", self.weight_decay, WEIGHT_DECAY)
         if self.group_size not in ("auto", None) and not (isinstance(self.group_size, int) and self.group_size >= 1):
             raise ValueError(f"group_size must be None, 'auto' or a positive integer; got {self.group_size!r}")
 
@@ -106,7 +116,8 @@ class LocalTraining:
         """The local optax optimizer, built from (possibly traced) hyper-parameters."""
         base = self._base_optimizer(hparams)
         if self.weight_decay:
-            return optax.chain(optax.add_decayed_weights(hparams["client_weight_decay"]), base)
+            mask = decays_leaf if self.weight_decay == "weights" else None
+            return optax.chain(optax.add_decayed_weights(hparams["client_weight_decay"], mask=mask), base)
         return base
 
     def _base_optimizer(self, hparams: dict) -> optax.GradientTransformation:
@@ -185,45 +196,82 @@ def batch_positions(spec: LocalTraining, step: jax.Array, count: jax.Array, orde
     return slots, weights
 
 
-def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
-                      regularizer: Callable | None = None):
-    """Build ``update(params0, x, y, count, key, budget, hparams, node_args=()) -> (params, loss, steps)``.
+class LocalTerm(NamedTuple):
+    """A term an algorithm adds to every node's local objective.
 
-    The local objective is the weighted cross-entropy of the minibatch plus, when given,
-    ``regularizer(params, params0, node_args, hparams)``: ``params0`` is where the local
-    update started (the global model for server algorithms, e.g. FedProx's proximal
-    anchor) and ``node_args`` any per-node pytree the algorithm passes (e.g. SCAFFOLD's
-    correction ``c - c_i``).  ``loss`` is the mean minibatch cross-entropy over the steps
-    taken (without the regularizer); ``steps`` is how many steps ran.
+    ``loss(params, anchor, node_arg, hparams) -> scalar``: ``anchor`` is the model the
+    node's update started from this round (the server model it received, or its own
+    model in decentralized training); ``node_arg`` is the per-node pytree the algorithm
+    passes for this term (``node_args[name]``; ``()`` when it passes none).
+
+    ``pull``: the name of the traced hyper-parameter ``mu`` when the term is exactly the
+    pull ``mu/2 ||w - anchor||^2`` (FedProx, FedDyn's quadratic part); an execution
+    strategy asks this to know whether it can stay exact (``shared_base`` folds a pull
+    into its closed form and supports no other term).
     """
 
+    name: str
+    loss: Callable[[Any, Any, Any, dict], jax.Array]
+    pull: str | None = None
+
+
+class LocalResult(NamedTuple):
+    """One node's (or, stacked, the cohort's) local update: the trained ``params``, the
+    optimizer state after the last step, the mean minibatch ``loss`` over the steps taken
+    (the model's loss, without the terms) and how many ``steps`` ran."""
+
+    params: Any
+    opt_state: Any
+    loss: jax.Array
+    steps: jax.Array
+
+
+def decays_leaf(params):
+    """The ``weight_decay="weights"`` mask: weight matrices and kernels (ndim >= 2), not biases."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
+                      terms: tuple[LocalTerm, ...] = ()):
+    """Build ``update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None)
+    -> LocalResult`` for one node.
+
+    The objective is ``model.loss`` on the minibatch plus every ``LocalTerm`` in ``terms``
+    (``node_args``: a dict term name -> that term's per-node pytree).  ``opt_state``: the
+    optimizer state to continue from (a node that keeps its optimizer across rounds);
+    ``None`` starts a fresh one from ``params0``.
+    """
+    loss_fn = model.loss.fn
+
     def objective(params, xb, yb, wb, hparams, params0, node_args):
-        loss = weighted_cross_entropy(model.apply(params, xb), yb, wb)
-        if regularizer is None:
-            return loss, loss
-        return loss + regularizer(params, params0, node_args, hparams), loss
+        loss = loss_fn(model.apply(params, xb), yb, wb)
+        total = loss
+        for term in terms:
+            total = total + term.loss(params, params0, node_args.get(term.name, ()), hparams)
+        return total, loss
 
     grad_fn = jax.grad(objective, has_aux=True)
 
-    def update(params0, x, y, count, key, budget, hparams, node_args=()):
+    def update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None) -> LocalResult:
         opt = spec.make_optimizer(hparams)
         order = node_shuffles(key, count, x.shape[0], shuffles)
         n_steps = jnp.minimum(spec.node_steps(count), budget)
+        args = node_args or {}
 
         def step(carry, t):
             params, opt_state, loss_sum = carry
             slots, wb = batch_positions(spec, t, count, order)
-            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, params0, node_args)
+            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, params0, args)
             updates, new_opt_state = opt.update(grads, opt_state, params)
             active = t < n_steps
             params = tree_where(active, optax.apply_updates(params, updates), params)
             opt_state = tree_where(active, new_opt_state, opt_state)
             return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
 
-        init = (params0, opt.init(params0), jnp.zeros(()))
-        (params, _, loss_sum), _ = jax.lax.scan(step, init, jnp.arange(max_steps))
+        start = opt.init(params0) if opt_state is None else opt_state
+        (params, opt_state, loss_sum), _ = jax.lax.scan(step, (params0, start, jnp.zeros(())), jnp.arange(max_steps))
         steps = n_steps.astype(jnp.float32)
-        return params, loss_sum / jnp.maximum(steps, 1.0), steps
+        return LocalResult(params, opt_state, loss_sum / jnp.maximum(steps, 1.0), steps)
 
     return update
 
@@ -233,23 +281,3 @@ def masked_weighted_sum(p: jax.Array, values: jax.Array) -> jax.Array:
     nothing (a ``where``, so even a NaN/inf from an absent node cannot leak in)."""
     mask = (p > 0).reshape(p.shape + (1,) * (values.ndim - 1))
     return jnp.tensordot(p, jnp.where(mask, values, 0), axes=1)
-
-
-def make_per_node_delta(local_update: Callable, group_size: int | None):
-    """The ``per_node`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
-
-    Every cohort node trains its own copy of ``x`` (``local_update``, mapped with
-    ``map_nodes``); returns ``(sum_i p_i (x_i - x), loss [K], steps [K])``.
-    """
-
-    def local_delta(x, cohort, keys, budget, p, hparams):
-        def one(args):
-            xs, ys, count, key, node_budget = args
-            return local_update(x, xs, ys, count, key, node_budget, hparams)
-
-        args = (cohort.x, cohort.y, cohort.count, keys, budget)
-        node_params, node_loss, node_steps = map_nodes(one, args, group_size)
-        delta = jax.tree_util.tree_map(lambda xi, x0: masked_weighted_sum(p, xi - x0), node_params, x)
-        return delta, node_loss, node_steps
-
-    return local_delta

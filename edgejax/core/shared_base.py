@@ -43,13 +43,19 @@ nothing.  Nodes with ``p_i = 0`` are excluded from the aggregation with a ``wher
 NaN in an absent node's data cannot leak in).
 
 What is supported: models with a ``Model.layers`` dense-stack description (logistic
-regression, MLPs; activations from ``edgejax.models.zoo.ACTIVATIONS``), local optimizers
-``sgd``, ``momentum``, ``nesterov``, weight decay and FedProx's proximal term with ``sgd``,
-the weighted cross-entropy loss.  Not supported
-(use ``per_node``): convolutional models, adaptive local optimizers (Adam, Adagrad,
-RMSProp: their update is not linear in the gradients), callable optimizers (weight decay,
-clipping and the like cannot be verified), local regularizers other than FedProx's proximal
-term (e.g. SCAFFOLD's correction), weight decay or the proximal term with momentum.
+regression, MLPs; activations from ``edgejax.models.zoo.ACTIVATIONS``) and any
+``Model.loss`` (its gradient with respect to the outputs is all that is used), local
+optimizers ``sgd``, ``momentum``, ``nesterov``, weight decay of every parameter and local
+terms that are proximal pulls ``mu/2 ||w - W||^2`` (``LocalTerm.pull``: FedProx) with
+``sgd``.  Not supported (use ``per_node``): convolutional models, adaptive local optimizers
+(Adam, Adagrad, RMSProp: their update is not linear in the gradients), callable optimizers
+(weight decay, clipping and the like cannot be verified), local terms other than pulls
+(SCAFFOLD's and FedDyn's linear corrections: each node's correction is a full-size
+per-node matrix, so ``a_s c_i`` is a per-node GEMM every step, the very cost this
+strategy avoids), weight decay that skips biases, decay or pulls with momentum.  The
+strategy only produces the weighted sum of the cohort's changes: an algorithm that reads
+every node's trained model, or whose nodes start from their own models (decentralized
+training), uses ``per_node``.
 """
 from __future__ import annotations
 
@@ -58,9 +64,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from edgejax.core.local import LocalTraining, batch_positions, node_shuffles
-from edgejax.core.regularizers import proximal_term
-from edgejax.models.base import Model, weighted_cross_entropy
+from edgejax.core.local import LocalTerm, LocalTraining, batch_positions, node_shuffles
+from edgejax.models.base import Model
 
 SGD_FAMILY = ("sgd", "momentum", "nesterov")
 
@@ -94,28 +99,32 @@ def shared_base_is_cheaper(model: Model, spec: LocalTraining, max_steps: int) ->
     return history <= weights
 
 
-def regularizer_unsupported(spec: LocalTraining, regularizer) -> str | None:
-    """Why shared_base cannot include the decay terms or the algorithm's regularizer, or ``None``.
+def terms_unsupported(spec: LocalTraining, terms: tuple[LocalTerm, ...]) -> str | None:
+    """Why shared_base cannot include the weight decay or the algorithm's local terms, or ``None``.
 
-    Weight decay (lambda) and FedProx's proximal term (mu) with plain SGD keep the form (see
-    ``_decay``); with momentum they do not, and other regularizers (SCAFFOLD's correction)
-    are not implemented.
+    Weight decay (lambda) and proximal pulls (mu, ``LocalTerm.pull``) with plain SGD keep the
+    form (see ``_decay``); with momentum they do not, and other terms are not closed-form.
     """
-    decays = spec.weight_decay or regularizer is proximal_term
-    if regularizer is not None and regularizer is not proximal_term:
-        return "the algorithm adds a local regularizer other than FedProx's proximal term (e.g. SCAFFOLD's correction)"
-    if decays and spec.optimizer != "sgd":
-        return f"weight decay and the proximal term are supported with local 'sgd' only (got {spec.optimizer!r})"
+    for term in terms:
+        if term.pull is None:
+            return (f"the algorithm adds the local term {term.name!r}, which is not a proximal pull "
+                    "mu/2 ||w - anchor||^2")
+    if spec.weight_decay == "weights":
+        return "weight decay that skips biases (weight_decay='weights') is not implemented in shared_base"
+    if (spec.weight_decay or terms) and spec.optimizer != "sgd":
+        return f"weight decay and proximal pulls are supported with local 'sgd' only (got {spec.optimizer!r})"
     return None
 
 
-def _decay(spec: LocalTraining, proximal: bool, hparams: dict, dtype):
-    """``(e, lam, mu)``: with SGD, weight decay lam and the proximal term mu,
+def _decay(spec: LocalTraining, terms: tuple[LocalTerm, ...], hparams: dict, dtype):
+    """``(e, lam, mu)``: with SGD, weight decay lam and proximal pulls of total strength mu,
     ``w_{t+1} = e w_t + lr mu W - lr g_t`` with ``e = 1 - lr (lam + mu)``, so
     ``w_s = beta(s) W - lr sum_t e^(s-1-t) g_t`` where ``beta(s) = e^s + mu/(lam+mu) (1 - e^s)``."""
     lr = jnp.asarray(hparams["client_lr"], dtype)
     lam = jnp.asarray(hparams["client_weight_decay"], dtype) if spec.weight_decay else jnp.zeros((), dtype)
-    mu = jnp.asarray(hparams["mu"], dtype) if proximal else jnp.zeros((), dtype)
+    mu = jnp.zeros((), dtype)
+    for term in terms:
+        mu = mu + jnp.asarray(hparams[term.pull], dtype)
     return 1 - lr * (lam + mu), lam, mu
 
 
@@ -124,26 +133,6 @@ def _base_scale(e, lam, mu, steps):
     total = lam + mu
     kept = jnp.where(total > 0, mu / jnp.where(total > 0, total, 1), 1)
     return e ** steps + kept * (1 - e ** steps)
-
-
-def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, regularizer=None) -> str:
-    """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here).
-
-    ``regularizer``: the algorithm's addition to the local objective (``None`` for FedAvg).
-    Raises ``ValueError`` naming the reason when ``shared_base`` is asked for explicitly
-    but cannot be exact.
-    """
-    if spec.execution == "per_node":
-        return "per_node"
-    reason = shared_base_unsupported(model, spec) or regularizer_unsupported(spec, regularizer)
-    if spec.execution == "shared_base":
-        if reason is not None:
-            raise ValueError(f"execution='shared_base' cannot be exact here: {reason}. "
-                             "Use execution='per_node' (or 'auto', which falls back to it).")
-        return "shared_base"
-    if reason is None and shared_base_is_cheaper(model, spec, max_steps):
-        return "shared_base"
-    return "per_node"
 
 
 def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, e=None) -> jax.Array:
@@ -162,7 +151,7 @@ def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, e=None) 
 
 
 def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
-                           sample_space: bool | None = None, regularizer=None) -> Callable:
+                           sample_space: bool | None = None, terms: tuple[LocalTerm, ...] = ()) -> Callable:
     """The ``shared_base`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
 
     Returns ``(sum_i p_i (x_i - x), loss [K], steps [K])`` like ``make_per_node_delta``,
@@ -173,10 +162,10 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
     the node's ``M`` (padded) samples once per round; the aggregation is then
     ``X^T (scatter of G onto slots)`` over ``K*M`` rows instead of ``K*S*B``.  Cheaper
     when samples are revisited (``M <= S*B``, e.g. several epochs), which is the default
-    choice (``None``); the same numbers either way.  ``regularizer``: FedProx's
-    ``proximal_term`` (with local ``sgd``) or ``None``.
+    choice (``None``); the same numbers either way.  ``terms``: the algorithm's local terms
+    (proximal pulls only, with local ``sgd``).
     """
-    reason = shared_base_unsupported(model, spec) or regularizer_unsupported(spec, regularizer)
+    reason = shared_base_unsupported(model, spec) or terms_unsupported(spec, terms)
     if reason is not None:
         raise ValueError(f"execution='shared_base' cannot be exact here: {reason}")
     from edgejax.models.zoo import ACTIVATIONS
@@ -190,13 +179,13 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         W = [x[layer.name]["w"] for layer in stack]
         bias = [x[layer.name]["b"] for layer in stack]
         lr = jnp.asarray(hparams["client_lr"], dtype)
-        e, lam, mu = _decay(spec, regularizer is proximal_term, hparams, dtype)
+        e, lam, mu = _decay(spec, terms, hparams, dtype)
         coef = _step_coefficients(spec.optimizer, hparams, S, dtype, e)
         K = cohort.x.shape[0]
         counts = cohort.count
         orders = jax.vmap(node_shuffles, in_axes=(0, 0, None, None))(keys, counts, cohort.x.shape[1], shuffles)
         n_steps = jnp.minimum(spec.node_steps(counts), budget)
-        loss_grad = jax.vmap(jax.value_and_grad(weighted_cross_entropy))
+        loss_grad = jax.vmap(jax.value_and_grad(model.loss.fn))
         M = cohort.x.shape[1]
         flat_x = cohort.x.reshape(K, M, stack[0].d_in)
         samples = (M <= S * B) if sample_space is None else sample_space

@@ -19,31 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.core.evaluate import evaluate
-from edgejax.core.local import LocalTraining, make_local_update, make_per_node_delta
-from edgejax.data.federated import FederatedData
+from edgejax.core.execution import RoundContext, build_execution, resolve_execution
+from edgejax.core.local import LocalTraining
 from edgejax.core.results import Results
-from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
+from edgejax.data.federated import FederatedData
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.model import SystemModel
 
-
-@dataclasses.dataclass(frozen=True)
-class LocalContext:
-    """What an algorithm's round needs from the simulation (static).
-
-    ``local_update``: one node's update from given parameters (see ``make_local_update``);
-    ``local_delta(x, cohort, keys, budget, p, hparams) -> (sum_i p_i (x_i - x), loss [K],
-    steps [K])``: the cohort's weighted model change under the chosen execution strategy;
-    ``group_size``: how node-wise work is mapped; ``model_bytes``: one model's size;
-    ``local``: the static local-training description.
-    """
-
-    local_update: Any
-    local_delta: Any
-    group_size: int | None
-    model_bytes: int
-    local: LocalTraining
+# the algorithm protocol (documented in edgejax.algorithms.base): its parts and the metrics every round reports
+ALGORITHM_PARTS = ("name", "traits", "payload", "default_hparams", "init", "round", "eval_models", "describe")
+REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,7 +39,8 @@ class Simulation:
     Attributes:
       model: an init/apply ``Model`` matching the data's feature shape and classes.
       data: the device-resident ``FederatedData`` (node axis N).
-      algorithm: e.g. ``FedAvg(server_optimizer="adam")``.
+      algorithm: any object following the algorithm protocol (``edgejax.algorithms.base``),
+        e.g. ``FedAvg(server_optimizer="adam")``.
       local: the ``LocalTraining`` schedule and optimizer.
       clients_per_round: the cohort size K (static shape); ``None`` means all N nodes.
         The number that actually takes part is the traced hyper-parameter
@@ -70,6 +57,10 @@ class Simulation:
     system: SystemModel = SystemModel()
 
     def __post_init__(self):
+        missing = [name for name in ALGORITHM_PARTS if not hasattr(self.algorithm, name)]
+        if missing:
+            raise TypeError(f"{type(self.algorithm).__name__} is not an edgejax algorithm: it lacks {missing} "
+                            "(see edgejax.algorithms.base)")
         n = self.data.num_nodes
         if tuple(self.model.input_shape) != self.data.feature_shape:
             raise ValueError(f"model {self.model.name!r} expects inputs of shape {self.model.input_shape} "
@@ -79,6 +70,15 @@ class Simulation:
         k = self.clients_per_round
         if k is not None and not (isinstance(k, (int, np.integer)) and 1 <= k <= n):
             raise ValueError(f"clients_per_round={k!r} must be an integer in [1, N={n}]")
+        traits = self.algorithm.traits()
+        if traits.full_cohort and k is not None and k != n:
+            raise ValueError(f"{self.algorithm.name} trains every node each round; use clients_per_round=None "
+                             f"(got {k} of N={n})")
+        if self.system.link_failures:
+            if traits.topology is None:
+                raise ValueError(f"link failures need a decentralized algorithm with a topology; {self.algorithm.name} "
+                                 "has no communication graph")
+            traits.topology.check_link_failures()
 
     # ----- static structure -------------------------------------------------------------
     @property
@@ -95,27 +95,51 @@ class Simulation:
         return self.local.schedule(self.data.node_counts())
 
     @functools.cached_property
-    def context(self) -> LocalContext:
+    def params_shape(self):
+        """One model's parameters as shape structs."""
+        return jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
+
+    @functools.cached_property
+    def context(self) -> RoundContext:
+        """What the algorithm's ``init``/``round`` get: the execution strategy built for the
+        algorithm's ``Needs``, the schedule, sizes and payload."""
         max_steps, shuffles = self.schedule
-        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
-        regularizer = getattr(self.algorithm, "regularizer", None)
-        local_update = make_local_update(self.model, self.local, max_steps, shuffles, regularizer)
         group_size = self.local.resolved_group_size(self.cohort_size)
-        if resolve_execution(self.model, self.local, max_steps, regularizer) == "shared_base":
-            local_delta = make_shared_base_delta(self.model, self.local, max_steps, shuffles, regularizer=regularizer)
-        else:
-            local_delta = make_per_node_delta(local_update, group_size)
-        return LocalContext(
-            local_update=local_update,
-            local_delta=local_delta,
-            group_size=group_size,
+        needs = self.algorithm.traits().needs
+        message = getattr(self.algorithm, "message_bytes", None)
+        return RoundContext(
+            execution=build_execution(self.model, self.local, max_steps, shuffles, group_size, needs),
             local=self.local,
-            model_bytes=num_bytes(params),
+            model_bytes=num_bytes(self.params_shape),
+            payload=self.algorithm.payload(self.params_shape, self.num_nodes),
+            message_bytes=float(message(self.params_shape)) if message else float(num_bytes(self.params_shape)),
+            group_size=group_size,
+            num_nodes=self.num_nodes,
         )
 
+    @property
+    def execution(self) -> str:
+        """The local execution strategy in use (``per_node`` or ``shared_base``)."""
+        return resolve_execution(self.model, self.local, self.schedule[0], self.algorithm.traits().needs)
+
     # ----- hyper-parameters -------------------------------------------------------------
+    def hparam_owners(self) -> dict[str, str]:
+        """Which part owns each traced hyper-parameter (``local``, ``algorithm``, ``system``,
+        ``simulation``); a name claimed by two parts is a ``ValueError`` naming both."""
+        owners: dict[str, str] = {}
+        parts = (("local", self.local.default_hparams()), ("algorithm", self.algorithm.default_hparams()),
+                 ("system", self.system.default_hparams()), ("simulation", {"clients_per_round": 0.0}))
+        for owner, names in parts:
+            for name in names:
+                if name in owners:
+                    raise ValueError(f"hyper-parameter {name!r} is defined by both the {owners[name]} and the "
+                                     f"{owner} ({self.algorithm.name}); rename one of them")
+                owners[name] = owner
+        return owners
+
     def default_hparams(self) -> dict[str, jax.Array]:
         """All traced hyper-parameters with their defaults (a dict of scalar arrays)."""
+        self.hparam_owners()
         values = {**self.local.default_hparams(), **self.algorithm.default_hparams(),
                   **self.system.default_hparams(), "clients_per_round": float(self.cohort_size)}
         return {k: jnp.asarray(v, dtype=jnp.result_type(float)) for k, v in values.items()}
@@ -144,26 +168,53 @@ class Simulation:
         k_model, k_nodes, k_run, k_system = jax.random.split(key, 4)
         params = self.model.init(k_model)
         node_rng = jax.random.split(k_nodes, self.num_nodes)
-        nodes, server = self.algorithm.init(params, node_rng, hparams)
+        nodes, server = self.algorithm.init(self.context, params, node_rng, hparams)
+        topology = self.algorithm.traits().topology
+        network = topology.init_state(self.num_nodes, self.system.link_failures) if topology is not None else ()
         return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server,
-                        system=self.system.init(k_system, self.num_nodes))
+                        system=self.system.init(k_system, self.num_nodes), network=network)
 
     def _plan(self, state: SimState, data: FederatedData, hparams: dict):
         key = jax.random.fold_in(state.rng, state.round)
+        links = state.network.table if self.system.link_failures else None
         return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
-                                data.train.count, self.context.model_bytes)
+                                data.train.count, self.context.payload, links)
 
     def plan(self, state: SimState, hparams: dict) -> RoundPlan:
         """The system model's plan for the state's next round (drawn from the run's key)."""
         return self._plan(state, self.data, hparams)[0]
 
+    def make_plan(self, nodes=None, active=None, step_budget=None) -> RoundPlan:
+        """A user's own ``RoundPlan`` for ``round_with_plan``: ``nodes`` (the cohort's ids, default
+        ``0..K-1``), ``active`` (default all 1), ``step_budget`` (default each node's full
+        schedule).  Shapes and values are checked here."""
+        k = self.cohort_size
+        nodes = jnp.arange(k, dtype=jnp.int32) if nodes is None else jnp.asarray(nodes, jnp.int32)
+        if nodes.shape != (k,):
+            raise ValueError(f"nodes must have shape ({k},) (the cohort size); got {nodes.shape}")
+        if not bool(jnp.all((nodes >= 0) & (nodes < self.num_nodes))) or len(set(np.asarray(nodes).tolist())) != k:
+            raise ValueError(f"nodes must be {k} distinct node ids in [0, {self.num_nodes}); got {np.asarray(nodes)}")
+        active = jnp.ones((k,), jnp.result_type(float)) if active is None else jnp.asarray(active, jnp.result_type(float))
+        planned = self.local.node_steps(self.data.train.count[nodes]).astype(jnp.int32)
+        budget = planned if step_budget is None else jnp.asarray(step_budget, jnp.int32)
+        for name, value in (("active", active), ("step_budget", budget)):
+            if value.shape != (k,):
+                raise ValueError(f"{name} must have shape ({k},); got {value.shape}")
+        if self.system.link_failures:
+            raise ValueError("with link failures the system model draws the live links; use round() instead")
+        return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0))
+
+    def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
+        """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
+        runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
+        state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
+        cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
+        return state._replace(round=state.round + 1, system=system), {**metrics, **cost}
+
     def round(self, state: SimState, data: FederatedData, hparams: dict):
         """One round: the system model draws a plan, the algorithm runs it, the clock charges it."""
         plan, system = self._plan(state, data, hparams)
-        state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
-        per_node = metrics["bytes_up"] / jnp.maximum(metrics["participants"], 1.0)
-        cost, system = self.system.charge(system, plan, self.local, data.train.count, per_node)
-        return state._replace(round=state.round + 1, system=system), {**metrics, **cost}
+        return self.round_with_plan(state._replace(system=system), data, plan, hparams)
 
     def run_rounds(self, state: SimState, data: FederatedData, hparams: dict, num_rounds: int,
                    active_rounds: jax.Array | None = None):
@@ -173,6 +224,10 @@ class Simulation:
         """
         active_rounds = num_rounds if active_rounds is None else active_rounds
         metric_shapes = jax.eval_shape(self.round, state, data, hparams)[1]
+        missing = [name for name in REQUIRED_METRICS if name not in metric_shapes]
+        if missing:
+            raise TypeError(f"{self.algorithm.name}.round must report the metrics {list(REQUIRED_METRICS)}; "
+                            f"it lacks {missing}")
 
         def body(st, i):
             def skip(s):
@@ -235,10 +290,10 @@ class Simulation:
         local = dataclasses.asdict(self.local)
         if callable(local["optimizer"]):
             local["optimizer"] = getattr(local["optimizer"], "__name__", repr(local["optimizer"]))
-        return {"model": self.model.name, "model_parameters": num_parameters(params),
+        return {"model": self.model.name, "model_parameters": num_parameters(params), "loss": self.model.loss.name,
                 "dataset": self.data.name, "num_nodes": self.num_nodes, "cohort_size": self.cohort_size,
-                "algorithm": dataclasses.asdict(self.algorithm) | {"name": self.algorithm.name},
-                "local": local, "max_local_steps": self.schedule[0]}
+                "algorithm": self.algorithm.describe(), "local": local, "execution": self.execution,
+                "max_local_steps": self.schedule[0]}
 
     def run(self, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
             out_dir: str | Path | None = None, progress: bool = False) -> Results:

@@ -5,20 +5,24 @@ algorithms; each fills in only what it needs and leaves the rest as ``()``:
 
 ``SimState``
     ``round`` (int32 scalar, rounds finished), ``rng`` (the run's key),
-    ``nodes`` (``NodeState``), ``server`` (``ServerState``) and ``system`` (the system
-    model's state: device profiles, availability, simulated clock).
+    ``nodes`` (``NodeState``), ``server`` (``ServerState``), ``system`` (the system
+    model's state: device profiles, availability, simulated clock, busy-until times) and
+    ``network`` (the communication graph's arrays for decentralized algorithms).
 ``NodeState``
     ``rng [N, 2]``: each node's key; round ``t`` uses ``fold_in(rng[i], t)``.
-    ``params [N, ...]`` and ``opt_state [N, ...]``: persistent node models
-    (decentralized training); ``()`` where nodes restart from the server model
-    every round (FedAvg family).
-    ``extra``: per-node algorithm state (control variates, delay buffers ``[D, N, ...]``).
+    ``params [N, ...]``: persistent node models (decentralized training); ``()`` where
+    nodes restart from the server model every round (FedAvg family).
+    ``opt_state [N, ...]``: local optimizer states where they persist across rounds.
+    ``extra``: the algorithm's typed per-node state, a ``NamedTuple`` documented with the
+    algorithm (SCAFFOLD's ``Control(c)``, FedDyn's ``GradientMemory(g)``, push-sum's
+    ``PushSumWeight(w)``, CHOCO's ``PublicCopy(xhat)``).
 ``ServerState``
-    ``params`` (the global model), ``opt_state`` (server optimizer), ``extra`` (global
-    algorithm state: SCAFFOLD's ``c``, a decentralized run's mixing operator).
+    ``params`` (the global model), ``opt_state`` (server optimizer), ``extra`` (the
+    algorithm's typed global state: SCAFFOLD's ``Control(c)``, FedDyn's ``DynamicState(h)``).
 
-A round reads a ``RoundPlan`` made by the system model: which ``K`` nodes form the
-cohort, which of them take part, and how many local steps each may run.
+A round reads a ``RoundPlan`` made by the system model (or given by the user:
+``Simulation.round_with_plan``): which ``K`` nodes form the cohort, which of them take
+part, how many local steps each may run, and which links are up.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class SimState(NamedTuple):
     nodes: NodeState
     server: ServerState
     system: PyTree = ()
+    network: PyTree = ()
 
 
 class RoundPlan(NamedTuple):
@@ -56,12 +61,15 @@ class RoundPlan(NamedTuple):
 
     ``nodes``: node ids of the cohort; ``active``: 1.0 where the node takes part and
     its update is aggregated, 0.0 where it is absent (a mask, never a branch);
-    ``step_budget``: the most local steps the node may run (partial work).
+    ``step_budget``: the most local steps the node may run (partial work);
+    ``live_links``: with link failures, the live-edge mask ``[N, K_graph]`` of the
+    communication graph's neighbour table (``()`` otherwise).
     """
 
     nodes: jax.Array
     active: jax.Array
     step_budget: jax.Array
+    live_links: jax.Array | tuple = ()
 
 
 def default_float():

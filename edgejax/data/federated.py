@@ -78,12 +78,18 @@ def _float(x: np.ndarray):
     return x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
 
 
+def _labels(y: np.ndarray):
+    """Class labels stay int32; float targets (regression) keep their float dtype."""
+    return y.dtype if np.issubdtype(y.dtype, np.floating) else np.int32
+
+
 def pad_nodes(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]) -> NodeData:
-    """Stack ``x[parts[i]]`` for every node into a zero-padded ``NodeData``."""
+    """Stack ``x[parts[i]]`` for every node into a zero-padded ``NodeData`` (labels ``[N, M]``,
+    or ``[N, M, d]`` for vector regression targets)."""
     counts = np.array([len(p) for p in parts], dtype=np.int32)
     m = max(int(counts.max(initial=0)), 1)
     xs = np.zeros((len(parts), m, *x.shape[1:]), dtype=_float(x))
-    ys = np.zeros((len(parts), m), dtype=np.int32)
+    ys = np.zeros((len(parts), m, *y.shape[1:]), dtype=_labels(y))
     for i, idx in enumerate(parts):
         xs[i, : len(idx)] = x[idx]
         ys[i, : len(idx)] = y[idx]
@@ -95,7 +101,7 @@ def pad_test(x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> TestData:
     t = len(y)
     size = -(-t // min(batch, max(t, 1))) * min(batch, max(t, 1))
     xs = np.zeros((size, *x.shape[1:]), dtype=_float(x))
-    ys = np.zeros((size,), dtype=np.int32)
+    ys = np.zeros((size, *y.shape[1:]), dtype=_labels(y))
     xs[:t], ys[:t] = x, y
     mask = np.arange(size) < t
     return TestData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(mask, dtype=jnp.float32))

@@ -1,4 +1,4 @@
-"""Vmap-friendly classifiers: logistic regression, MLP, GEMM-conv CNN, 1-D conv net."""
+"""Vmap-friendly models: logistic and linear regression, MLP, GEMM-conv CNN, 1-D conv net."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.models import layers
-from edgejax.models.base import DenseLayer, Model
+from edgejax.models.base import SQUARED_ERROR, DenseLayer, Model
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "sigmoid": jax.nn.sigmoid}
 
@@ -29,6 +29,11 @@ def logistic_regression(input_shape: Sequence[int], num_classes: int) -> Model:
         return layers.dense(params["out"], x.reshape(x.shape[0], d))
 
     return Model("logreg", init, apply, input_shape, num_classes, layers=(DenseLayer("out", d, num_classes),))
+
+
+def linear_regression(input_shape: Sequence[int], outputs: int = 1) -> Model:
+    """Least squares: ``y_hat = flatten(x) W + b`` with the ``SQUARED_ERROR`` loss (float targets)."""
+    return logistic_regression(input_shape, outputs)._replace(name="linreg", loss=SQUARED_ERROR)
 
 
 def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (200, 200),

@@ -13,9 +13,15 @@ Each round, drawn from the state's rng (no host round-trip):
 4. the deadline policy (``wait_all``, ``drop_late``, ``partial``) turns the traced
    ``deadline`` (seconds) into the final active mask and step budgets.
 
-After the round, the simulated clock charges every active node download + compute +
-upload under its ``DeviceProfiles`` (bytes: the algorithm's per-participant traffic) and
-reports the makespan, the cumulative simulated time and the energy.
+With ``link_failures=True`` the plan also says which links of the algorithm's
+communication graph are up (``RoundPlan.live_links``): each undirected link fails
+independently with the traced probability ``link_failure`` (the same draw at both ends).
+
+Plans and charges use the same bytes: the algorithm's ``Payload`` (bytes up and down per
+participating node, which may differ).  After the round, the simulated clock charges
+every active node download + compute + upload under its ``DeviceProfiles`` and reports
+the makespan, the cumulative simulated time and the energy; each node's ``busy_until``
+(the simulated time at which it finished its last round's work) is kept in the state.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from edgejax import topology as tp
 from edgejax.core.state import RoundPlan, default_float, tree_take
 from edgejax.core.validation import check_choice
 from edgejax.system.availability import Availability
@@ -37,11 +44,13 @@ STRAGGLERS = ("none", "drop", "partial_epochs")
 
 
 class SystemState(NamedTuple):
-    """``profiles`` (per node), ``online`` (availability state [N]), ``clock`` (simulated seconds)."""
+    """``profiles`` (per node), ``online`` (availability state [N]), ``clock`` (simulated
+    seconds), ``busy_until [N]`` (simulated time at which each node finished its last work)."""
 
     profiles: DeviceProfiles
     online: jax.Array
     clock: jax.Array
+    busy_until: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -55,6 +64,9 @@ class SystemModel:
       stragglers: one of ``STRAGGLERS``.
       deadline_policy: one of ``edgejax.system.clock.POLICIES``.
       num_tiers: tiers for ``tier`` selection (``profiles.tier`` in ``0..num_tiers-1``).
+      link_failures: links of the algorithm's graph fail each round with the traced
+        probability ``link_failure`` (decentralized algorithms on a fixed graph with
+        Metropolis-Hastings weights, which are rebuilt on the live links).
     """
 
     profiles: DeviceProfiles | None = None
@@ -63,6 +75,7 @@ class SystemModel:
     stragglers: str = "none"
     deadline_policy: str = "wait_all"
     num_tiers: int = 3
+    link_failures: bool = False
 
     def __post_init__(self):
         check_choice("selection", self.selection, SELECTIONS)
@@ -76,17 +89,24 @@ class SystemModel:
             hp["straggler_fraction"] = 0.0
         if self.deadline_policy != "wait_all" or self.selection == "deadline":
             hp["deadline"] = 60.0
+        if self.link_failures:
+            hp["link_failure"] = 0.0
         return hp
 
     def init(self, key: jax.Array, n: int) -> SystemState:
         profiles = uniform_profiles(n) if self.profiles is None else self.profiles
         if profiles.speed.shape[0] != n:
             raise ValueError(f"the device profiles describe {profiles.speed.shape[0]} nodes but N={n}")
-        return SystemState(profiles, self.availability.init(key, n), jnp.zeros((), default_float()))
+        return SystemState(profiles, self.availability.init(key, n), jnp.zeros((), default_float()),
+                           jnp.zeros((n,), default_float()))
 
     def plan(self, key, system: SystemState, round_, hparams, cohort_size: int, local, counts,
-             model_bytes: int) -> tuple[RoundPlan, SystemState]:
-        """This round's ``RoundPlan`` and the next availability state."""
+             payload, links: tp.NeighbourTable | None = None) -> tuple[RoundPlan, SystemState]:
+        """This round's ``RoundPlan`` and the next availability state.
+
+        ``payload``: the algorithm's bytes ``(up, down)`` per participating node; ``links``:
+        the communication graph's neighbour table when links can fail (``link_failures``).
+        """
         k_avail, k_select, k_strag, k_epochs = jax.random.split(key, 4)
         online, state = self.availability.step(k_avail, system.online, round_, hparams)
         count = hparams["clients_per_round"]
@@ -96,7 +116,7 @@ class SystemModel:
         elif self.selection == "tier":
             nodes, active = select_tier(k_select, profiles.tier, online, cohort_size, count, self.num_tiers)
         else:
-            est = sum(node_times(profiles, local.node_steps(counts), local.batch_size, model_bytes, model_bytes))
+            est = sum(node_times(profiles, local.node_steps(counts), local.batch_size, payload.down, payload.up))
             nodes, active = select_deadline_greedy(k_select, est, online, hparams["deadline"], cohort_size, count)
         planned = local.node_steps(counts[nodes])
         budget = jnp.where(active > 0, planned, 0)
@@ -109,10 +129,13 @@ class SystemModel:
                 budget = jnp.where(straggler, self._partial_budget(k_epochs, local, counts[nodes], planned), budget)
         if self.deadline_policy != "wait_all":
             active, limit = deadline_plan(self.deadline_policy, hparams["deadline"], tree_take(profiles, nodes),
-                                          active, budget, local.batch_size, model_bytes, model_bytes)
+                                          active, budget, local.batch_size, payload.down, payload.up)
             budget = jnp.minimum(budget, limit)
         budget = jnp.where(active > 0, budget, 0).astype(jnp.int32)
-        return RoundPlan(nodes.astype(jnp.int32), active, budget), system._replace(online=state)
+        live = ()
+        if self.link_failures:
+            live = tp.draw_live_edges(jax.random.fold_in(key, 1), links, hparams["link_failure"])
+        return RoundPlan(nodes.astype(jnp.int32), active, budget, live), system._replace(online=state)
 
     @staticmethod
     def _partial_budget(key, local, counts, planned):
@@ -122,11 +145,13 @@ class SystemModel:
         drawn = jax.random.randint(key, counts.shape, 1, jnp.maximum(units, 2))
         return jnp.minimum(drawn * per_unit, planned)
 
-    def charge(self, system: SystemState, plan: RoundPlan, local, counts, bytes_per_node) -> tuple[dict, SystemState]:
-        """Simulated time and energy of the round just run; advances the clock."""
+    def charge(self, system: SystemState, plan: RoundPlan, local, counts, payload) -> tuple[dict, SystemState]:
+        """Simulated time and energy of the round just run (``payload``: the algorithm's bytes up
+        and down per participating node, as planned); advances the clock and ``busy_until``."""
         steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
         cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
-                          bytes_per_node, bytes_per_node)
+                          payload.down, payload.up)
         clock = system.clock + cost.makespan_s
+        finished = jnp.where(plan.active > 0, system.clock + cost.total_s, system.busy_until[plan.nodes])
         metrics = {"round_time_s": cost.makespan_s, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
-        return metrics, system._replace(clock=clock)
+        return metrics, system._replace(clock=clock, busy_until=system.busy_until.at[plan.nodes].set(finished))

@@ -1,0 +1,111 @@
+"""The algorithm protocol: the one extension point every training algorithm plugs into.
+
+An algorithm is a frozen dataclass of static options with pure methods (the feel of
+optax's ``GradientTransformation`` and evosax's ``init/ask/tell``; traced
+hyper-parameters live in a dict, never on the object).  ``Simulation`` reads only what
+this protocol names, so FedAvg, SCAFFOLD, FedDyn, the gossip family and a user's own
+algorithm are interchangeable.
+
+``name``
+    a short identifier (``run.json``, tables, the CLI).
+``traits() -> Traits``
+    static facts the simulation and the system model read: ``full_cohort`` (every node
+    trains every round: decentralized training, ``clients_per_round`` must be ``None``),
+    ``topology`` (the communication graph, whose arrays go to ``SimState.network`` and whose
+    links the system model may fail; ``None`` without one) and ``needs`` (what local execution must support: the ``LocalTerm``s added to the
+    local objective, where nodes start, whether each node's model is read back, whether
+    the local optimizer state persists; see ``edgejax.core.execution.Needs``).
+``payload(params, num_nodes) -> Payload``
+    bytes one participating node sends (``up``) and receives (``down``) in a round
+    (``params``: one model's shape structs).  The system model uses the same numbers to
+    plan deadlines and to charge the clock.
+``default_hparams() -> dict[str, float]``
+    the algorithm's traced hyper-parameters and defaults (names must not collide with
+    those of the local schedule or the system model: ``Simulation`` raises naming both).
+``init(ctx, params, node_rng, hparams) -> (NodeState, ServerState)``
+    the initial node and server state from one global model ``params`` and the per-node
+    keys ``node_rng [N, 2]``.  Algorithm-specific state goes in ``NodeState.extra`` /
+    ``ServerState.extra`` as the algorithm's own ``NamedTuple`` (documented with it).
+``round(ctx, state, data, plan, hparams) -> (SimState, metrics)``
+    one round from the system model's ``RoundPlan``; train the cohort through
+    ``ctx.execution`` (never a hand-written map over nodes); return the new state (the
+    simulation advances ``state.round`` and charges the clock) and the scalar metrics
+    ``REQUIRED_METRICS`` (plus any of the algorithm's own, e.g. ``consensus_distance``).
+``eval_models(state) -> (params, node_params | None)``
+    the model evaluated on the test sets (the server model, or the network average) and,
+    where nodes keep their own models, the stacked node models.
+``describe() -> dict``
+    the static options as plain values (``run.json``); ``describe_algorithm`` gives it to
+    any dataclass.
+
+``ctx`` is a ``RoundContext`` (``edgejax.core.execution``): the built execution strategy,
+the local schedule, one model's size in bytes, this algorithm's ``payload`` and one
+message's bytes (gossip), N, the group size for node-wise maps.
+
+See "Writing an algorithm" in the README for a walk through ``FedDyn``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from edgejax.core.execution import Needs, RoundContext
+from edgejax.core.simulation import ALGORITHM_PARTS, REQUIRED_METRICS
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
+
+__all__ = ["ALGORITHM_PARTS", "Algorithm", "Payload", "REQUIRED_METRICS", "Traits", "describe_algorithm"]
+
+
+class Traits(NamedTuple):
+    """Static facts about an algorithm (see the module docstring)."""
+
+    full_cohort: bool = False
+    needs: Needs = Needs()
+    topology: Any = None
+
+
+class Payload(NamedTuple):
+    """Bytes one participating node sends (``up``) and receives (``down``) in one round."""
+
+    up: float
+    down: float
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """What ``Simulation`` requires of an algorithm (see the module docstring)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def traits(self) -> Traits: ...
+
+    def payload(self, params, num_nodes: int) -> Payload: ...
+
+    def default_hparams(self) -> dict[str, float]: ...
+
+    def init(self, ctx: RoundContext, params, node_rng, hparams) -> tuple[NodeState, ServerState]: ...
+
+    def round(self, ctx: RoundContext, state: SimState, data, plan: RoundPlan, hparams) -> tuple[SimState, dict]: ...
+
+    def eval_models(self, state: SimState) -> tuple[Any, Any]: ...
+
+    def describe(self) -> dict: ...
+
+
+def describe_algorithm(algorithm) -> dict:
+    """A dataclass algorithm's fields as plain values plus its name."""
+    return {"name": algorithm.name, **_plain(algorithm)}
+
+
+def _plain(value):
+    """Plain JSON-able values: dataclasses as dicts of their fields, arrays by shape, others by repr."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if hasattr(value, "shape"):
+        return f"array{tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return repr(value)

@@ -1,0 +1,167 @@
+"""Local execution strategies: how a cohort's local updates are computed.
+
+Every algorithm trains its cohort through one interface, built once per simulation by
+``build_execution``:
+
+``train(start, cohort, keys, budget, hparams, node_args=None, opt_state=None) -> LocalResult``
+    every cohort node's trained model (stacked ``[K, ...]``); ``start`` is the shared model
+    (``Needs.start == "shared"``) or every node's own model ``[K, ...]`` (``"own"``);
+    ``opt_state`` is the cohort's optimizer state to continue from (``None``: fresh).
+``delta(x, cohort, keys, budget, p, hparams, node_args=None) -> (delta, loss [K], steps [K])``
+    ``sum_i p_i (x_i - x)`` for nodes starting from the shared ``x``: all that FedAvg-style
+    aggregation needs (a strategy may compute it without ever forming ``x_i``).
+
+Strategies (``LocalTraining.execution``; the same numbers, to rounding, either way):
+
+* ``per_node``: every node trains its own copy of the model, mapped with ``vmap`` or
+  ``lax.map`` over groups (``LocalTraining.group_size``).  General.
+* ``shared_base``: the exact low-rank identity of ``edgejax.core.shared_base``; no
+  per-node weight copy exists.  Only ``delta``, only for what that module lists.
+* ``auto``: ``shared_base`` where it is exact and cheaper, else ``per_node``.
+
+What a strategy must support is stated by the algorithm as ``Needs`` (its local terms,
+where nodes start, what it reads back, whether optimizer state persists); a strategy
+says why it cannot be exact for those needs, model and optimizer (``unsupported``), and
+asking for it anyway is a ``ValueError`` naming the reason, for every algorithm.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from edgejax.core.local import LocalResult, LocalTerm, LocalTraining, make_local_update, map_nodes, masked_weighted_sum
+from edgejax.core.shared_base import (make_shared_base_delta, shared_base_is_cheaper, shared_base_unsupported,
+                                      terms_unsupported)
+from edgejax.core.validation import check_choice
+from edgejax.models.base import Model
+
+STARTS = ("shared", "own")
+OUTPUTS = ("delta", "models")
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What an algorithm asks of local execution (static).
+
+    Attributes:
+      terms: the ``LocalTerm``s added to every node's objective.
+      start: ``shared`` (every cohort node starts from one model, the server's) or ``own``
+        (every node continues its own model: decentralized training).
+      output: ``delta`` (only ``sum_i p_i (x_i - x)`` is read) or ``models`` (each node's
+        trained model is read, e.g. SCAFFOLD's control variates).
+      keep_optimizer: the local optimizer state persists across rounds (else it is reset
+        at the start of every round).
+    """
+
+    terms: tuple[LocalTerm, ...] = ()
+    start: str = "shared"
+    output: str = "delta"
+    keep_optimizer: bool = False
+
+    def __post_init__(self):
+        check_choice("start", self.start, STARTS)
+        check_choice("output", self.output, OUTPUTS)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PerNode:
+    """The ``per_node`` strategy: ``update`` (``make_local_update``) mapped over the cohort."""
+
+    update: Callable
+    group_size: int | None
+    shared_start: bool
+    name: str = "per_node"
+
+    def train(self, start, cohort, keys, budget, hparams, node_args=None, opt_state=None) -> LocalResult:
+        node_args = {} if node_args is None else node_args
+
+        def one(args):
+            params0, xs, ys, count, key, node_budget, args_i, state_i = args
+            params0 = start if self.shared_start else params0
+            return self.update(params0, xs, ys, count, key, node_budget, hparams, args_i, state_i)
+
+        stacked_start = None if self.shared_start else start
+        args = (stacked_start, cohort.x, cohort.y, cohort.count, keys, budget, node_args, opt_state)
+        return map_nodes(one, args, self.group_size)
+
+    def delta(self, x, cohort, keys, budget, p, hparams, node_args=None):
+        result = self.train(x, cohort, keys, budget, hparams, node_args)
+        delta = jax.tree_util.tree_map(lambda xi, x0: masked_weighted_sum(p, xi - x0), result.params, x)
+        return delta, result.loss, result.steps
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SharedBase:
+    """The ``shared_base`` strategy (``edgejax.core.shared_base``): ``delta`` only."""
+
+    local_delta: Callable
+    name: str = "shared_base"
+
+    def train(self, *args, **kwargs):
+        raise NotImplementedError("shared_base forms no per-node models; build_execution never selects it "
+                                  "for an algorithm that reads them")
+
+    def delta(self, x, cohort, keys, budget, p, hparams, node_args=None):
+        return self.local_delta(x, cohort, keys, budget, p, hparams)
+
+
+def shared_base_reason(model: Model, spec: LocalTraining, needs: Needs) -> str | None:
+    """Why ``shared_base`` cannot be exact for this model, local training and algorithm, or ``None``."""
+    if needs.start == "own":
+        return "every node starts from its own model (decentralized training); shared_base needs one shared start"
+    if needs.output == "models":
+        return "the algorithm reads every node's trained model, which shared_base never forms"
+    if needs.keep_optimizer and spec.optimizer != "sgd":
+        return "the local optimizer state persists across rounds; shared_base starts every round from zero momentum"
+    return shared_base_unsupported(model, spec) or terms_unsupported(spec, needs.terms)
+
+
+def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, needs: Needs = Needs()) -> str:
+    """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here).
+
+    Raises ``ValueError`` naming the reason when ``shared_base`` is asked for explicitly
+    but cannot be exact.
+    """
+    if spec.execution == "per_node":
+        return "per_node"
+    reason = shared_base_reason(model, spec, needs)
+    if spec.execution == "shared_base":
+        if reason is not None:
+            raise ValueError(f"execution='shared_base' cannot be exact here: {reason}. "
+                             "Use execution='per_node' (or 'auto', which falls back to it).")
+        return "shared_base"
+    if reason is None and shared_base_is_cheaper(model, spec, max_steps):
+        return "shared_base"
+    return "per_node"
+
+
+def build_execution(model: Model, spec: LocalTraining, max_steps: int, shuffles: int, group_size: int | None,
+                    needs: Needs = Needs()) -> Any:
+    """The strategy ``spec.execution`` resolves to, built for this model, schedule and algorithm."""
+    if resolve_execution(model, spec, max_steps, needs) == "shared_base":
+        return SharedBase(make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms))
+    update = make_local_update(model, spec, max_steps, shuffles, needs.terms)
+    return PerNode(update, group_size, shared_start=needs.start == "shared")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoundContext:
+    """What an algorithm's ``init`` and ``round`` get from the simulation (static).
+
+    ``execution``: the built strategy (``train`` / ``delta``, see the module docstring);
+    ``local``: the ``LocalTraining`` schedule; ``model_bytes``: one model's size;
+    ``payload``: the algorithm's bytes up and down per participating node
+    (``Algorithm.payload``); ``message_bytes``: one node-to-node message (gossip; else
+    ``model_bytes``); ``group_size``: how other node-wise work (evaluation) is mapped;
+    ``num_nodes``: N.
+    """
+
+    execution: Any
+    local: LocalTraining
+    model_bytes: int
+    payload: Any
+    message_bytes: float
+    group_size: int | None
+    num_nodes: int
