@@ -189,3 +189,73 @@ def test_bad_decentralized_configuration_is_rejected():
     with pytest.raises(ValueError, match="not connected"):
         ej.Simulation(model, data, DPSGD(Topology("adjacency", adjacency=disconnected)),
                       ej.LocalTraining(batch_size=3)).run(1)
+
+
+def test_dpsgd_with_momentum_keeps_each_nodes_buffer(x64):
+    """D-PSGD (Lian order) with heavy-ball momentum: node i's buffer m_i <- g_i + mu m_i persists
+    across rounds and is never mixed; X+ = W X - lr M."""
+    mu = 0.9
+    sim, hp, state, xs, ys = _setup(DPSGD(Topology("ring")), optimizer="momentum")
+    hp = {**hp, "client_momentum": jnp.asarray(mu)}
+    round_fn = jax.jit(sim.round)
+    W = tp.metropolis_hastings(tp.ring(N))
+    w, b = _stack(state)
+    mw, mb = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(4):
+        gw, gb = _grads(w, b, xs, ys)
+        mw, mb = gw + mu * mw, gb + mu * mb
+        w, b = np.einsum("ij,j...->i...", W, w) - LR * mw, W @ b - LR * mb
+        state, _ = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(_stack(state)[1], b, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(state.nodes.opt_state[0].trace["out"]["b"]), mb, rtol=1e-11, atol=1e-12)
+
+
+def test_choco_in_the_authors_code_order(x64):
+    """``order="code"`` (convex_code/logistic.py): gossip with the old public copies, then compress
+    the gossiped model; xhat starts at the initial model."""
+    gamma, fraction = 0.3, 0.5
+    sim, hp, state, xs, ys = _setup(CHOCO(Topology("ring"), TopK(fraction=fraction), order="code"))
+    hp = {**hp, "consensus_step": jnp.asarray(gamma)}
+    round_fn = jax.jit(sim.round)
+    W = tp.metropolis_hastings(tp.ring(N))
+    w, b = _stack(state)
+    first = sim.init(jax.random.PRNGKey(0), hp).nodes.params["out"]
+    hw, hb = np.asarray(first["w"]), np.asarray(first["b"])   # the initial (shared) model
+    kw, kb = round(fraction * w[0].size), round(fraction * b[0].size)
+    for _ in range(3):
+        gw, gb = _grads(w, b, xs, ys)
+        w = w - LR * gw + gamma * (np.einsum("ij,j...->i...", W, hw) - hw)
+        b = b - LR * gb + gamma * (W @ hb - hb)
+        hw = hw + np.stack([_topk_np((w[i] - hw[i]).ravel(), kw).reshape(w[0].shape) for i in range(N)])
+        hb = hb + np.stack([_topk_np(b[i] - hb[i], kb) for i in range(N)])
+        state, _ = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(state.nodes.extra.xhat["out"]["w"]), hw, rtol=1e-10, atol=1e-12)
+
+
+def test_pushsum_consensus_distance_is_measured_around_the_network_model(x64):
+    sim, hp, state, _, _ = _setup(PushSum())
+    state, metrics = jax.jit(sim.round)(state, sim.data, hp)
+    w, b = _stack(state)
+    weights = np.asarray(state.nodes.extra.w)
+    flat = np.concatenate([w.reshape(N, -1), b], axis=1)
+    network = flat.sum(axis=0) / weights.sum()           # sum_i x_i / sum_i w_i, the evaluated model
+    z = flat / weights[:, None]
+    np.testing.assert_allclose(float(metrics["consensus_distance"]), np.mean(np.sum((z - network) ** 2, axis=1)),
+                               rtol=1e-10)
+    avg, _ = sim.algorithm.eval_models(state)
+    np.testing.assert_allclose(np.asarray(avg["out"]["b"]), network[-3:], rtol=1e-12)
+
+
+def test_a_schedule_of_disconnected_graphs_is_accepted_when_their_union_is_connected(x64):
+    """Two perfect matchings as a user schedule: each alone is disconnected, together a ring."""
+    graphs = (tp.from_edges(N, [(0, 1), (2, 3), (4, 5)]), tp.from_edges(N, [(1, 2), (3, 4), (5, 0)]))
+    assert not any(tp.is_connected(g) for g in graphs)
+    sim, hp, state, _, _ = _setup(DPSGD(Topology("schedule", schedule=graphs)))
+    state, metrics = jax.jit(sim.round)(state, sim.data, {**hp, "client_lr": jnp.asarray(0.0)})
+    assert np.isfinite(float(metrics["consensus_distance"]))
+    lonely = np.zeros((N, N), bool)
+    lonely[0, 1] = lonely[1, 0] = True
+    with pytest.raises(ValueError, match="union of the schedule's graphs is not connected"):
+        _setup(DPSGD(Topology("schedule", schedule=(lonely, lonely))))

@@ -67,3 +67,25 @@ def test_callable_optimizer_reads_traced_hparams():
     a = sim.run(2, hparams={"client_lr": 0.01}, eval_every=2).final_state.server.params
     b = sim.run(2, hparams={"client_lr": 0.02}, eval_every=2).final_state.server.params
     assert not np.allclose(a["out"]["w"], b["out"]["w"])
+
+
+@pytest.mark.parametrize("mode", ["all", "weights"])
+def test_weight_decay_can_skip_biases(x64, mode):
+    """One SGD step with coupled decay lam: w <- w - lr (g_w + lam w); b decays only with ``all``."""
+    from conftest import make_data
+    from references import logreg_loss_grad
+    from edgejax.core.local import make_local_update
+
+    data, xs, ys = make_data([5], seed=21)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    spec = ej.LocalTraining(batch_size=5, steps=1, weight_decay=mode)
+    update = make_local_update(model, spec, max_steps=1, shuffles=1)
+    params = jax.tree_util.tree_map(lambda p: p + 0.5, model.init(jax.random.PRNGKey(0)))
+    hp = {"client_lr": jnp.asarray(0.3), "client_weight_decay": jnp.asarray(0.1)}
+    out = update(params, data.train.x[0], data.train.y[0], data.train.count[0], jax.random.PRNGKey(1),
+                 jnp.int32(1), hp).params
+    w, b = np.asarray(params["out"]["w"]), np.asarray(params["out"]["b"])
+    _, gw, gb = logreg_loss_grad(w, b, xs[0], ys[0], 3)
+    np.testing.assert_allclose(out["out"]["w"], w - 0.3 * (gw + 0.1 * w), rtol=1e-12)
+    b_decay = 0.1 * b if mode == "all" else 0.0
+    np.testing.assert_allclose(out["out"]["b"], b - 0.3 * (gb + b_decay), rtol=1e-12)

@@ -85,19 +85,30 @@ def test_deadline_policies_on_a_tiered_population(policy):
         assert float(metrics[0]["round_time_s"]) <= 1.0 + 1e-6
 
 
-def test_markov_availability_limits_who_takes_part():
-    sim = _sim(SystemModel(availability=Availability("markov", mean_on=3, mean_off=3)), cohort=4)
-    state = sim.init(jax.random.PRNGKey(1), sim.hparams())
+def test_markov_availability_as_the_round_sees_it_has_the_configured_transitions():
+    """With the full cohort (K = N) a node takes part exactly when it is online, so the
+    participation masks of consecutive rounds must show the chain's transition
+    probabilities: P(on -> on) = 1 - 1/mean_on, P(off -> off) = 1 - 1/mean_off (stationary
+    share online mean_on / (mean_on + mean_off)), independently of how the draw is coded."""
+    mean_on, mean_off, rounds = 4.0, 2.0, 150
+    sim = _sim(SystemModel(availability=Availability("markov", mean_on=mean_on, mean_off=mean_off)), epochs=1)
+    hp = sim.hparams()
+    state = sim.init(jax.random.PRNGKey(1), hp)
     round_fn = jax.jit(sim.round)
-    for _ in range(8):
-        hp = sim.hparams()
-        online_before = state.system.online
-        plan = sim.plan(state, hp)
-        state, _ = round_fn(state, sim.data, hp)
-        online = np.asarray(state.system.online)   # the availability state the round used
-        picked = np.asarray(plan.nodes)[np.asarray(plan.active) > 0]
-        assert online[picked].all()
-        assert online_before.shape == (8,)
+    plan_fn = jax.jit(sim.plan)
+    masks = []
+    for _ in range(rounds):
+        plan = plan_fn(state, hp)
+        order = np.argsort(np.asarray(plan.nodes))
+        masks.append(np.asarray(plan.active)[order] > 0)
+        state, metrics = round_fn(state, sim.data, hp)
+        assert float(metrics["participants"]) == masks[-1].sum()
+    on = np.array(masks)
+    stay_on = (on[1:] & on[:-1]).sum() / on[:-1].sum()
+    stay_off = (~on[1:] & ~on[:-1]).sum() / (~on[:-1]).sum()
+    assert stay_on == pytest.approx(1 - 1 / mean_on, abs=0.06)
+    assert stay_off == pytest.approx(1 - 1 / mean_off, abs=0.08)
+    assert on.mean() == pytest.approx(mean_on / (mean_on + mean_off), abs=0.08)
 
 
 def test_tier_selection_takes_each_cohort_from_one_tier():

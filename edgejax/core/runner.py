@@ -62,7 +62,8 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
             done += n
             log.add_eval(done, eval_metrics)
             bar.update(n)
-            bar.set_postfix(test_acc=f"{float(eval_metrics['test_accuracy']):.3f}")
+            shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
+            bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
             if out_dir is not None:
                 log.results(config, time.perf_counter() - start, None, status="running").save(out_dir)
     finally:
@@ -100,7 +101,7 @@ class _NoProgress:
     def update(self, n):
         pass
 
-    def set_postfix(self, **kwargs):
+    def set_postfix(self, *args, **kwargs):
         pass
 
     def close(self):
