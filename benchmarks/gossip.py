@@ -180,7 +180,7 @@ def bench_round(n: int, batch: int, repeats: int) -> dict:
     state = jax.block_until_ready(sim.init(jax.random.PRNGKey(0), hp))
     # start the nodes from different models, as after a few rounds of training
     state = state._replace(nodes=state.nodes._replace(params=node_params(model, n, seed=1)))
-    operator = state.server.extra["mixing"]
+    operator = state.network.mixing
     round_fn = jax.jit(sim.round)
     round_stats = time_call(lambda: round_fn(state, data, hp), repeats)
     mix_jit = jax.jit(tp.mix)
@@ -217,7 +217,7 @@ def bench_convergence(rounds: int, eval_every: int) -> dict:
         wall = time.perf_counter() - start
         top = edgejax.Topology(graph)
         W = top.matrix(cfg["num_nodes"])
-        op = sim.init(jax.random.PRNGKey(0), sim.hparams()).server.extra["mixing"]
+        op = sim.init(jax.random.PRNGKey(0), sim.hparams()).network.mixing
         eval_rounds = [int(r) for r in res.evals["round"]]
         bytes_cum = np.concatenate([[0.0], np.cumsum(res.rounds["bytes_up"])])
         consensus = np.concatenate([[0.0], res.rounds["consensus_distance"]])

@@ -54,7 +54,6 @@ import numpy as np
 
 import edgejax as ej
 from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
-from edgejax.core.shared_base import resolve_execution
 from edgejax.models import weighted_cross_entropy
 from edgejax.system import tiered_profiles
 
@@ -196,7 +195,7 @@ def run_fedprox(datasets: Sequence[str], rounds: int, seeds: Sequence[int], chun
                   f"scan length {max_steps} steps, {100 * util:.0f}% of them real work", flush=True)
             entry["runs"].append({
                 "policy": policy, "algorithm": algorithm.name,
-                "execution": resolve_execution(model, local, max_steps, algorithm.regularizer is not None),
+                "execution": sim.execution,
                 "group_size": sim.context.group_size, "max_local_steps": max_steps, "points": len(points),
                 "wall_s": res["wall_s"], "compile_and_first_chunk_s": res["compile_and_first_chunk_s"],
                 "s_per_point_round": res["wall_s"] / (len(points) * rounds),
