@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from edgejax import compression
+from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
@@ -9,20 +10,24 @@ from edgejax.algorithms.scaffold import SCAFFOLD
 
 DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip}
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
-ALGORITHMS = (*PRESETS, *SERVER_BASED, *DECENTRALIZED)
+ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD}
+ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
 
 def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
-    ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, or a decentralized
+    ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, an asynchronous one (``fedasync``, ``fedbuff``,
+    ``async_sgd``, ``dcasgd``), or a decentralized
     one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
     if name in SERVER_BASED:
         return SERVER_BASED[name](**options)
+    if name in ASYNCHRONOUS:
+        return ASYNCHRONOUS[name](**options)
     if name in DECENTRALIZED:
         return DECENTRALIZED[name](**options)
     raise ValueError(f"unknown algorithm {name!r}; choose from {ALGORITHMS}")

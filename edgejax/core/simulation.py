@@ -171,11 +171,18 @@ class Simulation:
         nodes, server = self.algorithm.init(self.context, params, node_rng, hparams)
         topology = self.algorithm.traits().topology
         network = topology.init_state(self.num_nodes, self.system.link_failures) if topology is not None else ()
-        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server,
-                        system=self.system.init(k_system, self.num_nodes), network=network)
+        system = self.system.init(k_system, self.num_nodes)
+        if self.algorithm.traits().asynchronous:
+            system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
+                                              self.data.train.count, self.context.payload, hparams)
+        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server, system=system,
+                        network=network)
 
     def _plan(self, state: SimState, data: FederatedData, hparams: dict):
         key = jax.random.fold_in(state.rng, state.round)
+        if self.algorithm.traits().asynchronous:
+            return self.system.plan_events(key, state.system, state.round, hparams, self.cohort_size, self.local,
+                                           data.train.count)
         links = state.network.table if self.system.link_failures else None
         return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
                                 data.train.count, self.context.payload, links)
@@ -200,15 +207,21 @@ class Simulation:
         for name, value in (("active", active), ("step_budget", budget)):
             if value.shape != (k,):
                 raise ValueError(f"{name} must have shape ({k},); got {value.shape}")
-        if self.system.link_failures:
-            raise ValueError("with link failures the system model draws the live links; use round() instead")
+        if self.system.link_failures or self.algorithm.traits().asynchronous:
+            raise ValueError("with link failures or asynchronous training the system model draws the plan "
+                             "(live links, the event clock); use round() instead")
         return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0))
 
     def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
         """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
+        key = jax.random.fold_in(state.rng, state.round)
         state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
-        cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
+        if self.algorithm.traits().asynchronous:
+            cost, system = self.system.charge_events(key, state.system, plan, self.local, data.train.count,
+                                                     self.context.payload, hparams)
+        else:
+            cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
         return state._replace(round=state.round + 1, system=system), {**metrics, **cost}
 
     def round(self, state: SimState, data: FederatedData, hparams: dict):
