@@ -4,7 +4,7 @@ All N nodes are one array axis; a round for every node is one jit-compiled progr
 """
 from edgejax import algorithms, data, models
 from edgejax import compression, system, topology
-from edgejax.algorithms import CHOCO, DPSGD, AsyncSGD, DCASGD, FedAsync, FedAvg, FedBuff, FedDyn, PairwiseGossip, PushSum, SCAFFOLD, Topology, get_algorithm
+from edgejax.algorithms import ADPSGD, CHOCO, DPSGD, AsyncSGD, DCASGD, FedAsync, FedAvg, FedBuff, FedDyn, PairwiseGossip, PushSum, SCAFFOLD, Topology, get_algorithm
 from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.local import LocalTerm, LocalTraining
 from edgejax.data.federated import FederatedData, NodeData, TestData, federate
@@ -16,7 +16,7 @@ from edgejax.system import Availability, SystemModel
 
 __version__ = "0.1.0"
 
-__all__ = ["Availability", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
+__all__ = ["ADPSGD", "Availability", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
            "compression", "data", "federate", "get_algorithm", "models", "system", "topology"]

@@ -5,10 +5,11 @@ are composed from ``edgejax.algorithms.server``.
 Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its server optimizer;
 FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``.
 Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, ``AsyncSGD``,
-``DCASGD``.
+``DCASGD``; decentralized ``ADPSGD``.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
+from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
 from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
@@ -20,7 +21,7 @@ from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
 from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
 
-__all__ = ["ALGORITHMS", "Algorithm", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
+__all__ = ["ADPSGD", "ALGORITHMS", "Algorithm", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
            "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "Topology", "Traits",
            "consensus_distance", "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer",
            "parse_compressor", "proximal", "scale_by_adaptive_server"]

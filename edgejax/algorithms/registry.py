@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from edgejax import compression
+from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.scaffold import SCAFFOLD
 
-DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip}
+DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip, "adpsgd": ADPSGD}
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
 ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD}
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
@@ -20,7 +21,7 @@ def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
     ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, an asynchronous one (``fedasync``, ``fedbuff``,
     ``async_sgd``, ``dcasgd``), or a decentralized
-    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``); ``options`` are the dataclass's fields
+    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})

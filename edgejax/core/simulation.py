@@ -75,9 +75,9 @@ class Simulation:
             raise ValueError(f"{self.algorithm.name} trains every node each round; use clients_per_round=None "
                              f"(got {k} of N={n})")
         if self.system.link_failures:
-            if traits.topology is None:
-                raise ValueError(f"link failures need a decentralized algorithm with a topology; {self.algorithm.name} "
-                                 "has no communication graph")
+            if traits.topology is None or traits.asynchronous:
+                raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
+                                 f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
 
     # ----- static structure -------------------------------------------------------------
@@ -169,8 +169,9 @@ class Simulation:
         params = self.model.init(k_model)
         node_rng = jax.random.split(k_nodes, self.num_nodes)
         nodes, server = self.algorithm.init(self.context, params, node_rng, hparams)
-        topology = self.algorithm.traits().topology
-        network = topology.init_state(self.num_nodes, self.system.link_failures) if topology is not None else ()
+        traits = self.algorithm.traits()
+        network = () if traits.topology is None else traits.topology.init_state(
+            self.num_nodes, self.system.link_failures, neighbours=traits.asynchronous)
         system = self.system.init(k_system, self.num_nodes)
         if self.algorithm.traits().asynchronous:
             system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
