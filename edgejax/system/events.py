@@ -13,7 +13,7 @@ finish at ``T``, in id order.  Nodes that have arrived wait; when no computing n
 with a finish time ``<= T`` every waiting node downloads (restarts) at ``T``, so ties beyond
 ``K`` spill into the next tick without breaking the meaning.  A node that is offline when
 it would restart stays waiting and is retried every tick.  All of this is ``[N]`` masks and
-one stable sort: jittable, no host round-trip.
+one ``top_k`` (equal values in increasing index): jittable, no host round-trip.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def next_arrivals(busy_until: jax.Array, waiting: jax.Array, clock: jax.Array, k
     nodes; ``waiting [N]``: nodes that have arrived and not yet downloaded; ``clock``: now."""
     n = busy_until.shape[0]
     finish = jnp.where(waiting, jnp.inf, busy_until)
-    order = jnp.argsort(finish, stable=True)[:k].astype(jnp.int32)   # ties in increasing id
+    order = jax.lax.top_k(-finish, k)[1].astype(jnp.int32)   # the k earliest; ties in increasing id
     first = finish[order[0]]
     time = jnp.where(jnp.isfinite(first), first, clock)
     active = (finish[order] == first) & jnp.isfinite(first)
