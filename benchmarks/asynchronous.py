@@ -64,10 +64,10 @@ def methods(deadline: float) -> dict:
         "FedAvg (drop late)": (ej.FedAvg(), sync, {"deadline_policy": "drop_late"}, {"deadline": deadline}),
     }
     for kind in ("constant", "polynomial", "hinge"):
-        out[f"FedAsync ({kind})"] = (ej.FedAsync(staleness=kind, buffer_depth=512), {"clients": 1}, {"jitter": True},
+        out[f"FedAsync ({kind})"] = (ej.FedAsync(staleness=kind, buffer_depth=2048), {"clients": 1}, {"jitter": True},
                                      {"alpha": 0.6, "duration_jitter": 0.3})
     for k in (5, 10, 20):
-        out[f"FedBuff (K={k})"] = (ej.FedBuff(buffer_size=k, buffer_depth=512), {"clients": 1}, {"jitter": True},
+        out[f"FedBuff (K={k})"] = (ej.FedBuff(buffer_size=k, buffer_depth=2048), {"clients": 1}, {"jitter": True},
                                    {"duration_jitter": 0.3})
     return out
 

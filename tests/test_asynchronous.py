@@ -255,3 +255,25 @@ def test_adpsgd_equals_a_sequential_replay_of_its_events(x64):
     assert len({j for _, j in partners_seen}) > 3   # partners vary
     np.testing.assert_allclose(float(metrics["consensus_distance"]),
                                np.mean(np.sum((x - x.mean(0)) ** 2, axis=1)), rtol=1e-10)
+
+
+def test_staleness_follows_the_configured_durations(x64):
+    """Five nodes of duration ~1.2 s and one of ~12 s: the fast nodes arrive together, in id order,
+    so node i's staleness is i (i + 1 when the slow node's update landed in between); the slow
+    node (id 5) sees the 5 x 10 fast updates of its ten times longer duration: about 50."""
+    speeds = [10.0] * 5 + [1.0]           # compute = STEPS * batch / speed; the links are ~free
+    sim, _, _ = _sim(ej.FedAsync(buffer_depth=64, log_events=True), speeds)
+    hp = sim.hparams({"client_lr": LR})
+    per_node = {}
+    for _, metrics in _ticks(sim, hp, 25):
+        for i, s in zip(np.asarray(metrics["event_node"]), np.asarray(metrics["event_staleness"])):
+            if i >= 0:
+                per_node.setdefault(int(i), []).append(int(s))
+    slow_arrivals = len(per_node[5])
+    assert slow_arrivals >= 2
+    for i in range(5):
+        extra = np.asarray(per_node[i]) - i
+        assert set(extra) <= {0, 1} and extra.sum() <= slow_arrivals
+    # its first update started with everyone at t = 0 and lands just before the fast nodes' tenth
+    # (their link time accumulates): 9 x 5 updates; afterwards it always sees 10 x 5
+    assert per_node[5][0] in (45, 50) and set(per_node[5][1:]) == {50}
