@@ -24,6 +24,7 @@ from edgejax.data.federated import FederatedData
 from edgejax.core.results import Results
 from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
+from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.model import SystemModel
 
@@ -128,14 +129,8 @@ class Simulation:
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(hp)}")
         for name, value in overrides.items():
-            value = jnp.asarray(value, dtype=hp[name].dtype)
-            if value.ndim == 0 and not bool(jnp.isfinite(value)):
-                raise ValueError(f"hyper-parameter {name}={float(value)} is not finite")
-            hp[name] = value
-        count = hp["clients_per_round"]
-        if count.ndim == 0 and not 1 <= float(count) <= self.cohort_size:
-            raise ValueError(f"clients_per_round={float(count):g} must be in [1, cohort size "
-                             f"{self.cohort_size}] (raise Simulation.clients_per_round for a larger cohort)")
+            hp[name] = jnp.asarray(value, dtype=hp[name].dtype)
+        check_hparams(hp, self.cohort_size)
         return hp
 
     # ----- pure functions ---------------------------------------------------------------
@@ -206,11 +201,9 @@ class Simulation:
         unknown = sorted(set(hparams) - set(defaults))
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
+        check_hparams({**defaults, **hparams}, self.cohort_size, points=seeds.size)
         stacked = {k: jnp.broadcast_to(jnp.asarray(hparams.get(k, v), v.dtype), seeds.shape)
                    for k, v in defaults.items()}
-        for name, values in stacked.items():
-            if not bool(jnp.all(jnp.isfinite(values))):
-                raise ValueError(f"hyper-parameter {name} has non-finite values {np.asarray(values)}")
 
         def one(seed, hp):
             state = self.init(jax.random.PRNGKey(seed), hp)
