@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -233,11 +232,10 @@ class Simulation:
                 "algorithm": dataclasses.asdict(self.algorithm) | {"name": self.algorithm.name},
                 "local": local, "max_local_steps": self.schedule[0]}
 
-    def run(self, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
-            out_dir: str | Path | None = None, progress: bool = False) -> Results:
-        """Run ``rounds`` rounds from seed ``seed``, evaluating every ``eval_every`` rounds
-        (the host loop of ``edgejax.core.runner.run``; see there)."""
+    def run(self, rounds: int, **options) -> Results:
+        """Run ``rounds`` rounds: the host loop ``edgejax.core.runner.run`` (see there for the
+        options: ``seed``, ``hparams``, ``eval_every``, ``out_dir``, ``progress``,
+        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``)."""
         from edgejax.core.runner import run
 
-        return run(self, rounds, seed=seed, hparams=hparams, eval_every=eval_every, out_dir=out_dir,
-                   progress=progress)
+        return run(self, rounds, **options)
