@@ -19,6 +19,7 @@ import numpy as np
 
 from edgejax.core import rundir
 from edgejax.core.results import Results, metrics_frame, run_info
+from edgejax.core.validation import check_seed
 
 
 class DivergenceError(RuntimeError):
@@ -60,6 +61,7 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     for name, value in (("rounds", rounds), ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    check_seed(seed)
     if out_dir is None and (checkpoint_every or resume):
         raise ValueError("checkpoint_every and resume need an out_dir")
     hp = sim.hparams(hparams)

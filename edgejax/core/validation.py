@@ -15,6 +15,12 @@ def check_choice(name: str, value, allowed: Iterable) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
 
 
+def check_seed(seed) -> None:
+    """``ValueError`` unless ``seed`` is an integer in [0, 2**32 - 1] (the range of a PRNG key's seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1]; got {seed!r}")
+
+
 COHORT = "K"  # the upper bound of ``clients_per_round``: the static cohort size
 
 
