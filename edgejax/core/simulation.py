@@ -23,6 +23,7 @@ from edgejax.data.federated import FederatedData
 from edgejax.core.results import Results
 from edgejax.core.shared_base import make_shared_base_delta, resolve_execution
 from edgejax.core.state import RoundPlan, SimState
+from edgejax.core.preflight import preflight
 from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.model import SystemModel
@@ -79,6 +80,7 @@ class Simulation:
         k = self.clients_per_round
         if k is not None and not (isinstance(k, (int, np.integer)) and 1 <= k <= n):
             raise ValueError(f"clients_per_round={k!r} must be an integer in [1, N={n}]")
+        preflight(self)
 
     # ----- static structure -------------------------------------------------------------
     @property
