@@ -27,6 +27,10 @@ from edgejax.core.shared_base import resolve_execution
 _GIB = 2**30
 
 
+class InsufficientMemoryError(ValueError, MemoryError):
+    """The configuration needs more memory than the device has (a bad configuration, hence also a ``ValueError``)."""
+
+
 def _bytes(tree) -> int:
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree))
 
@@ -63,7 +67,7 @@ def available_bytes() -> int | None:
 
 
 def check_memory(sim, available: int | None = None) -> None:
-    """``MemoryError`` naming the largest cause and the remedies when the estimate exceeds
+    """``InsufficientMemoryError`` naming the causes and the remedies when the estimate exceeds
     ``available`` (default: ``available_bytes()``)."""
     available = available_bytes() if available is None else available
     if available is None:
@@ -74,7 +78,7 @@ def check_memory(sim, available: int | None = None) -> None:
         return
     detail = ", ".join(f"{name} {size / _GIB:.2f} GiB" for name, size in parts.items() if size)
     largest_node = int(np.asarray(sim.data.train.count).max())
-    raise MemoryError(
+    raise InsufficientMemoryError(
         f"this simulation needs about {need / _GIB:.2f} GiB ({detail}) but only {available / _GIB:.2f} GiB are "
         f"available; the cohort is {sim.cohort_size} nodes and every node is padded to the largest node's "
         f"{largest_node} samples. Remedies: LocalTraining(group_size=g) to train g cohort nodes at a time, a "

@@ -164,7 +164,7 @@ class _Output:
     def record(self, log: "_MetricLog", status: str, state=None):
         """Append the new metric rows, save a checkpoint of ``state`` if given, update ``run.json``."""
         self.metrics.append(log.take_pending())
-        if state is not None:
+        if state is not None and self.checkpoints.latest() != log.num_rounds:
             self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": self.wall_time()})
         info = run_info(self.config, status, log.num_rounds, self.started, self.wall_time(), log.last_eval())
         latest = self.checkpoints.latest() if self.checkpoints else None
