@@ -272,10 +272,10 @@ def build(o: dict):
 
 
 def run(o: dict) -> int:
-    from edgejax.core.rundir import default_out
+    from edgejax.core.rundir import default_out, prepare
     from edgejax.core.runner import DivergenceError, RunInterrupted
 
-    out = o["out"] or default_out()
+    out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume")))
     sim, hparams, partition_text = build(o)
     print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
           f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds")
