@@ -45,11 +45,12 @@ def test_metrics_are_appended_per_chunk_and_equal_a_full_save(sim, tmp_path):
 
 def test_append_keeps_earlier_rows_and_a_failed_write_is_cut_back(tmp_path, monkeypatch):
     metrics = rundir.MetricsFile(tmp_path)
-    metrics.append(pd.DataFrame({"round": [0, 1], "loss": [1.0, 0.5]}))
+    metrics.append({"round": [1], "loss": [0.5]}, {"round": [0, 1], "acc": [0.1, 0.6]})
     inode, before = os.stat(tmp_path / "metrics.csv").st_ino, (tmp_path / "metrics.csv").read_text()
-    metrics.append(pd.DataFrame({"round": [2], "loss": [0.25]}))
+    metrics.append({"round": [2], "loss": [0.25]}, {})
     assert os.stat(tmp_path / "metrics.csv").st_ino == inode  # appended, not rewritten
-    assert (tmp_path / "metrics.csv").read_text() == before + "2,0.25\n"
+    assert before == "round,loss,acc\n0,,0.1\n1,0.5,0.6\n"
+    assert (tmp_path / "metrics.csv").read_text() == before + "2,0.25,\n"
     good = (tmp_path / "metrics.csv").read_bytes()
     real_write = os.write
 
@@ -59,7 +60,7 @@ def test_append_keeps_earlier_rows_and_a_failed_write_is_cut_back(tmp_path, monk
 
     monkeypatch.setattr(rundir.os, "write", disk_full)
     with pytest.raises(OSError, match="No space"):
-        metrics.append(pd.DataFrame({"round": [3], "loss": [0.125]}))
+        metrics.append({"round": [3], "loss": [0.125]}, {})
     assert (tmp_path / "metrics.csv").read_bytes() == good and metrics.rows == 3
 
 

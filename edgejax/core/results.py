@@ -60,7 +60,10 @@ class Results:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per round (plus round 0), round metrics and evaluation metrics as columns."""
-        return metrics_frame(self.rounds, self.evals)
+        rounds, evals = pd.DataFrame(self.rounds), self.evaluations()
+        if rounds.empty:
+            return evals
+        return rounds.merge(evals, on="round", how="outer").sort_values("round").reset_index(drop=True)
 
     def evaluations(self) -> pd.DataFrame:
         """One row per evaluation (round 0 and every ``eval_every`` rounds), for plotting."""
@@ -80,9 +83,9 @@ class Results:
         """Write ``metrics.csv`` and ``run.json`` into ``out_dir`` (created if needed), each atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        frame = self.to_dataframe()
-        rundir.atomic_write(out / rundir.METRICS, rundir.csv_text(frame, header=True))
-        rundir.write_info(out, {**self.info(), "metrics_rows": len(frame)})
+        metrics = rundir.MetricsFile(out)
+        metrics.reset(self.rounds, self.evals)
+        rundir.write_info(out, {**self.info(), "metrics_rows": metrics.rows})
         return out
 
     def summary(self) -> str:
@@ -92,15 +95,6 @@ class Results:
         table = pd.DataFrame({c: self.evals[c] for c in cols if c in self.evals})
         return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
-
-
-def metrics_frame(rounds: dict, evals: dict) -> pd.DataFrame:
-    """Round metrics and evaluation metrics (column -> values, each with a ``round`` column)
-    merged into one table, one row per round."""
-    rounds, evals = pd.DataFrame(rounds), pd.DataFrame(evals)
-    if rounds.empty:
-        return evals
-    return rounds.merge(evals, on="round", how="outer").sort_values("round").reset_index(drop=True)
 
 
 def run_info(config: dict, status: str, rounds_finished: int, started: str | None, wall_time_s: float,

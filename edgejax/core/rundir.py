@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 METRICS, INFO, CHECKPOINTS = "metrics.csv", "run.json", "checkpoints"
 
@@ -41,11 +40,25 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def csv_text(frame: pd.DataFrame, header: bool) -> str:
-    """CSV rows of a metrics frame; every column but ``round`` as float so that rows written
-    chunk by chunk read the same as the whole table written at once."""
-    frame = frame.astype({c: np.float64 for c in frame.columns if c != "round"})
-    return frame.to_csv(index=False, header=header)
+def metric_columns(rounds: dict, evals: dict) -> list[str]:
+    """``round``, then the round metrics, then the evaluation metrics (the order of ``metrics.csv``)."""
+    names = [k for k in rounds if k != "round"]
+    return ["round", *names, *(k for k in evals if k != "round" and k not in names)]
+
+
+def csv_rows(rounds: dict, evals: dict, columns: list[str]) -> str:
+    """CSV lines of the round and evaluation metrics (column -> values, each with ``round``),
+    merged by round; a metric absent on a row (or NaN) is empty, every other value a float."""
+    merged: dict[int, dict] = {}
+    for table in (rounds, evals):
+        for i, r in enumerate(table.get("round", ())):
+            merged.setdefault(int(r), {}).update({k: v[i] for k, v in table.items() if k != "round"})
+    return "".join(",".join([str(r), *(_cell(row.get(c)) for c in columns[1:])]) + "\n"
+                   for r, row in sorted(merged.items()))
+
+
+def _cell(value) -> str:
+    return "" if value is None or value != value else repr(float(value))
 
 
 def write_info(out: Path, info: dict) -> None:
@@ -110,17 +123,19 @@ class MetricsFile:
         self.columns: list[str] | None = None
         self.rows = 0
 
-    def reset(self, frame: pd.DataFrame) -> None:
-        """Replace the file with ``frame`` (header included) atomically."""
-        self.columns = list(frame.columns)
-        atomic_write(self.path, csv_text(frame, header=True))
-        self.rows = len(frame)
+    def reset(self, rounds: dict, evals: dict) -> None:
+        """Replace the file with these metrics (header included) atomically."""
+        self.columns = metric_columns(rounds, evals)
+        body = csv_rows(rounds, evals, self.columns)
+        atomic_write(self.path, ",".join(self.columns) + "\n" + body)
+        self.rows = body.count("\n")
 
-    def append(self, frame: pd.DataFrame) -> None:
-        """Append ``frame``'s rows (the first call writes the header); a failed write is cut back."""
+    def append(self, rounds: dict, evals: dict) -> None:
+        """Append rows for these metrics (the first call writes the header); a failed write is cut back."""
         if self.columns is None:
-            return self.reset(frame)
-        data = csv_text(frame.reindex(columns=self.columns), header=False).encode()
+            return self.reset(rounds, evals)
+        body = csv_rows(rounds, evals, self.columns)
+        data = body.encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         size = os.fstat(fd).st_size
         try:
@@ -133,7 +148,7 @@ class MetricsFile:
             raise
         finally:
             os.close(fd)
-        self.rows += len(frame)
+        self.rows += body.count("\n")
 
 
 def _jsonable(value):

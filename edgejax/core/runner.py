@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from edgejax.core import rundir
-from edgejax.core.results import Results, metrics_frame, run_info
+from edgejax.core.results import Results, run_info
 from edgejax.core.validation import check_seed
 
 
@@ -163,7 +163,7 @@ class _Output:
 
     def record(self, log: "_MetricLog", status: str, state=None):
         """Append the new metric rows, save a checkpoint of ``state`` if given, update ``run.json``."""
-        self.metrics.append(log.take_pending())
+        self.metrics.append(*log.take_pending())
         if state is not None and self.checkpoints.latest() != log.num_rounds:
             self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": self.wall_time()})
         info = run_info(self.config, status, log.num_rounds, self.started, self.wall_time(), log.last_eval())
@@ -180,7 +180,7 @@ class _Output:
         done, state, metrics = self.checkpoints.restore(template)
         self.started, self.previous_wall = info.get("started"), metrics.pop("wall_time_s")
         log = _MetricLog.from_dict(metrics)
-        self.metrics.reset(log.take_pending())
+        self.metrics.reset(*log.take_pending())
         return done, state, log
 
     def close(self):
@@ -222,12 +222,12 @@ class _MetricLog:
     def last_eval(self) -> dict[str, float]:
         return {k: v[-1] for k, v in self.evals.items()}
 
-    def take_pending(self):
-        """The metrics table of the rounds and evaluations added since the last call."""
+    def take_pending(self) -> tuple[dict, dict]:
+        """``(rounds, evals)`` added since the last call."""
         r, e = self._taken
-        frame = metrics_frame({k: v[r:] for k, v in self.rounds.items()}, {k: v[e:] for k, v in self.evals.items()})
+        pending = {k: v[r:] for k, v in self.rounds.items()}, {k: v[e:] for k, v in self.evals.items()}
         self._taken = (self.num_rounds, len(self.evals.get("round", ())))
-        return frame
+        return pending
 
     def results(self, config: dict, wall_time: float, status: str, state, started: str | None) -> Results:
         as_arrays = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
