@@ -301,5 +301,9 @@ def run(o: dict) -> int:
 
 
 def execute(args: dict) -> int:
-    """``edgejax run`` with parsed arguments."""
-    return run(options_from_args(args))
+    """``edgejax run`` with parsed arguments; Ctrl-C before the rounds start exits 130 quietly."""
+    try:
+        return run(options_from_args(args))
+    except KeyboardInterrupt:
+        print("edgejax: interrupted before the first round finished", file=sys.stderr)
+        return 130

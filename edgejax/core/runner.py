@@ -8,6 +8,7 @@ check; a run in which every round was empty warns.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -168,7 +169,8 @@ class _Output:
             self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": self.wall_time()})
         info = run_info(self.config, status, log.num_rounds, self.started, self.wall_time(), log.last_eval())
         latest = self.checkpoints.latest() if self.checkpoints else None
-        rundir.write_info(self.out, {**info, "metrics_rows": self.metrics.rows, "checkpoint_round": latest})
+        rundir.write_info(self.out, {**info, "metrics_rows": self.metrics.rows, "checkpoint_round": latest,
+                                     "pid": os.getpid()})
 
     def restore(self, template):
         """``(round, state, log)`` from the newest checkpoint, after checking the configuration."""
