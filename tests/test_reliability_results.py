@@ -107,3 +107,14 @@ def test_a_run_with_participants_does_not_warn(sim):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sim.run(4, eval_every=2)
+
+
+def test_resume_refuses_another_configuration_and_a_run_without_checkpoints(sim, tmp_path):
+    sim.run(4, eval_every=2, out_dir=tmp_path / "ckpt", checkpoint_every=2)
+    with pytest.raises(ValueError, match=r"configuration differs in \['hparams'\]"):
+        sim.run(4, eval_every=2, out_dir=tmp_path / "ckpt", resume=True, hparams={"client_lr": 0.5})
+    again = sim.run(4, eval_every=2, out_dir=tmp_path / "ckpt", resume=True)  # finished: nothing to do
+    assert again.num_rounds == 4 and again.status == "finished"
+    sim.run(2, eval_every=2, out_dir=tmp_path / "plain")
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        sim.run(2, eval_every=2, out_dir=tmp_path / "plain", resume=True)

@@ -66,6 +66,11 @@ def write_info(out: Path, info: dict) -> None:
     atomic_write(out / INFO, json.dumps(info, indent=2, default=_jsonable))
 
 
+def as_json(value):
+    """``value`` as it reads back from ``run.json`` (tuples become lists, NumPy values lists or numbers)."""
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
 def read_info(out: Path) -> dict:
     """``run.json`` of the run in ``out`` (``ValueError`` when missing)."""
     path = Path(out) / INFO

@@ -7,7 +7,6 @@ check; a run in which every round was empty warns.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -71,17 +70,21 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
               "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}, **(extra_config or {})}
     output = None if out_dir is None else _Output(out_dir, config, checkpoint_every, keep_checkpoints,
                                                   overwrite, resume)
-    state, clock, started = sim.init(jax.random.PRNGKey(seed), hp), time.perf_counter(), rundir.now()
+    try:
+        return _loop(sim, hp, rounds, chunk, _Run(config, output), sim.init(jax.random.PRNGKey(seed), hp),
+                     resume, progress)
+    finally:
+        if output is not None:
+            output.close()
 
-    def results(status: str, final_state=None) -> Results:
-        wall = output.wall_time() if output else time.perf_counter() - clock
-        return log.results(config, wall, status, final_state, output.started if output else started)
 
+def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool) -> Results:
+    """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
     if resume:
-        done, state, log = output.restore(state)
+        done, state, run_.log = run_.output.restore(state)
     else:
-        done, log = 0, _MetricLog()
-        log.add_eval(0, sim._jit_evaluate(state, sim.data))
+        done = 0
+        run_.log.add_eval(0, sim._jit_evaluate(state, sim.data))
     bar = _progress(rounds, done, progress)
     with _StopSignals() as stop:
         try:
@@ -89,26 +92,22 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
                 n = min(chunk, rounds - done)
                 state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.data, hp, chunk, n)
                 round_metrics = _mark_empty_rounds({k: np.asarray(v)[:n] for k, v in round_metrics.items()})
-                _check_divergence(round_metrics, done, log, output, results)
-                log.add_rounds(done, round_metrics)
+                _check_divergence(round_metrics, done, run_)
+                run_.log.add_rounds(done, round_metrics)
                 done += n
-                log.add_eval(done, eval_metrics)
+                run_.log.add_eval(done, eval_metrics)
                 bar.update(n)
                 bar.set_postfix(test_acc=f"{float(eval_metrics['test_accuracy']):.3f}")
-                if output is not None:
-                    output.record(log, "running", state if output.checkpoint_due(done - n, done) else None)
+                run_.record("running", state if run_.checkpoint_due(done - n, done) else None)
         finally:
             bar.close()
-        if stop.received:
-            status = f"interrupted ({stop.received}) after round {done}"
-            if output is not None:
-                output.record(log, status, state if output.checkpoints else None)
-            raise RunInterrupted(f"run {status}", stop.received, results(status))
-    _warn_if_never_trained(log)
-    if output is not None:
-        output.record(log, "finished")
-        output.close()
-    return results("finished", state)
+    if stop.received:
+        status = f"interrupted ({stop.received}) after round {done}"
+        run_.record(status, state)
+        raise RunInterrupted(f"run {status}", stop.received, run_.results(status))
+    _warn_if_never_trained(run_.log)
+    run_.record("finished")
+    return run_.results("finished", state)
 
 
 def _mark_empty_rounds(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,20 +116,17 @@ def _mark_empty_rounds(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**metrics, "train_loss": np.where(empty, np.nan, metrics["train_loss"])}
 
 
-def _check_divergence(metrics: dict[str, np.ndarray], done: int, log: "_MetricLog", output: "_Output | None",
-                      results):
+def _check_divergence(metrics: dict[str, np.ndarray], done: int, run_: "_Run"):
     """Raise ``DivergenceError`` at the first round with participants and a NaN/inf training loss."""
     bad = np.flatnonzero(~np.isfinite(metrics["train_loss"]) & (metrics["participants"] > 0))
     if not bad.size:
         return
-    log.add_rounds(done, {k: v[: bad[0]] for k, v in metrics.items()})
+    run_.log.add_rounds(done, {k: v[: bad[0]] for k, v in metrics.items()})
     value, bad_round = metrics["train_loss"][bad[0]], done + int(bad[0]) + 1
     status = f"diverged: training loss {value} at round {bad_round}"
-    if output is not None:
-        output.record(log, status)
-        output.close()
+    run_.record(status)
     raise DivergenceError(f"training loss became {value} at round {bad_round}; "
-                          f"rounds 1..{bad_round - 1} are kept in the results", bad_round, results(status))
+                          f"rounds 1..{bad_round - 1} are kept in the results", bad_round, run_.results(status))
 
 
 def _warn_if_never_trained(log: "_MetricLog"):
@@ -139,6 +135,27 @@ def _warn_if_never_trained(log: "_MetricLog"):
         warnings.warn(f"no node took part in any of the {participants.size} rounds, so the model never "
                       "trained; check dropout, availability, deadline, stragglers and clients_per_round",
                       RuntimeWarning, stacklevel=3)
+
+
+class _Run:
+    """What a run has so far: its metric log, its output folder (or ``None``) and its clock."""
+
+    def __init__(self, config: dict, output: "_Output | None"):
+        self.config, self.output, self.log = config, output, _MetricLog()
+        self.started, self.clock = rundir.now(), time.perf_counter()
+
+    def checkpoint_due(self, before: int, after: int) -> bool:
+        return self.output is not None and self.output.checkpoint_due(before, after)
+
+    def record(self, status: str, state=None):
+        """Write the results so far, and a checkpoint of ``state`` when checkpointing, if there is a folder."""
+        if self.output is not None:
+            self.output.record(self.log, status, state if self.output.checkpoints else None)
+
+    def results(self, status: str, state=None) -> Results:
+        wall = self.output.wall_time() if self.output else time.perf_counter() - self.clock
+        started = self.output.started if self.output else self.started
+        return self.log.results(self.config, wall, status, state, started)
 
 
 class _Output:
@@ -175,7 +192,7 @@ class _Output:
     def restore(self, template):
         """``(round, state, log)`` from the newest checkpoint, after checking the configuration."""
         info = rundir.read_info(self.out)
-        stored, current = info["config"], json.loads(json.dumps(self.config, default=str))
+        stored, current = info["config"], rundir.as_json(self.config)
         differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
         if differ:
             raise ValueError(f"cannot resume {self.out}: its configuration differs in {differ}")
