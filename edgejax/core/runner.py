@@ -97,7 +97,8 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
                 done += n
                 run_.log.add_eval(done, eval_metrics)
                 bar.update(n)
-                bar.set_postfix(test_acc=f"{float(eval_metrics['test_accuracy']):.3f}")
+                shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
+                bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
                 run_.record("running", state if run_.checkpoint_due(done - n, done) else None)
         finally:
             bar.close()
@@ -277,7 +278,7 @@ class _NoProgress:
     def update(self, n):
         pass
 
-    def set_postfix(self, **kwargs):
+    def set_postfix(self, *args, **kwargs):
         pass
 
     def close(self):

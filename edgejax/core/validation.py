@@ -68,6 +68,7 @@ HPARAM_RANGES: dict[str, Range] = {
     "client_decay": _DECAY,
     "client_eps": _RATE, "server_tau": _RATE,
     "client_weight_decay": _NONNEGATIVE, "mu": _NONNEGATIVE,
+    "alpha": _RATE,  # FedDyn's regularisation (the server divides by it)
     "dropout": _PROBABILITY, "straggler_fraction": _PROBABILITY, "link_failure": _PROBABILITY,
     "deadline": _RATE,
     "consensus_step": Range(0.0, 1.0, closed_low=False),
