@@ -16,12 +16,12 @@ from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushS
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.scaffold import SCAFFOLD
-from edgejax.algorithms.registry import ALGORITHMS, DECENTRALIZED, get_algorithm, parse_compressor
+from edgejax.algorithms.registry import ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, get_algorithm, parse_compressor
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
 from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
 
-__all__ = ["ADPSGD", "ALGORITHMS", "Algorithm", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
+__all__ = ["ADPSGD", "ALGORITHMS", "ASYNCHRONOUS", "Algorithm", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
            "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "Topology", "Traits",
            "consensus_distance", "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer",
            "parse_compressor", "proximal", "scale_by_adaptive_server"]

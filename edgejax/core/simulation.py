@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +23,8 @@ from edgejax.core.local import LocalTraining
 from edgejax.core.results import Results
 from edgejax.core.state import RoundPlan, SimState
 from edgejax.data.federated import FederatedData
+from edgejax.core.preflight import preflight
+from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.model import SystemModel
 
@@ -79,6 +80,7 @@ class Simulation:
                 raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
                                  f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
+        preflight(self)
 
     # ----- static structure -------------------------------------------------------------
     @property
@@ -152,14 +154,8 @@ class Simulation:
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(hp)}")
         for name, value in overrides.items():
-            value = jnp.asarray(value, dtype=hp[name].dtype)
-            if value.ndim == 0 and not bool(jnp.isfinite(value)):
-                raise ValueError(f"hyper-parameter {name}={float(value)} is not finite")
-            hp[name] = value
-        count = hp["clients_per_round"]
-        if count.ndim == 0 and not 1 <= float(count) <= self.cohort_size:
-            raise ValueError(f"clients_per_round={float(count):g} must be in [1, cohort size "
-                             f"{self.cohort_size}] (raise Simulation.clients_per_round for a larger cohort)")
+            hp[name] = jnp.asarray(value, dtype=hp[name].dtype)
+        check_hparams(hp, self.cohort_size)
         return hp
 
     # ----- pure functions ---------------------------------------------------------------
@@ -275,11 +271,9 @@ class Simulation:
         unknown = sorted(set(hparams) - set(defaults))
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
+        check_hparams({**defaults, **hparams}, self.cohort_size, points=seeds.size)
         stacked = {k: jnp.broadcast_to(jnp.asarray(hparams.get(k, v), v.dtype), seeds.shape)
                    for k, v in defaults.items()}
-        for name, values in stacked.items():
-            if not bool(jnp.all(jnp.isfinite(values))):
-                raise ValueError(f"hyper-parameter {name} has non-finite values {np.asarray(values)}")
 
         def one(seed, hp):
             state = self.init(jax.random.PRNGKey(seed), hp)
@@ -309,11 +303,10 @@ class Simulation:
                 "algorithm": self.algorithm.describe(), "local": local, "execution": self.execution,
                 "max_local_steps": self.schedule[0]}
 
-    def run(self, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
-            out_dir: str | Path | None = None, progress: bool = False) -> Results:
-        """Run ``rounds`` rounds from seed ``seed``, evaluating every ``eval_every`` rounds
-        (the host loop of ``edgejax.core.runner.run``; see there)."""
+    def run(self, rounds: int, **options) -> Results:
+        """Run ``rounds`` rounds: the host loop ``edgejax.core.runner.run`` (see there for the
+        options: ``seed``, ``hparams``, ``eval_every``, ``out_dir``, ``progress``,
+        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``)."""
         from edgejax.core.runner import run
 
-        return run(self, rounds, seed=seed, hparams=hparams, eval_every=eval_every, out_dir=out_dir,
-                   progress=progress)
+        return run(self, rounds, **options)

@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import os
 import random
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -315,7 +316,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:
+            raise ValueError(f"{path}: damaged or truncated gzip file ({err})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise ValueError(
             f"{path}: not an IDX file, bad magic number {raw[:4].hex() or '(empty)'}; expected "
