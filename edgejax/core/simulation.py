@@ -80,6 +80,7 @@ class Simulation:
                 raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
                                  f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
+        self.hparam_owners()
         preflight(self)
 
     # ----- static structure -------------------------------------------------------------

@@ -21,8 +21,8 @@ def _real(split, node: bool):
 
 
 def check_data(data) -> None:
-    """``ValueError`` for NaN/inf features, labels outside ``[0, num_classes)`` or an empty
-    global test split, naming the split, node and sample; a ``UserWarning`` when classes
+    """``ValueError`` for NaN/inf features, labels outside ``[0, num_classes)`` (float labels are
+    regression targets: they must be finite) or an empty global test split, naming the split, node and sample; a ``UserWarning`` when classes
     below ``num_classes`` have no training sample (a stray label makes a larger problem)."""
     if float(np.asarray(data.test.mask).sum()) == 0:
         raise ValueError(f"the test split of dataset {data.name!r} is empty; evaluation needs test samples")
@@ -35,6 +35,12 @@ def check_data(data) -> None:
         if bad.size:
             raise ValueError(f"{label} features{where(bad[0])} are not finite (NaN or inf in {bad.size} samples) "
                              f"in dataset {data.name!r}")
+        if np.issubdtype(y.dtype, np.floating):   # regression targets: finite, no classes
+            bad = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
+            if bad.size:
+                raise ValueError(f"{label} targets{where(bad[0])} are not finite ({bad.size} samples) in dataset "
+                                 f"{data.name!r}")
+            continue
         bad = np.flatnonzero((y < 0) | (y >= classes))
         if bad.size:
             raise ValueError(f"{label} label {y[bad[0]]}{where(bad[0])} is outside [0, {classes}) "
