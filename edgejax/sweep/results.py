@@ -16,13 +16,15 @@ EVALS_CSV, ROUNDS_CSV, SWEEP_JSON = "evals.csv", "rounds.csv", "sweep.json"
 class SweepResults:
     """Metrics of every run of a sweep.
 
-    ``points``: the hyper-parameter overrides of each point; ``runs``: ``(point index,
+    ``points``: the hyper-parameter overrides of each point, ``hparams``: all of its
+    hyper-parameters; ``runs``: ``(point index,
     seed)`` of run ``r``; ``rounds[k] [R, rounds]`` and ``evals[k] [R, E]``: round and
     evaluation metrics of run ``r`` (evaluations after rounds ``eval_rounds``);
     ``config``: the static configuration (``Simulation.describe()`` and the sweep's own).
     """
 
     points: list[dict]
+    hparams: list[dict]
     runs: list[tuple[int, int]]
     rounds: dict[str, np.ndarray]
     evals: dict[str, np.ndarray]
@@ -67,7 +69,7 @@ class SweepResults:
         out.mkdir(parents=True, exist_ok=True)
         self.to_dataframe().to_csv(out / EVALS_CSV, index=False)
         self.rounds_dataframe().to_csv(out / ROUNDS_CSV, index=False)
-        info = {"config": self.config, "points": self.points, "runs": self.runs,
+        info = {"config": self.config, "points": self.points, "hparams": self.hparams, "runs": self.runs,
                 "wall_time_s": round(self.wall_time_s, 3), **environment()}
         (out / SWEEP_JSON).write_text(json.dumps(info, indent=2, default=str))
         return out

@@ -32,29 +32,27 @@ def _chunk_size(sim, strategy: str, total: int, chunk_size: int | None, memory_b
     return max(1, min(total, memory_bytes // point_bytes(sim)))
 
 
-def _stack(sim, overrides: list[dict]) -> dict[str, np.ndarray]:
+def stack(sim, overrides: list[dict]) -> dict[str, np.ndarray]:
     """Every point's full hyper-parameters (validated by ``sim.hparams``), stacked on axis 0."""
     rows = [sim.hparams(o) for o in overrides]
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
 
-def execute(sim, rounds: int, seeds, overrides: list[dict], *, eval_every: int, strategy: str = "auto",
+def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_every: int, strategy: str = "auto",
             chunk_size: int | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = False):
-    """Run point ``r`` = (``seeds[r]``, ``overrides[r]``) for every ``r``.
+    """Run ``r`` = (``seeds[r]``, entry ``r`` of every ``hparams`` array, see ``stack``) for every ``r``.
 
     Returns ``(rounds {k: [R, rounds]}, evals {k: [R, E]})`` as NumPy arrays; run ``r``
-    equals ``sim.run(rounds, seed=seeds[r], hparams=overrides[r], eval_every=eval_every)``.
+    equals ``sim.run(rounds, seed=seeds[r], hparams={k: v[r]}, eval_every=eval_every)``.
     """
     for name, value in (("rounds", rounds), ("eval_every", eval_every)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    seeds = np.asarray(seeds)
-    if seeds.ndim != 1 or len(seeds) != len(overrides) or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError(f"seeds must be {len(overrides)} integers, one per point; got {seeds.tolist()!r}")
+    seeds, total = np.asarray(seeds), len(next(iter(hparams.values())))
+    if seeds.shape != (total,) or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(f"seeds must be {total} integers, one per point; got {seeds.tolist()!r}")
     eval_every = min(eval_every, rounds)
     strategy = resolve_strategy(strategy)
-    hparams = _stack(sim, overrides)
-    total = len(seeds)
     chunk = _chunk_size(sim, strategy, total, chunk_size, memory_bytes)
     fn = compiled(sim, strategy, rounds, eval_every)
     outputs = []
@@ -89,12 +87,15 @@ def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,),
     seeds = [int(s) for s in seeds]
     runs = [(p, s) for p in range(len(points)) for s in seeds]
     start = time.perf_counter()
-    round_metrics, evals = execute(sim, rounds, [s for _, s in runs], [points[p] for p, _ in runs],
+    hparams = stack(sim, points)
+    index, run_seeds = np.array([p for p, _ in runs]), np.array([s for _, s in runs])
+    round_metrics, evals = execute(sim, rounds, run_seeds, {k: v[index] for k, v in hparams.items()},
                                    eval_every=eval_every, strategy=strategy, chunk_size=chunk_size,
                                    memory_bytes=memory_bytes, progress=progress)
     config = {**sim.describe(), "rounds": rounds, "eval_every": min(eval_every, rounds),
               "strategy": resolve_strategy(strategy)}
-    return SweepResults(points=points, runs=runs, rounds=round_metrics, evals=evals,
+    full = [{k: v[p].tolist() for k, v in hparams.items()} for p in range(len(points))]
+    return SweepResults(points=points, hparams=full, runs=runs, rounds=round_metrics, evals=evals,
                         eval_rounds=eval_rounds(rounds, min(eval_every, rounds)), config=config,
                         wall_time_s=time.perf_counter() - start)
 
@@ -105,8 +106,8 @@ def sweep_arrays(sim, rounds: int, hparams: dict, seeds, strategy: str = "auto")
     Returns ``(round metrics {k: [P, rounds]}, final evaluation {k: [P]})``.
     """
     seeds = np.atleast_1d(np.asarray(seeds))
-    overrides = zip_points(hparams, len(seeds))
-    round_metrics, evals = execute(sim, rounds, seeds, overrides, eval_every=rounds, strategy=strategy)
+    stacked = stack(sim, zip_points(hparams, len(seeds)))
+    round_metrics, evals = execute(sim, rounds, seeds, stacked, eval_every=rounds, strategy=strategy)
     return round_metrics, {k: v[:, -1] for k, v in evals.items()}
 
 
