@@ -213,8 +213,10 @@ def build(o: dict):
 
 
 def run(o: dict) -> int:
+    from edgejax.cli.compile_cache import enable_compilation_cache
     from edgejax.core.runner import DivergenceError
 
+    enable_compilation_cache()
     sim, hparams, partition_text = build(o)
     print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
           f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds")

@@ -72,12 +72,22 @@ def load(folders) -> pd.DataFrame:
 
 
 def run_labels(settings: list[dict]) -> list[str]:
-    """A label per run: the settings whose values differ between runs, as ``key=value``."""
+    """A label per run: the settings whose values differ between runs, as ``key=value``.
+
+    Names come first (``algorithm.name`` shown as ``algorithm``), then hyper-parameters,
+    then nested options; a setting that the ones before it already determine (FedAdam's
+    ``server_b1`` once ``algorithm`` is shown) is left out.
+    """
     keys = [k for k in dict.fromkeys(k for s in settings for k in s) if k not in IGNORED]
-    varying = [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
-    if not varying:
+    keys.sort(key=lambda k: (not k.endswith(".name"), "." in k))
+    shown, groups = [], len({()})
+    for key in keys:
+        finer = len({tuple(repr(s.get(k)) for k in (*shown, key)) for s in settings})
+        if finer > groups:
+            shown, groups = [*shown, key], finer
+    if not shown:
         return [str(s.get("algorithm.name", "run")) for s in settings]
-    return [", ".join(f"{k}={_short(s.get(k))}" for k in varying) for s in settings]
+    return [", ".join(f"{k.removesuffix('.name')}={_short(s.get(k))}" for k in shown) for s in settings]
 
 
 def _short(value) -> str:

@@ -31,7 +31,7 @@ def plot(evals: pd.DataFrame, y: str = "test_accuracy", x: str = "round", *, by:
     if band not in BANDS:
         raise ValueError(f"band {band!r} is not one of {BANDS}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for group, c in curves(evals, y, x, by=by).groupby(by, sort=False):
         line, = ax.plot(c["x"], c["mean"], label=str(group))
         if band != "none":
@@ -40,7 +40,7 @@ def plot(evals: pd.DataFrame, y: str = "test_accuracy", x: str = "round", *, by:
     ax.set_xlabel(X_AXES.get(x, x))
     ax.set_ylabel(y.replace("_", " "))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small")
     return ax
 
 
