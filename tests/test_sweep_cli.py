@@ -94,3 +94,10 @@ def test_edgejax_run_fills_the_cache(tmp_path):
             "--rounds", "2", "--model", "logreg", "--no-progress", "--out", str(tmp_path / "run")]
     subprocess.run(args, env=env, check=True, capture_output=True)
     assert len(list((tmp_path / "cache").iterdir())) > 3
+
+
+def test_digits_are_read_without_importing_scikit_learn():
+    code = ("import sys, numpy as np; from edgejax.data.datasets import _sklearn_digits; images, target = "
+            "_sklearn_digits(); assert 'sklearn' not in sys.modules; from sklearn.datasets import load_digits; "
+            "b = load_digits(); assert np.array_equal(images, b.images) and np.array_equal(target, b.target)")
+    subprocess.run([sys.executable, "-c", code], check=True)
