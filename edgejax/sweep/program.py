@@ -46,21 +46,23 @@ def eval_rounds(rounds: int, eval_every: int) -> list[int]:
 
 
 def make_point(sim, rounds: int, eval_every: int):
-    """``point(seed, hparams, data) -> (round metrics {k: [rounds]}, evaluations {k: [E]})``."""
+    """``point(seed, hparams, data) -> (round metrics {k: [rounds]}, evaluations {k: [E]})``.
+
+    The initial evaluation is the first step of the scan with zero active rounds, so the
+    program holds one copy of the round chunk and one of the evaluation.
+    """
     chunks = math.ceil(rounds / eval_every)
 
     def point(seed, hparams, data):
         state = sim.init(jax.random.PRNGKey(seed), hparams)
-        first = sim.evaluate(state, data)
 
         def chunk(st, c):
-            active = jnp.minimum(eval_every, rounds - c * eval_every)
+            active = jnp.clip(rounds - (c - 1) * eval_every, 0, eval_every) * (c > 0)
             st, metrics = sim.run_rounds(st, data, hparams, eval_every, active)
             return st, (metrics, sim.evaluate(st, data))
 
-        _, (metrics, evals) = jax.lax.scan(chunk, state, jnp.arange(chunks))
-        metrics = {k: v.reshape(chunks * eval_every, *v.shape[2:])[:rounds] for k, v in metrics.items()}
-        evals = {k: jnp.concatenate([first[k][None], v]) for k, v in evals.items()}
+        _, (metrics, evals) = jax.lax.scan(chunk, state, jnp.arange(chunks + 1))
+        metrics = {k: v[1:].reshape(chunks * eval_every, *v.shape[2:])[:rounds] for k, v in metrics.items()}
         return metrics, evals
 
     return point
