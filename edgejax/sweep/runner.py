@@ -111,18 +111,8 @@ def sweep_arrays(sim, rounds: int, hparams: dict, seeds, strategy: str = "auto")
     return round_metrics, {k: v[:, -1] for k, v in evals.items()}
 
 
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, enabled: bool):
-    """A tqdm bar over sweep points (tqdm is imported only when one is shown)."""
-    if not enabled:
-        return _NoProgress()
+    """A tqdm bar over sweep points (a no-op bar when disabled)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="point", desc="sweep", leave=False)
+    return tqdm(total=total, unit="point", desc="sweep", leave=False, disable=not enabled)
