@@ -20,9 +20,9 @@ def sim():
 POINTS = [{"client_lr": 0.05, "clients_per_round": 3}, {"client_lr": 0.3, "clients_per_round": 2}]
 
 
-@pytest.mark.parametrize("strategy, chunk", [("loop", None), ("map", 3), ("vmap", 3)])
-def test_each_run_of_a_sweep_equals_its_separate_run(sim, strategy, chunk):
-    res = sweep(sim, 5, POINTS, seeds=[0, 4], eval_every=2, strategy=strategy, chunk_size=chunk)
+@pytest.mark.parametrize("strategy, chunk, group", [("loop", None, None), ("map", 3, 2), ("vmap", 3, None)])
+def test_each_run_of_a_sweep_equals_its_separate_run(sim, strategy, chunk, group):
+    res = sweep(sim, 5, POINTS, seeds=[0, 4], eval_every=2, strategy=strategy, chunk_size=chunk, group_size=group)
     assert res.runs == [(0, 0), (0, 4), (1, 0), (1, 4)]  # 4 runs in chunks of 3: the last chunk is padded
     assert res.eval_rounds == [0, 2, 4, 5]
     for r, (p, seed) in enumerate(res.runs):
@@ -44,6 +44,20 @@ def test_a_second_sweep_compiles_nothing(sim):
     sim.sweep(2, {"client_lr": [0.3, 0.2, 0.1]}, seeds=[5, 6, 7])  # other rounds: one more program
     sim.sweep(2, {"client_lr": [0.4]}, seeds=[1])
     assert compile_count(sim) == before + 1
+
+
+def test_programs_go_with_their_simulation(sim):
+    import gc
+
+    from edgejax.sweep.program import _PROGRAMS
+
+    other = ej.Simulation(sim.model, sim.data, sim.algorithm, sim.local, clients_per_round=2)
+    sweep(other, 1, [{}], eval_every=1)
+    assert other in _PROGRAMS
+    count = len(_PROGRAMS)
+    del other
+    gc.collect()
+    assert len(_PROGRAMS) == count - 1
 
 
 def test_tidy_dataframe_has_a_row_per_run_and_evaluation(sim):
@@ -79,6 +93,7 @@ def test_grid_and_zip():
     ({"strategy": "threads"}, "'threads'"),
     ({"chunk_size": 0, "strategy": "vmap"}, "chunk_size"),
     ({"eval_every": 0}, "eval_every"),
+    ({"group_size": 2, "strategy": "loop"}, "group_size=2 needs strategy 'map'"),
 ])
 def test_bad_sweep_input_is_a_clear_error(sim, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -16,7 +16,8 @@ Execution strategies (the same numbers; they change the schedule, not the maths)
 
 Compiled functions live in a ``WeakKeyDictionary`` keyed by the ``Simulation`` (static
 structure) and by ``(strategy, rounds, eval_every, group)``, so calling a sweep again
-compiles nothing.
+compiles nothing; they hold the simulation weakly, so a dropped simulation takes its
+programs with it.
 """
 from __future__ import annotations
 
@@ -72,12 +73,13 @@ def compiled(sim, strategy: str, rounds: int, eval_every: int, group: int | None
     """The jitted program of ``strategy`` for this simulation, built once and reused.
 
     ``loop``: ``f(seed, hparams, data)`` for one point; ``map`` and ``vmap``:
-    ``f(seeds [C], hparams {k: [C]}, data)`` for a chunk of ``C`` points.
+    ``f(seeds [C], hparams {k: [C]}, data)`` for a chunk of ``C`` points (``map``: ``group``
+    points vmapped per step, one at a time when ``None``).
     """
     key = (strategy, rounds, eval_every, group)
     programs = _PROGRAMS.setdefault(sim, {})
     if key not in programs:
-        point = make_point(sim, rounds, eval_every)
+        point = make_point(weakref.proxy(sim), rounds, eval_every)
         if strategy == "loop":
             fn = point
         elif strategy == "vmap":

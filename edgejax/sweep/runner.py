@@ -39,7 +39,8 @@ def stack(sim, overrides: list[dict]) -> dict[str, np.ndarray]:
 
 
 def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_every: int, strategy: str = "auto",
-            chunk_size: int | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = False):
+            chunk_size: int | None = None, group_size: int | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+            progress: bool = False):
     """Run ``r`` = (``seeds[r]``, entry ``r`` of every ``hparams`` array, see ``stack``) for every ``r``.
 
     Returns ``(rounds {k: [R, rounds]}, evals {k: [R, E]})`` as NumPy arrays; run ``r``
@@ -54,7 +55,11 @@ def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_eve
     eval_every = min(eval_every, rounds)
     strategy = resolve_strategy(strategy)
     chunk = _chunk_size(sim, strategy, total, chunk_size, memory_bytes)
-    fn = compiled(sim, strategy, rounds, eval_every)
+    if group_size is not None and (strategy != "map" or not isinstance(group_size, (int, np.integer))
+                                   or group_size < 1):
+        raise ValueError(f"group_size={group_size!r} needs strategy 'map' and a positive integer "
+                         f"(strategy is {strategy!r})")
+    fn = compiled(sim, strategy, rounds, eval_every, group_size)
     outputs = []
     bar = _progress(total, progress)
     try:
@@ -74,13 +79,13 @@ def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_eve
 
 
 def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,), *, eval_every: int = 10,
-          strategy: str = "auto", chunk_size: int | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
-          progress: bool = False) -> SweepResults:
+          strategy: str = "auto", chunk_size: int | None = None, group_size: int | None = None,
+          memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = False) -> SweepResults:
     """Run every point (a list of hyper-parameter dicts, or a dict of zipped lists) with every seed.
 
     ``strategy``: ``auto`` (``loop`` on a CPU, ``vmap`` on accelerators), ``loop``, ``map``
     or ``vmap``; ``chunk_size`` points per program call (``map``/``vmap``; default: as many as
-    ``memory_bytes`` allows).  The compiled program is reused by later sweeps of ``sim``
+    ``memory_bytes`` allows); ``group_size``: ``map`` only, points vmapped per step.  The compiled program is reused by later sweeps of ``sim``
     with the same ``rounds`` and ``eval_every``.
     """
     points = zip_points(points) if isinstance(points, dict) else list(points or [{}])
@@ -91,7 +96,7 @@ def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,),
     index, run_seeds = np.array([p for p, _ in runs]), np.array([s for _, s in runs])
     round_metrics, evals = execute(sim, rounds, run_seeds, {k: v[index] for k, v in hparams.items()},
                                    eval_every=eval_every, strategy=strategy, chunk_size=chunk_size,
-                                   memory_bytes=memory_bytes, progress=progress)
+                                   group_size=group_size, memory_bytes=memory_bytes, progress=progress)
     config = {**sim.describe(), "rounds": rounds, "eval_every": min(eval_every, rounds),
               "strategy": resolve_strategy(strategy)}
     full = [{k: v[p].tolist() for k, v in hparams.items()} for p in range(len(points))]
