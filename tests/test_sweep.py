@@ -80,6 +80,10 @@ def test_results_folder(sim, tmp_path):
     assert {p.name for p in out.iterdir()} == {"evals.csv", "rounds.csv", "sweep.json"}
 
 
+def test_the_package_exposes_sweeps_lazily():
+    assert ej.sweep.sweep is sweep
+
+
 def test_grid_and_zip():
     assert grid({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": 3}, {"a": 2, "b": 4}]
     assert zip_points({"a": [1, 2], "b": 5}) == [{"a": 1, "b": 5}, {"a": 2, "b": 5}]

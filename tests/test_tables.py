@@ -32,6 +32,11 @@ def test_mean_std_best_and_rounds_to_target():
     assert s.loc["fed_adam", "bytes_to_target_mean"] == 750.0
 
 
+def test_a_target_nobody_reaches_still_has_its_columns():
+    text = to_markdown(summarize(_evals(), target=0.99))
+    assert text.splitlines()[2] == "| fedavg | 0.750 ± 0.071 | 0.750 ± 0.071 | — (0/2) | — (0/2) | — (0/2) |"
+
+
 def test_ci95_is_the_student_t_half_width():
     s = summarize(_evals(), interval="ci95").set_index("label")
     assert s.loc["fedavg", "final_err"] == pytest.approx(12.7062 * np.std([0.7, 0.8], ddof=1) / np.sqrt(2), rel=1e-4)

@@ -57,7 +57,7 @@ def summarize(evals: pd.DataFrame, metric: str = "test_accuracy", *, by: str = "
             reached = [hit.iloc[0] for hit in hits if len(hit)]
             row["reached"] = len(reached)
             for name, column in TO_TARGET.items():
-                if reached and column in reached[0]:
+                if column in frame:
                     values[f"{name}_to_target"] = np.array([float(hit[column]) for hit in reached])
         for name, v in values.items():
             row[f"{name}_mean"] = float(np.mean(v)) if len(v) else np.nan
@@ -86,8 +86,9 @@ def _cells(summary: pd.DataFrame, metric: str, by: str, digits: int, pm: str, bo
         best = (finite.min() if minimise else finite.max()) if len(finite) else None
         for i, (mean, err) in enumerate(zip(means, summary[f"{name}_err"])):
             text = _pair(mean, err, digits, pm)
-            if name.endswith("_to_target") and "reached" in summary and summary["reached"][i] < summary["seeds"][i]:
-                text += f" ({summary['reached'][i]}/{summary['seeds'][i]})"
+            reached, seeds = summary["reached"].iloc[i] if "reached" in summary else None, summary["seeds"].iloc[i]
+            if name.endswith("_to_target") and reached < seeds:
+                text += f" ({reached}/{seeds})"
             body[i].append(bold(text) if best is not None and mean == best else text)
     return header, body
 
