@@ -52,7 +52,7 @@ def load(folders) -> pd.DataFrame:
     """One row per run and evaluation round, from run and sweep folders.
 
     ``label`` names each run's configuration by the settings that differ between the
-    runs (seeds aside), e.g. ``client_lr=0.1, algorithm.name=fedadam``; ``seed`` and
+    runs (seeds aside), e.g. ``algorithm=fedadam, client_lr=0.1`` (see ``run_labels``); ``seed`` and
     ``round`` identify the rest.
     """
     frames, settings = [], []
