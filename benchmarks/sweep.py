@@ -18,6 +18,11 @@ taking turns, ``--repeats`` times each, the 1-minute load average noted before e
 data and partition, the eager ``init``, the first evaluation (its compilation) and the round
 chunk's tracing+lowering and compilation (``jit(...).lower(...).compile()``), then the run.
 
+**4. Two changes to the host loop** (``core/runner.py``, outside this benchmark's issue),
+measured in fresh processes without the cache, taking turns: today's eager ``init`` and
+separate first-evaluation program, against a jitted ``init`` and the first evaluation taken
+from the round-chunk program with zero active rounds (one program less to compile).
+
 Run::
 
     python benchmarks/sweep.py              # about 3 minutes on a 2-core CPU
@@ -70,6 +75,24 @@ print(json.dumps({"import": t_import - t0, "data, partition, Simulation": t_buil
                   "init (eager)": t_init - t_build, "first evaluation (compile + run)": t_eval - t_init,
                   "round chunk: trace + lower": t_lower - t_eval, "round chunk: compile": t_compile - t_lower,
                   "run (100 rounds, compiled)": t_run - t_compile, "total": t_run - t0}))
+"""
+
+
+STARTS = r"""
+import json, sys, time
+import jax
+from edgejax.cli.run import DEFAULTS, build
+sim, hp, _ = build({**DEFAULTS})
+start = time.perf_counter()
+if sys.argv[1] == "today":
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    first = sim._jit_evaluate(state, sim.data)
+else:
+    state = jax.jit(sim.init)(jax.random.PRNGKey(0), hp)
+    first = sim._jit_chunk(state, sim.data, hp, 10, 0)[2]
+jax.block_until_ready(first)
+jax.block_until_ready(sim._jit_chunk(state, sim.data, hp, 10, 10))
+print(json.dumps(time.perf_counter() - start))
 """
 
 
@@ -157,6 +180,22 @@ def bench_phases(tmp: Path) -> dict:
     return out
 
 
+def bench_starts(repeats: int) -> dict:
+    """Seconds from a built Simulation to its first compiled chunk: today's host loop start
+    (eager init, separate evaluation program) vs a jitted init and the chunk program's evaluation."""
+    env = {**{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+           "EDGEJAX_COMPILATION_CACHE": "0"}
+    out = {"today": [], "jitted init, chunk evaluation": []}
+    for _ in range(repeats):
+        for name, arg in (("today", "today"), ("jitted init, chunk evaluation", "proposed")):
+            load = load_average()
+            done = subprocess.run([sys.executable, "-c", STARTS, arg], env=env, check=True, capture_output=True,
+                                  text=True)
+            out[name].append({"seconds": json.loads(done.stdout.strip().splitlines()[-1]), "load": load})
+        print("starts:", {k: f"{v[-1]['seconds']:.2f} s" for k, v in out.items()}, flush=True)
+    return out
+
+
 def markdown_report(report: dict) -> str:
     lines = report_header("sweeps and time to the first result", report)
     lines += ["No GPU was available to this measurement: the `vmap` strategy (the default on "
@@ -186,6 +225,12 @@ def markdown_report(report: dict) -> str:
               "|---|" + "---:|" * len(phases)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{v[name]:.2f}" for v in phases.values()) + " |")
+    starts = report["starts"]
+    lines += ["", "## 4. Host-loop start: init to the first compiled chunk (s, fresh processes, no cache)", "",
+              "| way | runs (s, load before each) | median (s) |", "|---|---|---:|"]
+    for name, rows in starts.items():
+        listed = ", ".join(f"{r['seconds']:.2f} (load {r['load']:.1f})" for r in rows)
+        lines.append(f"| {name} | {listed} | {float(np.median([r['seconds'] for r in rows])):.2f} |")
     targets, findings = verdicts(report)
     lines += ["", "## Targets (issue 16)", "", *[f"- {t}" for t in targets], "", "## Findings", "",
               *[f"- {f}" for f in findings]]
@@ -218,14 +263,18 @@ def verdicts(report: dict) -> tuple[list[str], list[str]]:
         f"({best['first'] - best['second']:.1f} s for the sweep's point program, {seq['first'] - seq['second']:.1f} s "
         "for run()'s programs) dominates both sides, and the 5x of the issue (measured when run() cost 0.23 s a run) "
         "is out of reach on this CPU whatever the sweep does.",
-        "vmapping points on this CPU costs more per point than looping over one compiled point "
-        f"({1e3 * sw['ways']['sweep vmap']['second'] / sw['points']:.0f} vs "
-        f"{1e3 * sw['ways']['sweep loop']['second'] / sw['points']:.0f} ms a point), as DESIGN.md found: `auto` is "
-        "`loop` on a CPU and `vmap` on accelerators.",
+        "Once compiled, vmapping all points into one program costs "
+        f"{1e3 * sw['ways']['sweep vmap']['second'] / sw['points']:.0f} ms a point against "
+        f"{1e3 * sw['ways']['sweep loop']['second'] / sw['points']:.0f} ms for the loop over one compiled point "
+        "(DESIGN.md measured 81 vs 31 ms): `auto` is `loop` on a CPU and `vmap` on accelerators.",
         f"Compilation in the default run (eager init's small programs, the first evaluation, the round chunk): "
         f"{compile_before:.2f} s without the cache, {compile_after:.2f} s with a warm one (loaded from disk).",
         "No GPU was available to this task, so the vmap default for accelerators is not measured here.",
     ]
+    today, proposed = (float(np.median([r["seconds"] for r in rows])) for rows in report["starts"].values())
+    findings.append(f"A jitted init and the first evaluation from the round-chunk program (zero active rounds) "
+                    f"would take the host loop's start from {today:.2f} s to {proposed:.2f} s (medians, section 4): "
+                    "a change for core/runner.py.")
     return targets, findings
 
 
@@ -245,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report["default_run"] = bench_default_run(1 if args.quick else args.repeats, Path(tmp))
         report["phases"] = bench_phases(Path(tmp))
+    report["starts"] = bench_starts(1 if args.quick else args.repeats)
     report["total_wall_s"] = time.perf_counter() - start
     report["load_average_1min"] = {"start": load_start, "end": load_average()}
     json_path, md_path = write_report("sweep", report, markdown_report, args.out_dir, args.quick)
