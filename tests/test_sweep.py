@@ -20,10 +20,10 @@ def sim():
 POINTS = [{"client_lr": 0.05, "clients_per_round": 3}, {"client_lr": 0.3, "clients_per_round": 2}]
 
 
-@pytest.mark.parametrize("strategy, chunk, group", [("loop", None, None), ("map", 3, 2), ("vmap", 3, None)])
+@pytest.mark.parametrize("strategy, chunk, group", [("loop", None, None), ("map", 4, 2), ("vmap", 3, None)])
 def test_each_run_of_a_sweep_equals_its_separate_run(sim, strategy, chunk, group):
     res = sweep(sim, 5, POINTS, seeds=[0, 4], eval_every=2, strategy=strategy, chunk_size=chunk, group_size=group)
-    assert res.runs == [(0, 0), (0, 4), (1, 0), (1, 4)]  # 4 runs in chunks of 3: the last chunk is padded
+    assert res.runs == [(0, 0), (0, 4), (1, 0), (1, 4)]  # vmap: 4 runs in chunks of 3, the last one padded
     assert res.eval_rounds == [0, 2, 4, 5]
     for r, (p, seed) in enumerate(res.runs):
         single = sim.run(5, seed=seed, hparams=POINTS[p], eval_every=2)
@@ -36,23 +36,22 @@ def test_each_run_of_a_sweep_equals_its_separate_run(sim, strategy, chunk, group
 
 
 def test_a_second_sweep_compiles_nothing(sim):
-    sweep(sim, 3, {"client_lr": [0.1, 0.2]}, seeds=[0], eval_every=3, strategy="loop")
+    sweep(sim, 5, {"client_lr": [0.1, 0.2]}, seeds=[0], eval_every=2, strategy="loop")
     before = compile_count(sim)
-    sweep(sim, 3, {"client_lr": [0.5, 0.01, 0.2]}, seeds=[1, 2], eval_every=3, strategy="loop")
-    sim.sweep(3, {"client_lr": [0.1, 0.4]}, seeds=[0, 1])  # evaluates after 3 rounds too: the same program
+    sweep(sim, 5, {"client_lr": [0.5, 0.01, 0.2]}, seeds=[1, 2], eval_every=2, strategy="loop")
     assert compile_count(sim) == before
-    sim.sweep(2, {"client_lr": [0.3, 0.2, 0.1]}, seeds=[5, 6, 7])  # other rounds: one more program
-    sim.sweep(2, {"client_lr": [0.4]}, seeds=[1])
+    sim.sweep(5, {"client_lr": [0.3, 0.2, 0.1]}, seeds=[5, 6, 7])  # evaluates only after round 5: one more program
+    sim.sweep(5, {"client_lr": [0.4]}, seeds=[1])
     assert compile_count(sim) == before + 1
 
 
 def test_programs_go_with_their_simulation(sim):
     import gc
 
-    from edgejax.sweep.program import _PROGRAMS
+    from edgejax.sweep.program import _PROGRAMS, compiled
 
     other = ej.Simulation(sim.model, sim.data, sim.algorithm, sim.local, clients_per_round=2)
-    sweep(other, 1, [{}], eval_every=1)
+    compiled(other, "loop", 1, 1)
     assert other in _PROGRAMS
     count = len(_PROGRAMS)
     del other
@@ -61,21 +60,21 @@ def test_programs_go_with_their_simulation(sim):
 
 
 def test_tidy_dataframe_has_a_row_per_run_and_evaluation(sim):
-    res = sweep(sim, 4, grid({"client_lr": [0.1, 0.2], "server_lr": [0.01]}), seeds=[0, 1, 2], eval_every=2)
+    res = sweep(sim, 5, grid({"client_lr": [0.1, 0.2], "server_lr": [0.01]}), seeds=[0, 1, 2], eval_every=2)
     df = res.to_dataframe()
-    assert len(df) == 2 * 3 * 3
+    assert len(df) == 2 * 3 * 4  # points x seeds x evaluations (rounds 0, 2, 4, 5)
     assert {"point", "seed", "client_lr", "server_lr", "round", "test_accuracy", "train_loss", "bytes",
             "sim_time_s"} <= set(df.columns)
     first = df[df["round"] == 0]
     assert (first["bytes"] == 0).all() and first["train_loss"].isna().all()
-    last = df[(df["round"] == 4) & (df["point"] == 1) & (df["seed"] == 2)].iloc[0]
+    last = df[(df["round"] == 5) & (df["point"] == 1) & (df["seed"] == 2)].iloc[0]
     r = res.runs.index((1, 2))
     assert last["bytes"] == pytest.approx(float(np.sum(res.rounds["bytes_up"][r] + res.rounds["bytes_down"][r])))
     assert last["test_accuracy"] == pytest.approx(float(res.evals["test_accuracy"][r, -1]))
 
 
 def test_results_folder(sim, tmp_path):
-    res = sweep(sim, 2, [{"client_lr": 0.1}], seeds=[0, 1], eval_every=1)
+    res = sweep(sim, 5, [{"client_lr": 0.1}], seeds=[0, 1], eval_every=2)
     out = res.save(tmp_path / "sweep")
     assert {p.name for p in out.iterdir()} == {"evals.csv", "rounds.csv", "sweep.json"}
 
