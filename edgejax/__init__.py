@@ -16,7 +16,17 @@ from edgejax.system import Availability, SystemModel
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``edgejax.sweep`` (sweeps, tables, plots) is imported on first use."""
+    if name == "sweep":
+        import importlib
+
+        return importlib.import_module("edgejax.sweep")
+    raise AttributeError(f"module 'edgejax' has no attribute {name!r}")
+
+
 __all__ = ["ADPSGD", "Availability", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
-           "compression", "data", "federate", "get_algorithm", "models", "system", "topology"]
+           "compression", "data", "federate", "get_algorithm", "models", "sweep", "system", "topology"]

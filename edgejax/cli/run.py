@@ -273,10 +273,12 @@ def build(o: dict):
 
 
 def run(o: dict) -> int:
+    from edgejax.cli.compile_cache import enable_compilation_cache
     from edgejax.core.rundir import default_out, prepare
     from edgejax.core.runner import DivergenceError, RunInterrupted
 
     out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume")))
+    enable_compilation_cache()
     sim, hparams, partition_text = build(o)
     print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
           f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds")

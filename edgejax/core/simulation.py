@@ -260,28 +260,17 @@ class Simulation:
         return state, round_metrics, self.evaluate(state, data)
 
     def sweep(self, rounds: int, hparams: dict, seeds) -> tuple[dict, dict]:
-        """Run ``P`` configurations as ONE vmapped program: ``hparams`` maps names to arrays of
+        """Run ``P`` configurations with the sweep's execution strategy (``edgejax.sweep``,
+        compiled once per static configuration): ``hparams`` maps names to arrays of
         length ``P`` (names left out keep their defaults), ``seeds`` has length ``P``.
 
         Returns ``(round_metrics, final_eval)``: each metric stacked as ``[P, rounds]`` and
         the final evaluation as ``[P]``.  Point ``p`` equals ``run(rounds, seed=seeds[p],
         hparams={k: v[p]})`` (same numbers up to floating-point reassociation).
         """
-        seeds = np.asarray(seeds)
-        defaults = self.default_hparams()
-        unknown = sorted(set(hparams) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
-        check_hparams({**defaults, **hparams}, self.cohort_size, points=seeds.size)
-        stacked = {k: jnp.broadcast_to(jnp.asarray(hparams.get(k, v), v.dtype), seeds.shape)
-                   for k, v in defaults.items()}
+        from edgejax.sweep.runner import sweep_arrays
 
-        def one(seed, hp):
-            state = self.init(jax.random.PRNGKey(seed), hp)
-            state, metrics = self.run_rounds(state, self.data, hp, rounds)
-            return metrics, self.evaluate(state, self.data)
-
-        return jax.jit(jax.vmap(one))(jnp.asarray(seeds), stacked)
+        return sweep_arrays(self, rounds, hparams, seeds)
 
     @functools.cached_property
     def _jit_chunk(self):
