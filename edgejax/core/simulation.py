@@ -270,6 +270,11 @@ class Simulation:
         """
         from edgejax.sweep.runner import sweep_arrays
 
+        defaults = self.default_hparams()
+        unknown = sorted(set(hparams) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
+        check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size)
         return sweep_arrays(self, rounds, hparams, seeds)
 
     @functools.cached_property
