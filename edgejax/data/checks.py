@@ -1,5 +1,5 @@
 """Checks of a ``FederatedData`` before any compute: non-finite features, labels outside the
-classes or skipping classes (integer labels), non-finite targets (float labels), an empty test split.
+classes or skipping classes, an empty test split.
 
 Only real samples are read (padding is skipped); the arrays are copied to the host once.
 """
@@ -21,10 +21,9 @@ def _real(split, node: bool):
 
 
 def check_data(data) -> None:
-    """``ValueError`` for NaN/inf features, integer labels outside ``[0, num_classes)``, NaN/inf
-    float (regression) targets or an empty global test split, naming the split and node; a
-    ``UserWarning`` when classes below ``num_classes`` have no training sample (a stray label
-    makes a larger problem)."""
+    """``ValueError`` for NaN/inf features, labels outside ``[0, num_classes)`` or an empty
+    global test split, naming the split, node and sample; a ``UserWarning`` when classes
+    below ``num_classes`` have no training sample (a stray label makes a larger problem)."""
     if float(np.asarray(data.test.mask).sum()) == 0:
         raise ValueError(f"the test split of dataset {data.name!r} is empty; evaluation needs test samples")
     classes = data.num_classes
@@ -36,12 +35,6 @@ def check_data(data) -> None:
         if bad.size:
             raise ValueError(f"{label} features{where(bad[0])} are not finite (NaN or inf in {bad.size} samples) "
                              f"in dataset {data.name!r}")
-        if not np.issubdtype(y.dtype, np.integer):  # regression targets
-            bad = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
-            if bad.size:
-                raise ValueError(f"{label} targets{where(bad[0])} are not finite ({bad.size} samples) "
-                                 f"in dataset {data.name!r}")
-            continue
         bad = np.flatnonzero((y < 0) | (y >= classes))
         if bad.size:
             raise ValueError(f"{label} label {y[bad[0]]}{where(bad[0])} is outside [0, {classes}) "
