@@ -52,7 +52,8 @@ def _with(split_x=None, test_x=None, y=None, test_size=20, num_classes=3):
     labels = np.arange(30) % 3 if y is None else y
     tx = rng.normal(size=(test_size, 5)).astype(np.float32) if test_x is None else test_x
     parts = [np.arange(0, 15), np.arange(15, 30)]
-    return FederatedData(train=pad_nodes(x, labels, parts), local_test=pad_nodes(x, labels, [parts[0][:2], parts[1][:2]]),
+    local_test = pad_nodes(x, labels, [parts[0][:2], parts[1][:2]])
+    return FederatedData(train=pad_nodes(x, labels, parts), local_test=local_test,
                          test=pad_test(tx, np.arange(len(tx)) % 3), num_classes=num_classes, name="t")
 
 
@@ -151,3 +152,11 @@ def test_truncated_gzip_names_the_file(tmp_path):
     path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x04" + bytes(4))[:-6])
     with pytest.raises(ValueError, match=f"{path}: damaged or truncated gzip"):
         read_idx(path)
+
+
+def test_resume_takes_its_options_from_the_run_folder(tmp_path, capsys):
+    (tmp_path / "run.json").write_text('{"config": {"seed": 0}}')
+    assert main(["run", "--resume", str(tmp_path), "--rounds", "3"]) == 2
+    assert "drop ['rounds']" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "was not started by `edgejax run`" in capsys.readouterr().err

@@ -77,7 +77,8 @@ def test_a_killed_run_resumes_bit_identically(name, killed_runs, tmp_path):
 
 
 def test_sigterm_stops_the_cli_without_a_traceback_and_resume_finishes_it(tmp_path, capsys):
-    flags = ["--dataset", "synthetic_iid", "--partition", "iid", "--model", "logreg", "--nodes", "10", "--clients-per-round", "5", "--rounds", "60",
+    flags = ["--dataset", "synthetic_iid", "--partition", "iid", "--model", "logreg", "--nodes", "10",
+             "--clients-per-round", "5", "--rounds", "60",
              "--eval-every", "1", "--checkpoint-every", "5", "--no-progress"]
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c", CLI, "run", *flags, "--out", str(out)],

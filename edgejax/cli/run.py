@@ -44,7 +44,6 @@ class _RealDefaults(argparse.HelpFormatter):
         return f"{action.help} (default: {default})"
 
 
-
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``edgejax run`` on the top-level subparsers."""
     from edgejax.algorithms import ALGORITHMS, GRAPHS
@@ -62,7 +61,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g = p.add_argument_group("decentralized (dpsgd, pushsum, choco, pairwise: every node trains every round)")
-    g.add_argument("--topology", choices=[name for name in GRAPHS if name not in ("adjacency", "schedule")], help="communication graph")
+    g.add_argument("--topology", choices=[name for name in GRAPHS if name not in ("adjacency", "schedule")],
+                   help="communication graph")
     g.add_argument("--gossip-order", choices=("lian", "atc"), help="dpsgd: mix then step (Lian et al.) or "
                    "adapt then combine")
     g.add_argument("--compressor", help="choco: none | topk:<fraction> | randomk:<fraction> | qsgd:<levels> | sign")
@@ -129,7 +129,8 @@ def options_from_args(args: dict) -> dict:
     do not apply are checked here."""
     given = {k: v for k, v in args.items() if k in DEFAULTS and v is not None}
     if args.get("resume"):
-        return _resumed_options(args["resume"], given)
+        named = set(given) | ({"config"} if args.get("config") else set())
+        return _resumed_options(args["resume"], named, given.get("progress", True))
     options = dict(DEFAULTS)
     if args.get("config"):
         config = _read_config(Path(args["config"]))
@@ -157,18 +158,19 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _resumed_options(folder: str, given: dict) -> dict:
-    """The options stored by the run in ``folder``; only ``--no-progress`` may be added."""
+def _resumed_options(folder: str, named: set, progress: bool) -> dict:
+    """The options stored by the run in ``folder``; ``named`` (the options given besides
+    ``--resume``) may only be ``progress``."""
     from edgejax.core.rundir import read_info
 
-    extra = sorted(set(given) - {"progress"})
+    extra = sorted(named - {"progress"})
     if extra:
         raise ValueError(f"--resume takes every option from {folder}/run.json; drop {extra}")
     stored = read_info(Path(folder))["config"].get("cli")
     if stored is None:
         raise ValueError(f"the run in {folder} was not started by `edgejax run`; resume it with "
                          "Simulation.run(..., out_dir=..., resume=True)")
-    return {**DEFAULTS, **stored, "out": folder, "progress": given.get("progress", True), "resume": True}
+    return {**DEFAULTS, **stored, "out": folder, "progress": progress, "resume": True}
 
 
 def _parse_hparams(pairs, lr, server_lr) -> dict[str, float]:

@@ -81,7 +81,7 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
 def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool) -> Results:
     """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
     if resume:
-        done, state, run_.log = run_.output.restore(state)
+        done, state = run_.restore(state)
     else:
         done = 0
         run_.log.add_eval(0, sim._jit_evaluate(state, sim.data))
@@ -143,7 +143,15 @@ class _Run:
 
     def __init__(self, config: dict, output: "_Output | None"):
         self.config, self.output, self.log = config, output, _MetricLog()
-        self.started, self.clock = rundir.now(), time.perf_counter()
+        self.started, self.clock, self.previous_wall = rundir.now(), time.perf_counter(), 0.0
+
+    def wall_time(self) -> float:
+        return self.previous_wall + time.perf_counter() - self.clock
+
+    def restore(self, template) -> tuple[int, object]:
+        """``(round, state)`` of the newest checkpoint; the log and the clock continue from it."""
+        done, state, self.log, self.started, self.previous_wall = self.output.restore(template)
+        return done, state
 
     def checkpoint_due(self, before: int, after: int) -> bool:
         return self.output is not None and self.output.checkpoint_due(before, after)
@@ -151,12 +159,11 @@ class _Run:
     def record(self, status: str, state=None):
         """Write the results so far, and a checkpoint of ``state`` when checkpointing, if there is a folder."""
         if self.output is not None:
-            self.output.record(self.log, status, state if self.output.checkpoints else None)
+            self.output.record(self.log, status, self.started, self.wall_time(),
+                               state if self.output.checkpoints else None)
 
     def results(self, status: str, state=None) -> Results:
-        wall = self.output.wall_time() if self.output else time.perf_counter() - self.clock
-        started = self.output.started if self.output else self.started
-        return self.log.results(self.config, wall, status, state, started)
+        return self.log.results(self.config, self.wall_time(), status, state, self.started)
 
 
 class _Output:
@@ -166,42 +173,38 @@ class _Output:
         self.out = rundir.prepare(out_dir, overwrite=overwrite, resume=resume)
         self.config, self.every = config, checkpoint_every
         self.metrics = rundir.MetricsFile(self.out)
-        self.started, self.clock = rundir.now(), time.perf_counter()
-        self.previous_wall = 0.0
         self.checkpoints = None
         if checkpoint_every or resume:
             from edgejax.core.checkpoint import Checkpoints
 
             self.checkpoints = Checkpoints(self.out / rundir.CHECKPOINTS, keep)
 
-    def wall_time(self) -> float:
-        return self.previous_wall + time.perf_counter() - self.clock
-
     def checkpoint_due(self, before: int, after: int) -> bool:
         return bool(self.every) and after // self.every > before // self.every
 
-    def record(self, log: "_MetricLog", status: str, state=None):
+    def record(self, log: "_MetricLog", status: str, started: str, wall_time: float, state=None):
         """Append the new metric rows, save a checkpoint of ``state`` if given, update ``run.json``."""
         self.metrics.append(*log.take_pending())
         if state is not None and self.checkpoints.latest() != log.num_rounds:
-            self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": self.wall_time()})
-        info = run_info(self.config, status, log.num_rounds, self.started, self.wall_time(), log.last_eval())
+            self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": wall_time})
+        info = run_info(self.config, status, log.num_rounds, started, wall_time, log.last_eval())
         latest = self.checkpoints.latest() if self.checkpoints else None
         rundir.write_info(self.out, {**info, "metrics_rows": self.metrics.rows, "checkpoint_round": latest,
                                      "pid": os.getpid()})
 
     def restore(self, template):
-        """``(round, state, log)`` from the newest checkpoint, after checking the configuration."""
+        """``(round, state, log, started, wall time)`` of the newest checkpoint, after checking the
+        configuration; ``metrics.csv`` is rewritten to end at that round."""
         info = rundir.read_info(self.out)
         stored, current = info["config"], rundir.as_json(self.config)
         differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
         if differ:
             raise ValueError(f"cannot resume {self.out}: its configuration differs in {differ}")
         done, state, metrics = self.checkpoints.restore(template)
-        self.started, self.previous_wall = info.get("started"), metrics.pop("wall_time_s")
+        wall_time = metrics.pop("wall_time_s")
         log = _MetricLog.from_dict(metrics)
         self.metrics.reset(*log.take_pending())
-        return done, state, log
+        return done, state, log, info.get("started"), wall_time
 
     def close(self):
         if self.checkpoints is not None:
