@@ -63,7 +63,7 @@ t_build = time.perf_counter()
 state = sim.init(jax.random.PRNGKey(0), hp)
 jax.block_until_ready(state)
 t_init = time.perf_counter()
-jax.block_until_ready(sim._jit_evaluate(state, sim.data))
+jax.block_until_ready(jax.jit(sim.evaluate)(state, sim.data))
 t_eval = time.perf_counter()
 lowered = sim._jit_chunk.lower(state, sim.data, hp, 10, 10)
 t_lower = time.perf_counter()
@@ -86,7 +86,7 @@ sim, hp, _ = build({**DEFAULTS})
 start = time.perf_counter()
 if sys.argv[1] == "today":
     state = sim.init(jax.random.PRNGKey(0), hp)
-    first = sim._jit_evaluate(state, sim.data)
+    first = jax.jit(sim.evaluate)(state, sim.data)
 else:
     state = jax.jit(sim.init)(jax.random.PRNGKey(0), hp)
     first = sim._jit_chunk(state, sim.data, hp, 10, 0)[2]

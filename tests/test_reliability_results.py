@@ -29,7 +29,7 @@ def _no_compute(monkeypatch, sim):
         raise AssertionError("computed before the output folder was checked")
 
     monkeypatch.setitem(sim.__dict__, "_jit_chunk", fail)
-    monkeypatch.setitem(sim.__dict__, "_jit_evaluate", fail)
+    monkeypatch.setitem(sim.__dict__, "_jit_init", fail)
 
 
 def test_metrics_are_appended_per_chunk_and_equal_a_full_save(sim, tmp_path):

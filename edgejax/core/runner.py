@@ -71,7 +71,7 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     output = None if out_dir is None else _Output(out_dir, config, checkpoint_every, keep_checkpoints,
                                                   overwrite, resume)
     try:
-        return _loop(sim, hp, rounds, chunk, _Run(config, output), sim.init(jax.random.PRNGKey(seed), hp),
+        return _loop(sim, hp, rounds, chunk, _Run(config, output), sim._jit_init(jax.random.PRNGKey(seed), hp),
                      resume, progress)
     finally:
         if output is not None:
@@ -83,8 +83,8 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
     if resume:
         done, state = run_.restore(state)
     else:
-        done = 0
-        run_.log.add_eval(0, sim._jit_evaluate(state, sim.data))
+        done = 0   # the initial evaluation: the chunk's program with no active round (one program to compile)
+        run_.log.add_eval(0, sim._jit_chunk(state, sim.data, hp, chunk, 0)[2])
     bar = _progress(rounds, done, progress)
     with _StopSignals() as stop:
         try:

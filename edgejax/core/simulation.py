@@ -283,8 +283,9 @@ class Simulation:
         return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate)
 
     @functools.cached_property
-    def _jit_evaluate(self):
-        return jax.jit(self.evaluate)
+    def _jit_init(self):
+        """``init`` as one compiled program (eagerly it compiles dozens of tiny ones)."""
+        return jax.jit(self.init)
 
     # ----- host loop --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
