@@ -4,20 +4,26 @@ The protocol every algorithm follows is ``edgejax.algorithms.base``; server-base
 are composed from ``edgejax.algorithms.server``.
 Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its server optimizer;
 FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``.
+Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
+FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
 from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
+from edgejax.algorithms.class_subsets import ClassSubsets
 from edgejax.algorithms.feddyn import FedDyn
+from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.registry import ALGORITHMS, DECENTRALIZED, get_algorithm, parse_compressor
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
 from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
+from edgejax.algorithms.widths import HETEROFL_LEVELS, WidthScaled, tier_rates
 
-__all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
-           "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "Topology", "Traits",
-           "consensus_distance", "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer",
-           "parse_compressor", "proximal", "scale_by_adaptive_server"]
+__all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS",
+           "HETEROFL_LEVELS", "NetworkState", "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD",
+           "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits", "WidthScaled", "consensus_distance",
+           "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer", "parse_compressor", "proximal",
+           "scale_by_adaptive_server", "tier_rates"]

@@ -5,11 +5,14 @@ from edgejax import compression
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
+from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 
 DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip}
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *DECENTRALIZED)
+# built from Python objects (a sub-model scheme over a model), so not among the CLI's ALGORITHMS
+PYTHON_ONLY = {"submodels": SubmodelFedAvg}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -17,7 +20,8 @@ COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk"
 def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
     ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, or a decentralized
-    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``); ``options`` are the dataclass's fields
+    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``), or ``submodels`` (``SubmodelFedAvg``: give
+    ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
@@ -25,7 +29,9 @@ def get_algorithm(name: str, **options):
         return SERVER_BASED[name](**options)
     if name in DECENTRALIZED:
         return DECENTRALIZED[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {ALGORITHMS}")
+    if name in PYTHON_ONLY:
+        return PYTHON_ONLY[name](**options)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY)}")
 
 
 def parse_compressor(spec: str) -> compression.Compressor:
