@@ -3,7 +3,8 @@
 The protocol every algorithm follows is ``edgejax.algorithms.base``; server-based rounds
 are composed from ``edgejax.algorithms.server``.
 Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its server optimizer;
-FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``.
+FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``, ``CompressedFedAvg`` (quantized, top-k or
+low-rank uplink, optional error feedback).
 Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
 FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
@@ -13,6 +14,7 @@ from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorit
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.class_subsets import ClassSubsets
+from edgejax.algorithms.compressed_uplink import CompressedFedAvg, LowRank
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
@@ -22,8 +24,8 @@ from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_
 from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
 from edgejax.algorithms.widths import HETEROFL_LEVELS, WidthScaled, tier_rates
 
-__all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS",
-           "HETEROFL_LEVELS", "NetworkState", "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD",
+__all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS",
+           "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD",
            "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits", "WidthScaled", "consensus_distance",
            "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer", "parse_compressor", "proximal",
            "scale_by_adaptive_server", "tier_rates"]

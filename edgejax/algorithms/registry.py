@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from edgejax import compression
+from edgejax.algorithms.compressed_uplink import CompressedFedAvg
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
@@ -12,7 +13,7 @@ DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise":
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *DECENTRALIZED)
 # built from Python objects (a sub-model scheme over a model), so not among the CLI's ALGORITHMS
-PYTHON_ONLY = {"submodels": SubmodelFedAvg}
+PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -20,8 +21,9 @@ COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk"
 def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
     ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, or a decentralized
-    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``), or ``submodels`` (``SubmodelFedAvg``: give
-    ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``); ``options`` are the dataclass's fields
+    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``), ``submodels`` (``SubmodelFedAvg``: give
+    ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg`` (``CompressedFedAvg``:
+    give ``compressor=...``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
