@@ -12,7 +12,7 @@ from edgejax.algorithms.class_subsets import ClassSubsets
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.submodels import masked_average_change
 from edgejax.algorithms.widths import WidthScaled, tier_rates
-from edgejax.core.execution import Needs, resolve_execution
+from edgejax.core.execution import Needs, SharedBase, resolve_execution
 from edgejax.core.local import LocalTraining, SubModelMask, make_local_update
 from edgejax.data.federated import FederatedData, pad_nodes, pad_test
 from edgejax.models.layout import forward_flops, full_forward_flops, gemm_layout
@@ -81,6 +81,8 @@ def test_masked_training_never_runs_shared_base():
     assert resolve_execution(model, LocalTraining(), 4, Needs(masked=True)) == "per_node"
     with pytest.raises(ValueError, match="per-node parameter mask"):
         resolve_execution(model, LocalTraining(execution="shared_base"), 4, Needs(masked=True))
+    with pytest.raises(ValueError, match="cannot train per-node sub-models"):
+        SharedBase(local_delta=None).delta(None, None, None, None, None, {}, mask=SubModelMask({}))
 
 
 # ----- full masks are FedAvg; unheld entries stay ----------------------------------------------

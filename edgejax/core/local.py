@@ -23,8 +23,9 @@ Sub-models (per-node parameter masks, ``SubModelMask``): a node may train only p
 full-size parameter layout (HeteroFL's narrow models, class-specific sub-networks).  Under
 ``vmap`` every node keeps the full shapes and a 0/1 mask of the same shapes says which
 entries it holds: the forward pass uses ``params * mask`` and every step changes only held
-entries (``w <- where(mask, w - update, w)``), so the entries outside the mask stay exactly
-at their start value whatever the optimizer, weight decay or local terms would do to them.
+entries (``w <- where(mask, w + u, w)``, ``u`` the optimizer's update), so the entries outside
+the mask stay exactly at their start value whatever the optimizer, weight decay or local
+terms would do to them.
 """
 from __future__ import annotations
 
