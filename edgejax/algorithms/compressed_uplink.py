@@ -98,7 +98,8 @@ class CompressedFedAvg:
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
         if not isinstance(self.compressor, (compression.Compressor, LowRank)):
-            raise ValueError(f"compressor must be an edgejax.compression.Compressor or LowRank; got {self.compressor!r}")
+            raise ValueError(f"compressor must be an edgejax.compression.Compressor or LowRank; "
+                             f"got {self.compressor!r}")
 
     @property
     def name(self) -> str:

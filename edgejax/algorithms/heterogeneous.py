@@ -37,7 +37,7 @@ from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
-from edgejax.models.layout import TRAIN_FACTOR, forward_flops, full_forward_flops
+from edgejax.models.layout import TRAIN_FACTOR, check_layout, forward_flops, full_forward_flops
 
 # x <- x + Delta: the server step takes the pseudo-gradient -Delta and adds Delta
 _ADD_CHANGE = optax.scale(-1.0)
@@ -89,6 +89,7 @@ class SubmodelFedAvg:
         """The global model (with the scheme's block structure applied: entries no node may
         hold start, and stay, at zero)."""
         self.scheme.check(node_rng.shape[0])
+        check_layout(self.scheme.layout, global_params)
         structure = self.scheme.structure(jax.tree_util.tree_leaves(global_params)[0].dtype)
         if structure is not None:
             global_params = jax.tree_util.tree_map(lambda w, m: w * m, global_params, structure)

@@ -84,6 +84,24 @@ def gemm_layout(model: Model, order: Sequence[str] | None = None) -> tuple[GemmL
     return tuple(layers)
 
 
+def check_layout(layout: tuple[GemmLayer, ...], params) -> None:
+    """Raise ``ValueError`` naming the first layer of ``layout`` that ``params`` (one model) lacks
+    or holds with another shape, or a parameter entry the layout does not list."""
+    for layer in layout:
+        entry = params.get(layer.name) if isinstance(params, dict) else None
+        shapes = None
+        if isinstance(entry, dict):
+            shapes = (tuple(jnp.shape(entry.get("w"))), tuple(jnp.shape(entry.get("b"))))
+        if shapes != ((layer.rows, layer.cols), (layer.cols,)):
+            raise ValueError(f"the sub-models were built for a layer {layer.name!r} with w [{layer.rows}, "
+                             f"{layer.cols}], but the simulation's model has {shapes}: build the scheme from the "
+                             "same model")
+    extra = sorted(set(params) - {layer.name for layer in layout})
+    if extra:
+        raise ValueError(f"the simulation's model has parameter entries {extra} that the sub-models' layout lacks: "
+                         "build the scheme from the same model")
+
+
 def _gemm_positions(model: Model, params) -> dict[str, int]:
     """Output positions per sample of each layer's GEMM, read from the jaxpr of ``apply`` (batch 1)."""
     x = jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
