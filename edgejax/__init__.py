@@ -4,19 +4,29 @@ All N nodes are one array axis; a round for every node is one jit-compiled progr
 """
 from edgejax import algorithms, data, models
 from edgejax import compression, system, topology
-from edgejax.algorithms import CHOCO, DPSGD, FedAvg, FedDyn, PairwiseGossip, PushSum, SCAFFOLD, Topology, get_algorithm
+from edgejax.algorithms import ADPSGD, CHOCO, DPSGD, AsyncSGD, DCASGD, FedAsync, FedAvg, FedBuff, FedDyn, PairwiseGossip, PushSum, SCAFFOLD, Topology, get_algorithm
 from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.local import LocalTerm, LocalTraining
 from edgejax.data.federated import FederatedData, NodeData, TestData, federate
 from edgejax.core.results import Results
-from edgejax.core.runner import DivergenceError
+from edgejax.core.runner import DivergenceError, RunInterrupted
 from edgejax.core.simulation import Simulation
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.system import Availability, SystemModel
 
 __version__ = "0.1.0"
 
-__all__ = ["Availability", "CHOCO", "DPSGD", "DivergenceError", "FedAvg", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
-           "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "SCAFFOLD",
+
+def __getattr__(name: str):
+    """``edgejax.sweep`` (sweeps, tables, plots) is imported on first use."""
+    if name == "sweep":
+        import importlib
+
+        return importlib.import_module("edgejax.sweep")
+    raise AttributeError(f"module 'edgejax' has no attribute {name!r}")
+
+
+__all__ = ["ADPSGD", "Availability", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
+           "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunInterrupted", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
-           "compression", "data", "federate", "get_algorithm", "models", "system", "topology"]
+           "compression", "data", "federate", "get_algorithm", "models", "sweep", "system", "topology"]

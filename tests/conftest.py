@@ -1,6 +1,10 @@
 """Shared fixtures: small hand-built federated problems and float64 mode."""
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("EDGEJAX_COMPILATION_CACHE", "0")  # the CLI tests run in-process: keep the user cache out
+
 import jax
 import numpy as np
 import pytest

@@ -8,7 +8,8 @@ import pytest
 
 from edgejax.cli import DEFAULTS, main, resolve_options
 
-SMALL = ["--nodes", "20", "--clients-per-round", "5", "--rounds", "4", "--eval-every", "2", "--no-progress"]
+SMALL_GOSSIP = ["--nodes", "20", "--rounds", "4", "--eval-every", "2", "--no-progress"]
+SMALL = [*SMALL_GOSSIP, "--clients-per-round", "5"]
 
 
 def test_defaults_are_the_documented_embedded_run():
@@ -43,7 +44,7 @@ def test_toml_config_with_flag_override(tmp_path, capsys):
                                   ["--algorithm", "dpsgd", "--link-failures", "--hparam", "link_failure=0.3"],
                                   ["--algorithm", "pushsum", "--topology", "exponential"]])
 def test_decentralized_runs_from_the_cli(args, tmp_path, capsys):
-    assert main(["run", *SMALL, "--model", "logreg", "--out", str(tmp_path), *args]) == 0
+    assert main(["run", *SMALL_GOSSIP, "--model", "logreg", "--out", str(tmp_path), *args]) == 0
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table["consensus_distance"].notna().sum() == 4 and table["own_accuracy_mean"].notna().sum() == 3
     assert "own_accuracy_mean" in capsys.readouterr().out
@@ -71,7 +72,7 @@ def test_system_model_options(tmp_path):
     (["--group-size", "many"], "many"),
 ])
 def test_bad_options_exit_2_with_the_value_named(args, message, capsys, tmp_path):
-    assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 2
+    assert main(["run", *SMALL_GOSSIP, "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The quickstart notebook runs top to bottom (small settings) and is stored without outputs."""
+"""Every notebook runs top to bottom (small settings) and is stored without outputs."""
 from __future__ import annotations
 
 import json
@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "quickstart.ipynb"
+ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
 
 def _text(output) -> str:
-    """All text an output carries: stream text, plain-text and HTML results, error tracebacks."""
+    """All text an output carries: stream text, plain-text, HTML and Markdown results, error tracebacks."""
     if output.output_type == "stream":
         return output.text
     if output.output_type == "error":
         return "\n".join(output.traceback)
     data = output.get("data", {})
-    return "\n".join(str(data.get(kind, "")) for kind in ("text/plain", "text/html"))
+    return "\n".join(str(data.get(kind, "")) for kind in ("text/plain", "text/html", "text/markdown"))
 
 
 def _pin_python3_kernel(tmp_path: Path, monkeypatch) -> None:
@@ -31,9 +33,10 @@ def _pin_python3_kernel(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))  # searched before the default locations
 
 
-def test_quickstart_is_stored_without_outputs():
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_is_stored_without_outputs(name):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install 'edgejax[test]')")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "the notebook has no code cells"
@@ -42,17 +45,19 @@ def test_quickstart_is_stored_without_outputs():
     assert nb.metadata.kernelspec.name == "python3"
 
 
-def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+def _execute(name: str, tmp_path: Path, monkeypatch, **settings) -> list[str]:
+    """Run a notebook in a ``python3`` kernel of this interpreter with ``EDGEJAX_NOTEBOOK_<KEY>``
+    settings in the environment; returns each code cell's output text."""
     reason = "executing notebooks needs nbformat, nbclient and ipykernel (pip install 'edgejax[test]')"
     nbformat = pytest.importorskip("nbformat", reason=reason)
     nbclient = pytest.importorskip("nbclient", reason=reason)
     pytest.importorskip("ipykernel", reason=reason)
 
     _pin_python3_kernel(tmp_path, monkeypatch)
-    monkeypatch.setenv("EDGEJAX_NOTEBOOK_ROUNDS", "3")  # the kernel inherits this environment
-    monkeypatch.setenv("EDGEJAX_NOTEBOOK_NODES", "20")
+    for key, value in settings.items():
+        monkeypatch.setenv(f"EDGEJAX_NOTEBOOK_{key.upper()}", str(value))  # the kernel inherits the environment
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     probe = nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON=' + sys.executable)")
     nb.cells.insert(0, probe)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
@@ -60,9 +65,18 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError naming the failing cell
 
     texts = ["\n".join(_text(o) for o in cell.get("outputs", [])) for cell in nb.cells if cell.cell_type == "code"]
-    everything = "\n".join(texts)
     assert f"KERNEL_PYTHON={sys.executable}" in texts[0], f"the kernel ran another Python: {texts[0]!r}"
-    assert "Traceback" not in everything
+    assert "Traceback" not in "\n".join(texts)
+    return texts
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+    texts = _execute("quickstart.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    everything = "\n".join(texts)
 
     # the partition summary for the shrunken settings
     assert "20 nodes," in everything and "samples per node" in everything
@@ -84,5 +98,25 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     except ImportError:
         return
     for name in ("fedavg_accuracy", "server_optimizers"):
-        png = tmp_path / f"{name}.png"
-        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"plot {png.name} was not written"
+        assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
+
+
+def test_sweep_notebook_ends_in_a_table_and_plots(tmp_path, monkeypatch):
+    texts = _execute("sweeps_tables_plots.ipynb", tmp_path, monkeypatch, rounds=2, nodes=12, seeds=2)
+    everything = "\n".join(texts)
+    assert "runs: 12" in everything  # 2 algorithms x 3 learning rates x 2 seeds
+    assert "programs compiled by the second sweep: 0" in everything
+    assert "| fedavg, lr=0.1 |" in everything and "\\toprule" in everything and "**" in everything
+    assert _is_png(tmp_path / "sweep_accuracy.png")
+    assert len(list((tmp_path / "sweep_plots").glob("*.pdf"))) == 6
+
+
+def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
+    texts = _execute("gossip_topologies.ipynb", tmp_path, monkeypatch, rounds=2, nodes=9, seeds=2)
+    everything = "\n".join(texts)
+    gaps = dict(re.findall(r"^(\w+)\s+spectral gap ([0-9.]+)", everything, re.M))
+    assert set(gaps) == {"ring", "torus", "exponential", "complete"}
+    assert float(gaps["complete"]) > float(gaps["ring"])
+    for graph in gaps:
+        assert f"| {graph} |" in everything
+    assert _is_png(tmp_path / "gossip_accuracy.png")

@@ -202,9 +202,8 @@ class _ClashingFedAvg(ej.FedAvg):
 
 def test_hyper_parameter_names_cannot_collide_between_owners():
     data, _, _ = make_data([4, 4], seed=16)
-    sim = _logreg_sim(data, _ClashingFedAvg(), batch_size=2)
     with pytest.raises(ValueError, match="'client_lr' is defined by both the local and the algorithm"):
-        sim.default_hparams()
+        _logreg_sim(data, _ClashingFedAvg(), batch_size=2)
     owners = _logreg_sim(data, ej.FedDyn(), batch_size=2).hparam_owners()
     assert owners["alpha"] == "algorithm" and owners["client_lr"] == "local"
 

@@ -12,7 +12,9 @@ algorithm are interchangeable.
     static facts the simulation and the system model read: ``full_cohort`` (every node
     trains every round: decentralized training, ``clients_per_round`` must be ``None``),
     ``topology`` (the communication graph, whose arrays go to ``SimState.network`` and whose
-    links the system model may fail; ``None`` without one) and ``needs`` (what local execution must support: the ``LocalTerm``s added to the
+    links the system model may fail; ``None`` without one), ``asynchronous`` (a round is a
+    tick of the event clock, ``edgejax.system.events``: the plan is the next arrivals) and
+    ``needs`` (what local execution must support: the ``LocalTerm``s added to the
     local objective, where nodes start, whether each node's model is read back, whether
     the local optimizer state persists; see ``edgejax.core.execution.Needs``).
 ``payload(params, num_nodes) -> Payload``
@@ -62,6 +64,7 @@ class Traits(NamedTuple):
     full_cohort: bool = False
     needs: Needs = Needs()
     topology: Any = None
+    asynchronous: bool = False
 
 
 class Payload(NamedTuple):

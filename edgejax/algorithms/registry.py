@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from edgejax import compression
+from edgejax.algorithms.async_gossip import ADPSGD
+from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
@@ -9,10 +11,11 @@ from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 
-DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip}
+DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip, "adpsgd": ADPSGD}
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
-ALGORITHMS = (*PRESETS, *SERVER_BASED, *DECENTRALIZED)
-# built from Python objects (a sub-model scheme over a model), so not among the CLI's ALGORITHMS
+ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD}
+ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
+# built from Python objects (a sub-model scheme over a model, a compressor), so not among the CLI's ALGORITHMS
 PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
@@ -20,15 +23,18 @@ COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk"
 
 def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
-    ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, or a decentralized
-    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``), ``submodels`` (``SubmodelFedAvg``: give
-    ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg`` (``CompressedFedAvg``:
-    give ``compressor=...``); ``options`` are the dataclass's fields
+    ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, an asynchronous one (``fedasync``, ``fedbuff``,
+    ``async_sgd``, ``dcasgd``), a decentralized
+    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous), ``submodels``
+    (``SubmodelFedAvg``: give ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg``
+    (``CompressedFedAvg``: give ``compressor=...``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
     if name in SERVER_BASED:
         return SERVER_BASED[name](**options)
+    if name in ASYNCHRONOUS:
+        return ASYNCHRONOUS[name](**options)
     if name in DECENTRALIZED:
         return DECENTRALIZED[name](**options)
     if name in PYTHON_ONLY:

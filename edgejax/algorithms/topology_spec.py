@@ -139,14 +139,19 @@ class Topology:
         w = tp.metropolis_hastings(adj)
         return tp.lazy(w, 0.5) if self.weights == "lazy_metropolis" else w
 
-    def init_state(self, n: int, link_failures: bool = False) -> NetworkState:
-        """What the jitted round needs, as arrays: the fixed operator, the neighbour table whose
-        links may fail, or the schedule's operators."""
+    def init_state(self, n: int, link_failures: bool = False, neighbours: bool = False) -> NetworkState:
+        """What the jitted round needs, as arrays: the fixed operator, the neighbour table (whose
+        links may fail, or from which asynchronous gossip picks partners: ``neighbours``), or
+        the schedule's operators."""
         check = "column" if self.weights == "column" else "row"
         if self.graph == "schedule":
             graphs = [self.adjacency_matrix(n, adj, connected=False) for adj in self.schedule]
             tp.check_connected(np.logical_or.reduce(graphs), name="the union of the schedule's graphs")
             return NetworkState(schedule=self._stacked([self.matrix(n, adj, False) for adj in graphs], check))
+        if neighbours:
+            if self.time_varying:
+                raise ValueError(f"asynchronous gossip needs a fixed graph; got graph={self.graph!r}")
+            return NetworkState(table=tp.neighbour_table(self.adjacency_matrix(n)))
         if self.time_varying:
             return NetworkState()
         if link_failures:

@@ -1,13 +1,16 @@
-"""The ``edgejax`` command: one subcommand per module (``run``)."""
+"""The ``edgejax`` command: one subcommand per module (``run``, ``sweep``, ``table``, ``plot``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Sequence
 
+from edgejax.cli import plot as plot_command
 from edgejax.cli import run as run_command
+from edgejax.cli import sweep as sweep_command
+from edgejax.cli import table as table_command
 
-COMMANDS = {"run": run_command}
+COMMANDS = {"run": run_command, "sweep": sweep_command, "table": table_command, "plot": plot_command}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -2,15 +2,20 @@
 
 With no arguments it runs the embedded default: FedAvg, 100 nodes, Dirichlet(0.5)
 label skew of scikit-learn's digits (ships with scikit-learn, no download), an MLP,
-10 nodes per round, 100 rounds.  Results go to ``--out`` (``metrics.csv``, ``run.json``).
+10 nodes per round, 100 rounds.  Results go to ``--out`` (``metrics.csv``, ``run.json``,
+``checkpoints/``); ``--resume DIR`` continues a stopped run from its last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tomllib
 from pathlib import Path
 from typing import Sequence
+
+from edgejax.cli.options import check_applicable, check_types, parse_hidden
+from edgejax.core.validation import check_seed
 
 DEFAULTS = {
     "algorithm": "fedavg", "dataset": "digits", "data_path": None, "alpha": 0.0, "beta": 0.0,
@@ -22,8 +27,21 @@ DEFAULTS = {
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
     "profiles": "uniform", "availability": "always", "selection": "uniform", "stragglers": "none",
     "deadline_policy": "wait_all",
-    "hparam": [], "seed": 0, "eval_every": 10, "out": "runs/edgejax", "progress": True,
+    "hparam": [], "seed": 0, "eval_every": 10, "out": None, "overwrite": False, "checkpoint_every": None,
+    "keep_checkpoints": 2, "progress": True,
 }
+NOT_STORED = ("out", "progress", "overwrite")  # options that do not change a run's results
+
+
+class _RealDefaults(argparse.HelpFormatter):
+    """Shows each option's default from ``DEFAULTS`` (the parser's own defaults are ``None``, so
+    that a TOML config can fill what the command line leaves out)."""
+
+    def _get_help_string(self, action):
+        default = DEFAULTS.get(action.dest)
+        if default is None or default == [] or action.nargs == 0 or "default" in (action.help or ""):
+            return action.help
+        return f"{action.help} (default: {default})"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -35,7 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from edgejax.models import MODELS
 
     p = sub.add_parser("run", help="run a simulation (no arguments: the embedded default)",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__, formatter_class=_RealDefaults)
     p.add_argument("--config", type=Path, help="TOML file whose keys are these options (dashes or underscores); "
                    "flags given on the command line override it")
     g = p.add_argument_group("algorithm")
@@ -43,7 +61,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g = p.add_argument_group("decentralized (dpsgd, pushsum, choco, pairwise: every node trains every round)")
-    g.add_argument("--topology", choices=[name for name in GRAPHS if name != "adjacency"], help="communication graph")
+    g.add_argument("--topology", choices=[name for name in GRAPHS if name not in ("adjacency", "schedule")],
+                   help="communication graph")
     g.add_argument("--gossip-order", choices=("lian", "atc"), help="dpsgd: mix then step (Lian et al.) or "
                    "adapt then combine")
     g.add_argument("--compressor", help="choco: none | topk:<fraction> | randomk:<fraction> | qsgd:<levels> | sign")
@@ -85,7 +104,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--rounds", type=int, help="communication rounds")
     g.add_argument("--eval-every", type=int, help="evaluate the global model every k rounds")
     g.add_argument("--seed", type=int, help="seed of the partition, the model and every random draw")
-    g.add_argument("--out", help="output directory for metrics.csv and run.json")
+    g.add_argument("--out", help="output folder for metrics.csv, run.json and checkpoints; it must not hold "
+                   "another run (default: a fresh runs/edgejax-YYYYmmdd-HHMMSS)")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace the run already in --out")
+    g.add_argument("--checkpoint-every", type=int, help="save the full state every k rounds into OUT/checkpoints "
+                   "(default: no checkpoints)")
+    g.add_argument("--keep-checkpoints", type=int, help="how many of the newest checkpoints to keep")
+    g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its "
+                   "stored options (bit-identical to an uninterrupted run)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bar")
     return p
 
@@ -98,20 +124,53 @@ def resolve_options(argv: Sequence[str] | None) -> dict:
 
 
 def options_from_args(args: dict) -> dict:
-    """Resolve parsed ``edgejax run`` arguments: defaults, then the TOML config, then the flags."""
-    options, given = dict(DEFAULTS), {}
+    """Resolve parsed ``edgejax run`` arguments: defaults, then the TOML config, then the flags
+    (or, with ``--resume DIR``, the options stored in ``DIR/run.json``); types and flags that
+    do not apply are checked here."""
+    given = {k: v for k, v in args.items() if k in DEFAULTS and v is not None}
+    if args.get("resume"):
+        named = set(given) | ({"config"} if args.get("config") else set())
+        return _resumed_options(args["resume"], named, given.get("progress", True))
+    options = dict(DEFAULTS)
     if args.get("config"):
-        with open(args["config"], "rb") as f:
-            config = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
-        unknown = sorted(set(config) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} in {args['config']}; known: {sorted(DEFAULTS)}")
-        given.update(config)
-    given.update({k: v for k, v in args.items() if k in DEFAULTS and v is not None})
+        config = _read_config(Path(args["config"]))
+        given = {**config, **given}
     options.update(given)
     if options["local_steps"] is not None and "local_epochs" not in given:
         options["local_epochs"] = None  # steps replace the default epochs; giving both is an error
+    check_applicable(options, set(given))
     return options
+
+
+def _read_config(path: Path) -> dict:
+    """The options of a TOML config file, names normalised and types checked."""
+    try:
+        with open(path, "rb") as f:
+            config = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+    except OSError as err:
+        raise ValueError(f"cannot read --config {path}: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"--config {path} is not valid TOML: {err}") from None
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} in {path}; known: {sorted(DEFAULTS)}")
+    check_types(config, DEFAULTS, str(path))
+    return config
+
+
+def _resumed_options(folder: str, named: set, progress: bool) -> dict:
+    """The options stored by the run in ``folder``; ``named`` (the options given besides
+    ``--resume``) may only be ``progress``."""
+    from edgejax.core.rundir import read_info
+
+    extra = sorted(named - {"progress"})
+    if extra:
+        raise ValueError(f"--resume takes every option from {folder}/run.json; drop {extra}")
+    stored = read_info(Path(folder))["config"].get("cli")
+    if stored is None:
+        raise ValueError(f"the run in {folder} was not started by `edgejax run`; resume it with "
+                         "Simulation.run(..., out_dir=..., resume=True)")
+    return {**DEFAULTS, **stored, "out": folder, "progress": progress, "resume": True}
 
 
 def _parse_hparams(pairs, lr, server_lr) -> dict[str, float]:
@@ -157,9 +216,11 @@ def _load_data(o: dict):
 
 def _algorithm(o: dict):
     """The algorithm and its options (topology, order, compressor, weighting) from resolved options."""
-    from edgejax.algorithms import DECENTRALIZED, Topology, get_algorithm, parse_compressor
+    from edgejax.algorithms import ASYNCHRONOUS, DECENTRALIZED, Topology, get_algorithm, parse_compressor
 
     name = o["algorithm"]
+    if name in ASYNCHRONOUS:
+        return get_algorithm(name)
     if name not in DECENTRALIZED:
         return get_algorithm(name, weighting=o["weighting"])
     push = name == "pushsum"
@@ -191,13 +252,14 @@ def build(o: dict):
     from edgejax.algorithms import DECENTRALIZED
     from edgejax.data import Natural, format_partition_summary, parse_partition
 
+    check_seed(o["seed"])
     scheme = parse_partition(o["partition"])
     dataset = _load_data(o)
     nodes = None if isinstance(scheme, Natural) else o["nodes"]
     data, summary = ej.federate(dataset, nodes, scheme, seed=o["seed"], local_test_fraction=o["local_test_fraction"])
     model_kwargs = {}
     if o["model"] == "mlp":
-        model_kwargs["hidden"] = tuple(int(h) for h in str(o["hidden"]).split(",") if h.strip())
+        model_kwargs["hidden"] = parse_hidden(o["hidden"])
     model = ej.models.get_model(o["model"], data.feature_shape, data.num_classes, **model_kwargs)
     local = ej.LocalTraining(batch_size=o["batch_size"], epochs=o["local_epochs"], steps=o["local_steps"],
                              optimizer=o["local_optimizer"], group_size=_group_size(o["group_size"]),
@@ -213,25 +275,40 @@ def build(o: dict):
 
 
 def run(o: dict) -> int:
-    from edgejax.core.runner import DivergenceError
+    from edgejax.cli.compile_cache import enable_compilation_cache
+    from edgejax.core.rundir import default_out, prepare
+    from edgejax.core.runner import DivergenceError, RunInterrupted
 
+    out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume")))
+    enable_compilation_cache()
     sim, hparams, partition_text = build(o)
     print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
           f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds")
     print(partition_text)
+    stored = {k: v for k, v in o.items() if k not in NOT_STORED and k != "resume"}
     try:
         results = sim.run(o["rounds"], seed=o["seed"], hparams=hparams, eval_every=o["eval_every"],
-                          out_dir=o["out"], progress=o["progress"])
+                          out_dir=out, progress=o["progress"], checkpoint_every=o["checkpoint_every"],
+                          keep_checkpoints=o["keep_checkpoints"], overwrite=bool(o["overwrite"]),
+                          resume=bool(o.get("resume")), extra_config={"cli": stored})
     except DivergenceError as err:
-        print(f"stopped: {err}; results so far in {o['out']}", file=sys.stderr)
+        print(f"stopped: {err}; results so far in {out}", file=sys.stderr)
         return 3
+    except RunInterrupted as err:
+        hint = f"; continue with: edgejax run --resume {out}" if o["checkpoint_every"] else ""
+        print(f"edgejax: {err}; results so far in {out}{hint}", file=sys.stderr)
+        return 128 + signal.Signals[err.signal].value
     print(results.summary())
     last = results.last_eval()
     print(f"final test accuracy {last['test_accuracy']:.4f} after {results.num_rounds} rounds "
-          f"({results.wall_time_s:.1f} s); results in {o['out']}/ (metrics.csv, run.json)")
+          f"({results.wall_time_s:.1f} s); results in {out}/ (metrics.csv, run.json)")
     return 0
 
 
 def execute(args: dict) -> int:
-    """``edgejax run`` with parsed arguments."""
-    return run(options_from_args(args))
+    """``edgejax run`` with parsed arguments; Ctrl-C before the rounds start exits 130 quietly."""
+    try:
+        return run(options_from_args(args))
+    except KeyboardInterrupt:
+        print("edgejax: interrupted before the first round finished", file=sys.stderr)
+        return 130

@@ -2,12 +2,12 @@
 
 ``save(out_dir)`` writes ``metrics.csv`` (one row per round; evaluation columns are
 filled on evaluation rounds) and ``run.json`` (configuration, seed, package
-versions, device, status, last evaluation).
+versions, device, status, last evaluation), each atomically (see ``core.rundir``).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgejax.core import rundir
 
+
+@functools.lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
     """Package versions and the device the run used."""
     import jax
@@ -49,6 +52,7 @@ class Results:
     status: str = "finished"
     wall_time_s: float = 0.0
     final_state: Any = None
+    started: str | None = None
 
     @property
     def num_rounds(self) -> int:
@@ -56,8 +60,7 @@ class Results:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per round (plus round 0), round metrics and evaluation metrics as columns."""
-        rounds = pd.DataFrame(self.rounds)
-        evals = self.evaluations()
+        rounds, evals = pd.DataFrame(self.rounds), self.evaluations()
         if rounds.empty:
             return evals
         return rounds.merge(evals, on="round", how="outer").sort_values("round").reset_index(drop=True)
@@ -72,14 +75,17 @@ class Results:
             return {}
         return {k: float(v[-1]) for k, v in self.evals.items()}
 
+    def info(self) -> dict[str, Any]:
+        """The content of ``run.json``: configuration, status, progress, times, environment."""
+        return run_info(self.config, self.status, self.num_rounds, self.started, self.wall_time_s, self.last_eval())
+
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``metrics.csv`` and ``run.json`` into ``out_dir`` (created if needed)."""
+        """Write ``metrics.csv`` and ``run.json`` into ``out_dir`` (created if needed), each atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.to_dataframe().to_csv(out / "metrics.csv", index=False)
-        info = {"config": self.config, "status": self.status, "rounds_finished": self.num_rounds,
-                "wall_time_s": round(self.wall_time_s, 3), "last_eval": self.last_eval(), **environment()}
-        (out / "run.json").write_text(json.dumps(info, indent=2, default=_jsonable))
+        metrics = rundir.MetricsFile(out)
+        metrics.reset(self.rounds, self.evals)
+        rundir.write_info(out, {**self.info(), "metrics_rows": metrics.rows})
         return out
 
     def summary(self) -> str:
@@ -90,7 +96,10 @@ class Results:
         return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-def _jsonable(value):
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    return str(value)
+
+def run_info(config: dict, status: str, rounds_finished: int, started: str | None, wall_time_s: float,
+             last_eval: dict) -> dict[str, Any]:
+    """The content of ``run.json``."""
+    return {"config": config, "status": status, "rounds_finished": rounds_finished, "started": started,
+            "updated": rundir.now(), "wall_time_s": round(wall_time_s, 3), "last_eval": last_eval,
+            **environment()}

@@ -1,14 +1,25 @@
 """The host loop: runs a ``Simulation``'s compiled round chunks, logs metrics, checks for
-divergence, shows progress and writes results."""
+divergence, shows progress, writes results, takes checkpoints and resumes from them.
+
+Rounds in which no node took part (``participants == 0``) are recorded with
+``train_loss`` NaN (the algorithms report 0.0 for them) and are ignored by the divergence
+check; a run in which every round was empty warns.
+"""
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from edgejax.core.results import Results
+from edgejax.core import rundir
+from edgejax.core.results import Results, run_info
+from edgejax.core.validation import check_seed
 
 
 class DivergenceError(RuntimeError):
@@ -20,66 +31,205 @@ class DivergenceError(RuntimeError):
         self.results = results
 
 
+class RunInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after a chunk; ``results`` holds every finished round."""
+
+    def __init__(self, message: str, signal_name: str, results: Results):
+        super().__init__(message)
+        self.signal = signal_name
+        self.results = results
+
+
 def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
-        out_dir: str | Path | None = None, progress: bool = False) -> Results:
+        out_dir: str | Path | None = None, progress: bool = False, checkpoint_every: int | None = None,
+        keep_checkpoints: int = 2, resume: bool = False, overwrite: bool = False,
+        extra_config: dict | None = None) -> Results:
     """Run ``rounds`` rounds from seed ``seed``, evaluating every ``eval_every`` rounds.
 
-    Returns ``Results``.  With ``out_dir`` the results are written after every
-    chunk, so an interrupted run keeps what it finished.  A NaN/inf training loss
-    stops the run at the end of its chunk and raises ``DivergenceError`` naming the
-    first bad round; the error's ``results`` (and ``out_dir``) keep every round
-    before it.
+    Returns ``Results``.  With ``out_dir`` (claimed before any compute: it must be writable
+    and hold no other run unless ``overwrite`` or ``resume``) each chunk's rows are appended
+    to ``metrics.csv`` and ``run.json`` is replaced atomically, so a killed run keeps what it
+    finished.  ``checkpoint_every=k`` saves the full state and the metrics at the end of
+    the chunk that reaches each multiple of k rounds (the last ``keep_checkpoints`` are
+    kept, in ``out_dir/checkpoints``); ``resume=True`` continues the run in ``out_dir``
+    from its newest checkpoint, with the same arguments, and gives bit-identical results.
+    A NaN/inf training loss stops the run at the end of its chunk and raises
+    ``DivergenceError`` naming the first bad round; SIGINT/SIGTERM stop it at the end of the
+    current chunk (with a checkpoint when checkpointing) and raise ``RunInterrupted``.
+    ``extra_config`` is stored in ``run.json``'s configuration (the CLI keeps its options there).
     """
-    for name, value in (("rounds", rounds), ("eval_every", eval_every)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
+    for name, value in (("rounds", rounds), ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    check_seed(seed)
+    if out_dir is None and (checkpoint_every or resume):
+        raise ValueError("checkpoint_every and resume need an out_dir")
     hp = sim.hparams(hparams)
     chunk = min(eval_every, rounds)
     config = {**sim.describe(), "seed": seed, "rounds": rounds, "eval_every": chunk,
-              "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}}
-    state = sim.init(jax.random.PRNGKey(seed), hp)
-    log = _MetricLog()
-    log.add_eval(0, sim._jit_evaluate(state, sim.data))
-    start = time.perf_counter()
-    bar = _progress(rounds, progress)
-    done = 0
+              "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}, **(extra_config or {})}
+    output = None if out_dir is None else _Output(out_dir, config, checkpoint_every, keep_checkpoints,
+                                                  overwrite, resume)
     try:
-        while done < rounds:
-            n = min(chunk, rounds - done)
-            state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.data, hp, chunk, n)
-            round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
-            bad = np.flatnonzero(~np.isfinite(round_metrics["train_loss"]))
-            if bad.size:
-                log.add_rounds(done, {k: v[: bad[0]] for k, v in round_metrics.items()})
-                value, bad_round = round_metrics["train_loss"][bad[0]], done + int(bad[0]) + 1
-                results = log.results(config, time.perf_counter() - start, None,
-                                      status=f"diverged: training loss {value} at round {bad_round}")
-                if out_dir is not None:
-                    results.save(out_dir)
-                raise DivergenceError(f"training loss became {value} at round {bad_round}; "
-                                      f"rounds 1..{bad_round - 1} are kept in the results", bad_round, results)
-            log.add_rounds(done, round_metrics)
-            done += n
-            log.add_eval(done, eval_metrics)
-            bar.update(n)
-            shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
-            bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
-            if out_dir is not None:
-                log.results(config, time.perf_counter() - start, None, status="running").save(out_dir)
+        return _loop(sim, hp, rounds, chunk, _Run(config, output), sim._jit_init(jax.random.PRNGKey(seed), hp),
+                     resume, progress)
     finally:
-        bar.close()
-    results = log.results(config, time.perf_counter() - start, state)
-    if out_dir is not None:
-        results.save(out_dir)
-    return results
+        if output is not None:
+            output.close()
+
+
+def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool) -> Results:
+    """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
+    if resume:
+        done, state = run_.restore(state)
+    else:
+        done = 0   # the initial evaluation: the chunk's program with no active round (one program to compile)
+        run_.log.add_eval(0, sim._jit_chunk(state, sim.data, hp, chunk, 0)[2])
+    bar = _progress(rounds, done, progress)
+    with _StopSignals() as stop:
+        try:
+            while done < rounds and not stop.received:
+                n = min(chunk, rounds - done)
+                state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.data, hp, chunk, n)
+                round_metrics = _mark_empty_rounds({k: np.asarray(v)[:n] for k, v in round_metrics.items()})
+                _check_divergence(round_metrics, done, run_)
+                run_.log.add_rounds(done, round_metrics)
+                done += n
+                run_.log.add_eval(done, eval_metrics)
+                bar.update(n)
+                shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
+                bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
+                run_.record("running", state if run_.checkpoint_due(done - n, done) else None)
+        finally:
+            bar.close()
+    if stop.received:
+        status = f"interrupted ({stop.received}) after round {done}"
+        run_.record(status, state)
+        raise RunInterrupted(f"run {status}", stop.received, run_.results(status))
+    _warn_if_never_trained(run_.log)
+    run_.record("finished")
+    return run_.results("finished", state)
+
+
+def _mark_empty_rounds(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``train_loss`` NaN where no node took part (there was nothing to train on)."""
+    empty = metrics["participants"] == 0
+    return {**metrics, "train_loss": np.where(empty, np.nan, metrics["train_loss"])}
+
+
+def _check_divergence(metrics: dict[str, np.ndarray], done: int, run_: "_Run"):
+    """Raise ``DivergenceError`` at the first round with participants and a NaN/inf training loss."""
+    bad = np.flatnonzero(~np.isfinite(metrics["train_loss"]) & (metrics["participants"] > 0))
+    if not bad.size:
+        return
+    run_.log.add_rounds(done, {k: v[: bad[0]] for k, v in metrics.items()})
+    value, bad_round = metrics["train_loss"][bad[0]], done + int(bad[0]) + 1
+    status = f"diverged: training loss {value} at round {bad_round}"
+    run_.record(status)
+    raise DivergenceError(f"training loss became {value} at round {bad_round}; "
+                          f"rounds 1..{bad_round - 1} are kept in the results", bad_round, run_.results(status))
+
+
+def _warn_if_never_trained(log: "_MetricLog"):
+    participants = np.asarray(log.rounds.get("participants", []))
+    if participants.size and not participants.any():
+        warnings.warn(f"no node took part in any of the {participants.size} rounds, so the model never "
+                      "trained; check dropout, availability, deadline, stragglers and clients_per_round",
+                      RuntimeWarning, stacklevel=3)
+
+
+class _Run:
+    """What a run has so far: its metric log, its output folder (or ``None``) and its clock."""
+
+    def __init__(self, config: dict, output: "_Output | None"):
+        self.config, self.output, self.log = config, output, _MetricLog()
+        self.started, self.clock, self.previous_wall = rundir.now(), time.perf_counter(), 0.0
+
+    def wall_time(self) -> float:
+        return self.previous_wall + time.perf_counter() - self.clock
+
+    def restore(self, template) -> tuple[int, object]:
+        """``(round, state)`` of the newest checkpoint; the log and the clock continue from it."""
+        done, state, self.log, self.started, self.previous_wall = self.output.restore(template)
+        return done, state
+
+    def checkpoint_due(self, before: int, after: int) -> bool:
+        return self.output is not None and self.output.checkpoint_due(before, after)
+
+    def record(self, status: str, state=None):
+        """Write the results so far, and a checkpoint of ``state`` when checkpointing, if there is a folder."""
+        if self.output is not None:
+            self.output.record(self.log, status, self.started, self.wall_time(),
+                               state if self.output.checkpoints else None)
+
+    def results(self, status: str, state=None) -> Results:
+        return self.log.results(self.config, self.wall_time(), status, state, self.started)
+
+
+class _Output:
+    """A run's folder: metrics appended per chunk, ``run.json`` replaced, checkpoints."""
+
+    def __init__(self, out_dir, config: dict, checkpoint_every, keep: int, overwrite: bool, resume: bool):
+        self.out = rundir.prepare(out_dir, overwrite=overwrite, resume=resume)
+        self.config, self.every = config, checkpoint_every
+        self.metrics = rundir.MetricsFile(self.out)
+        self.checkpoints = None
+        if checkpoint_every or resume:
+            from edgejax.core.checkpoint import Checkpoints
+
+            self.checkpoints = Checkpoints(self.out / rundir.CHECKPOINTS, keep)
+
+    def checkpoint_due(self, before: int, after: int) -> bool:
+        return bool(self.every) and after // self.every > before // self.every
+
+    def record(self, log: "_MetricLog", status: str, started: str, wall_time: float, state=None):
+        """Append the new metric rows, save a checkpoint of ``state`` if given, update ``run.json``."""
+        self.metrics.append(*log.take_pending())
+        if state is not None and self.checkpoints.latest() != log.num_rounds:
+            self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": wall_time})
+        info = run_info(self.config, status, log.num_rounds, started, wall_time, log.last_eval())
+        latest = self.checkpoints.latest() if self.checkpoints else None
+        rundir.write_info(self.out, {**info, "metrics_rows": self.metrics.rows, "checkpoint_round": latest,
+                                     "pid": os.getpid()})
+
+    def restore(self, template):
+        """``(round, state, log, started, wall time)`` of the newest checkpoint, after checking the
+        configuration; ``metrics.csv`` is rewritten to end at that round."""
+        info = rundir.read_info(self.out)
+        stored, current = info["config"], rundir.as_json(self.config)
+        differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+        if differ:
+            raise ValueError(f"cannot resume {self.out}: its configuration differs in {differ}")
+        done, state, metrics = self.checkpoints.restore(template)
+        wall_time = metrics.pop("wall_time_s")
+        log = _MetricLog.from_dict(metrics)
+        self.metrics.reset(*log.take_pending())
+        return done, state, log, info.get("started"), wall_time
+
+    def close(self):
+        if self.checkpoints is not None:
+            self.checkpoints.close()
 
 
 class _MetricLog:
-    """Accumulates host copies of per-round and per-evaluation metrics."""
+    """Accumulates host copies of per-round and per-evaluation metrics; ``take_pending``
+    returns the rows added since its last call."""
 
-    def __init__(self):
-        self.rounds: dict[str, list] = {}
-        self.evals: dict[str, list] = {}
+    def __init__(self, rounds: dict | None = None, evals: dict | None = None):
+        self.rounds: dict[str, list] = rounds or {}
+        self.evals: dict[str, list] = evals or {}
+        self._taken = (0, 0)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "_MetricLog":
+        return cls(d["rounds"], d["evals"])
+
+    def as_dict(self) -> dict:
+        return {"rounds": self.rounds, "evals": self.evals}
+
+    @property
+    def num_rounds(self) -> int:
+        return len(self.rounds.get("round", ()))
 
     def add_rounds(self, first: int, metrics: dict[str, np.ndarray]):
         count = len(next(iter(metrics.values())))
@@ -92,9 +242,39 @@ class _MetricLog:
         for k, v in metrics.items():
             self.evals.setdefault(k, []).append(float(v))
 
-    def results(self, config, wall_time, state, status="finished") -> Results:
+    def last_eval(self) -> dict[str, float]:
+        return {k: v[-1] for k, v in self.evals.items()}
+
+    def take_pending(self) -> tuple[dict, dict]:
+        """``(rounds, evals)`` added since the last call."""
+        r, e = self._taken
+        pending = {k: v[r:] for k, v in self.rounds.items()}, {k: v[e:] for k, v in self.evals.items()}
+        self._taken = (self.num_rounds, len(self.evals.get("round", ())))
+        return pending
+
+    def results(self, config: dict, wall_time: float, status: str, state, started: str | None) -> Results:
         as_arrays = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
-        return Results(as_arrays(self.rounds), as_arrays(self.evals), config, status, wall_time, state)
+        return Results(as_arrays(self.rounds), as_arrays(self.evals), config, status, wall_time, state, started)
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a request to stop after the current chunk (main thread only);
+    a second signal of the same kind acts at once."""
+
+    def __enter__(self):
+        self.received, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        signal.signal(signum, self.previous[signum])
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class _NoProgress:
@@ -108,10 +288,10 @@ class _NoProgress:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, done: int, enabled: bool):
     """A tqdm bar over rounds (tqdm is imported only when one is shown)."""
     if not enabled:
         return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="round", desc="rounds", leave=False)
+    return tqdm(total=total, initial=done, unit="round", desc="rounds", leave=False)

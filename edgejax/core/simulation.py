@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +23,8 @@ from edgejax.core.local import LocalTraining
 from edgejax.core.results import Results
 from edgejax.core.state import RoundPlan, SimState
 from edgejax.data.federated import FederatedData
+from edgejax.core.preflight import preflight
+from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.system.model import SystemModel
 
@@ -75,10 +76,12 @@ class Simulation:
             raise ValueError(f"{self.algorithm.name} trains every node each round; use clients_per_round=None "
                              f"(got {k} of N={n})")
         if self.system.link_failures:
-            if traits.topology is None:
-                raise ValueError(f"link failures need a decentralized algorithm with a topology; {self.algorithm.name} "
-                                 "has no communication graph")
+            if traits.topology is None or traits.asynchronous:
+                raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
+                                 f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
+        self.hparam_owners()
+        preflight(self)
 
     # ----- static structure -------------------------------------------------------------
     @property
@@ -152,14 +155,8 @@ class Simulation:
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(hp)}")
         for name, value in overrides.items():
-            value = jnp.asarray(value, dtype=hp[name].dtype)
-            if value.ndim == 0 and not bool(jnp.isfinite(value)):
-                raise ValueError(f"hyper-parameter {name}={float(value)} is not finite")
-            hp[name] = value
-        count = hp["clients_per_round"]
-        if count.ndim == 0 and not 1 <= float(count) <= self.cohort_size:
-            raise ValueError(f"clients_per_round={float(count):g} must be in [1, cohort size "
-                             f"{self.cohort_size}] (raise Simulation.clients_per_round for a larger cohort)")
+            hp[name] = jnp.asarray(value, dtype=hp[name].dtype)
+        check_hparams(hp, self.cohort_size)
         return hp
 
     # ----- pure functions ---------------------------------------------------------------
@@ -169,13 +166,21 @@ class Simulation:
         params = self.model.init(k_model)
         node_rng = jax.random.split(k_nodes, self.num_nodes)
         nodes, server = self.algorithm.init(self.context, params, node_rng, hparams)
-        topology = self.algorithm.traits().topology
-        network = topology.init_state(self.num_nodes, self.system.link_failures) if topology is not None else ()
-        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server,
-                        system=self.system.init(k_system, self.num_nodes), network=network)
+        traits = self.algorithm.traits()
+        network = () if traits.topology is None else traits.topology.init_state(
+            self.num_nodes, self.system.link_failures, neighbours=traits.asynchronous)
+        system = self.system.init(k_system, self.num_nodes)
+        if self.algorithm.traits().asynchronous:
+            system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
+                                              self.data.train.count, self.context.payload, hparams)
+        return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server, system=system,
+                        network=network)
 
     def _plan(self, state: SimState, data: FederatedData, hparams: dict):
         key = jax.random.fold_in(state.rng, state.round)
+        if self.algorithm.traits().asynchronous:
+            return self.system.plan_events(key, state.system, state.round, hparams, self.cohort_size, self.local,
+                                           data.train.count)
         links = state.network.table if self.system.link_failures else None
         return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
                                 data.train.count, self.context.payload, links)
@@ -200,15 +205,21 @@ class Simulation:
         for name, value in (("active", active), ("step_budget", budget)):
             if value.shape != (k,):
                 raise ValueError(f"{name} must have shape ({k},); got {value.shape}")
-        if self.system.link_failures:
-            raise ValueError("with link failures the system model draws the live links; use round() instead")
+        if self.system.link_failures or self.algorithm.traits().asynchronous:
+            raise ValueError("with link failures or asynchronous training the system model draws the plan "
+                             "(live links, the event clock); use round() instead")
         return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0))
 
     def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
         """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
+        key = jax.random.fold_in(state.rng, state.round)
         state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
-        cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
+        if self.algorithm.traits().asynchronous:
+            cost, system = self.system.charge_events(key, state.system, plan, self.local, data.train.count,
+                                                     self.context.payload, hparams)
+        else:
+            cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
         return state._replace(round=state.round + 1, system=system), {**metrics, **cost}
 
     def round(self, state: SimState, data: FederatedData, hparams: dict):
@@ -249,30 +260,22 @@ class Simulation:
         return state, round_metrics, self.evaluate(state, data)
 
     def sweep(self, rounds: int, hparams: dict, seeds) -> tuple[dict, dict]:
-        """Run ``P`` configurations as ONE vmapped program: ``hparams`` maps names to arrays of
+        """Run ``P`` configurations with the sweep's execution strategy (``edgejax.sweep``,
+        compiled once per static configuration): ``hparams`` maps names to arrays of
         length ``P`` (names left out keep their defaults), ``seeds`` has length ``P``.
 
         Returns ``(round_metrics, final_eval)``: each metric stacked as ``[P, rounds]`` and
         the final evaluation as ``[P]``.  Point ``p`` equals ``run(rounds, seed=seeds[p],
         hparams={k: v[p]})`` (same numbers up to floating-point reassociation).
         """
-        seeds = np.asarray(seeds)
+        from edgejax.sweep.runner import sweep_arrays
+
         defaults = self.default_hparams()
         unknown = sorted(set(hparams) - set(defaults))
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
-        stacked = {k: jnp.broadcast_to(jnp.asarray(hparams.get(k, v), v.dtype), seeds.shape)
-                   for k, v in defaults.items()}
-        for name, values in stacked.items():
-            if not bool(jnp.all(jnp.isfinite(values))):
-                raise ValueError(f"hyper-parameter {name} has non-finite values {np.asarray(values)}")
-
-        def one(seed, hp):
-            state = self.init(jax.random.PRNGKey(seed), hp)
-            state, metrics = self.run_rounds(state, self.data, hp, rounds)
-            return metrics, self.evaluate(state, self.data)
-
-        return jax.jit(jax.vmap(one))(jnp.asarray(seeds), stacked)
+        check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size)
+        return sweep_arrays(self, rounds, hparams, seeds)
 
     @functools.cached_property
     def _jit_chunk(self):
@@ -280,8 +283,9 @@ class Simulation:
         return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate)
 
     @functools.cached_property
-    def _jit_evaluate(self):
-        return jax.jit(self.evaluate)
+    def _jit_init(self):
+        """``init`` as one compiled program (eagerly it compiles dozens of tiny ones)."""
+        return jax.jit(self.init)
 
     # ----- host loop --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -295,11 +299,10 @@ class Simulation:
                 "algorithm": self.algorithm.describe(), "local": local, "execution": self.execution,
                 "max_local_steps": self.schedule[0]}
 
-    def run(self, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
-            out_dir: str | Path | None = None, progress: bool = False) -> Results:
-        """Run ``rounds`` rounds from seed ``seed``, evaluating every ``eval_every`` rounds
-        (the host loop of ``edgejax.core.runner.run``; see there)."""
+    def run(self, rounds: int, **options) -> Results:
+        """Run ``rounds`` rounds: the host loop ``edgejax.core.runner.run`` (see there for the
+        options: ``seed``, ``hparams``, ``eval_every``, ``out_dir``, ``progress``,
+        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``)."""
         from edgejax.core.runner import run
 
-        return run(self, rounds, seed=seed, hparams=hparams, eval_every=eval_every, out_dir=out_dir,
-                   progress=progress)
+        return run(self, rounds, **options)

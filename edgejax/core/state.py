@@ -64,12 +64,17 @@ class RoundPlan(NamedTuple):
     ``step_budget``: the most local steps the node may run (partial work);
     ``live_links``: with link failures, the live-edge mask ``[N, K_graph]`` of the
     communication graph's neighbour table (``()`` otherwise).
+    Asynchronous training (a tick of the event clock, ``edgejax.system.events``): ``time``,
+    the simulated time of the tick's arrivals, and ``restart [N]``, the nodes that download
+    the current model at the end of the tick (``()`` in synchronous rounds).
     """
 
     nodes: jax.Array
     active: jax.Array
     step_budget: jax.Array
     live_links: jax.Array | tuple = ()
+    restart: jax.Array | tuple = ()
+    time: jax.Array | tuple = ()
 
 
 def default_float():

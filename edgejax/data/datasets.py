@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import os
 import random
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -240,13 +241,31 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     from 0..16 to [0, 1]; the split is stratified by class (each class contributes
     ``round(test_fraction * n_class)`` test samples) and seeded.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[..., None]
-    y = bunch.target.astype(np.int32)
+    images, target = _sklearn_digits()
+    x = (images / 16.0).astype(np.float32)[..., None]
+    y = target.astype(np.int32)
     train, test = _split_indices(y, test_fraction, np.random.default_rng(seed), stratify=True)
     return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``(images [1797, 8, 8], target)`` of ``sklearn.datasets.load_digits``, read from the file
+    scikit-learn ships without importing scikit-learn (its import takes about a second):
+    the same ``np.loadtxt`` of ``sklearn/datasets/data/digits.csv.gz``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        bunch = sk_load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 def load_mnist1d(*, num_samples: int = 5000, seed: int = 42) -> Dataset:
@@ -315,7 +334,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:
+            raise ValueError(f"{path}: damaged or truncated gzip file ({err})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise ValueError(
             f"{path}: not an IDX file, bad magic number {raw[:4].hex() or '(empty)'}; expected "

@@ -36,6 +36,7 @@ from edgejax.core.state import RoundPlan, default_float, tree_take
 from edgejax.core.validation import check_choice
 from edgejax.system.availability import Availability
 from edgejax.system.clock import POLICIES, deadline_plan, node_times, round_cost
+from edgejax.system.events import next_arrivals, node_durations
 from edgejax.system.profiles import DeviceProfiles, uniform_profiles
 from edgejax.system.selection import select_deadline_greedy, select_tier, select_uniform
 
@@ -45,12 +46,14 @@ STRAGGLERS = ("none", "drop", "partial_epochs")
 
 class SystemState(NamedTuple):
     """``profiles`` (per node), ``online`` (availability state [N]), ``clock`` (simulated
-    seconds), ``busy_until [N]`` (simulated time at which each node finished its last work)."""
+    seconds), ``busy_until [N]`` (simulated time at which each node finishes, or finished, its
+    work), ``waiting [N]`` (asynchronous training: arrived and not yet downloaded again)."""
 
     profiles: DeviceProfiles
     online: jax.Array
     clock: jax.Array
     busy_until: jax.Array
+    waiting: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,6 +70,9 @@ class SystemModel:
       link_failures: links of the algorithm's graph fail each round with the traced
         probability ``link_failure`` (decentralized algorithms on a fixed graph with
         Metropolis-Hastings weights, which are rebuilt on the live links).
+      jitter: asynchronous training draws every update's duration as the profile's time
+        times mean-one lognormal noise of traced spread ``duration_jitter`` (see
+        ``edgejax.system.events``); without it durations are the profiles' times.
     """
 
     profiles: DeviceProfiles | None = None
@@ -76,6 +82,7 @@ class SystemModel:
     deadline_policy: str = "wait_all"
     num_tiers: int = 3
     link_failures: bool = False
+    jitter: bool = False
 
     def __post_init__(self):
         check_choice("selection", self.selection, SELECTIONS)
@@ -91,6 +98,8 @@ class SystemModel:
             hp["deadline"] = 60.0
         if self.link_failures:
             hp["link_failure"] = 0.0
+        if self.jitter:
+            hp["duration_jitter"] = 0.5
         return hp
 
     def init(self, key: jax.Array, n: int) -> SystemState:
@@ -98,7 +107,7 @@ class SystemModel:
         if profiles.speed.shape[0] != n:
             raise ValueError(f"the device profiles describe {profiles.speed.shape[0]} nodes but N={n}")
         return SystemState(profiles, self.availability.init(key, n), jnp.zeros((), default_float()),
-                           jnp.zeros((n,), default_float()))
+                           jnp.zeros((n,), default_float()), jnp.zeros((n,), bool))
 
     def plan(self, key, system: SystemState, round_, hparams, cohort_size: int, local, counts,
              payload, links: tp.NeighbourTable | None = None) -> tuple[RoundPlan, SystemState]:
@@ -155,3 +164,41 @@ class SystemModel:
         finished = jnp.where(plan.active > 0, system.clock + cost.total_s, system.busy_until[plan.nodes])
         metrics = {"round_time_s": cost.makespan_s, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
         return metrics, system._replace(clock=clock, busy_until=system.busy_until.at[plan.nodes].set(finished))
+
+    # ----- asynchronous training: the event clock (edgejax.system.events) --------------------
+    def _durations(self, key, system: SystemState, local, counts, payload, hparams):
+        jitter = hparams.get("duration_jitter", 0.0) if self.jitter else 0.0
+        return node_durations(system.profiles, local.node_steps(counts), local.batch_size, payload,
+                              key if self.jitter else None, jitter)
+
+    def start_events(self, key, system: SystemState, local, counts, payload, hparams) -> SystemState:
+        """Every node downloads the initial model at time 0 and starts computing."""
+        return system._replace(busy_until=self._durations(key, system, local, counts, payload, hparams))
+
+    def plan_events(self, key, system: SystemState, round_, hparams, cohort_size: int, local, counts
+                    ) -> tuple[RoundPlan, SystemState]:
+        """The next tick of asynchronous training as a ``RoundPlan``: the cohort is the up to K
+        earliest finishers (``active``: those finishing at ``plan.time``), ``restart [N]`` the
+        nodes that download at the end of the tick (only online ones; the availability process
+        steps once per tick)."""
+        online, state = self.availability.step(jax.random.fold_in(key, 4), system.online, round_, hparams)
+        tick = next_arrivals(system.busy_until, system.waiting, system.clock, cohort_size)
+        budget = jnp.where(tick.active > 0, local.node_steps(counts[tick.nodes]), 0).astype(jnp.int32)
+        plan = RoundPlan(tick.nodes, tick.active, budget, restart=tick.restart & online, time=tick.time)
+        return plan, system._replace(online=state)
+
+    def charge_events(self, key, system: SystemState, plan: RoundPlan, local, counts, payload, hparams
+                      ) -> tuple[dict, SystemState]:
+        """Advance the clock to the tick's time, mark the arrived nodes waiting, restart the
+        ``plan.restart`` nodes with fresh durations; energy of the arrived nodes' work."""
+        steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
+        cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
+                          payload.down, payload.up)
+        clock = jnp.maximum(system.clock, plan.time)
+        arrived = jnp.zeros_like(system.waiting).at[plan.nodes].set(plan.active > 0)
+        durations = self._durations(jax.random.fold_in(key, 5), system, local, counts, payload, hparams)
+        busy = jnp.where(plan.restart, clock + durations, system.busy_until)
+        waiting = (system.waiting | arrived) & ~plan.restart
+        metrics = {"round_time_s": clock - system.clock, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
+        return metrics, system._replace(clock=clock, busy_until=busy, waiting=waiting)
+

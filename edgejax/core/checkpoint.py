@@ -1,0 +1,47 @@
+"""Checkpoints of a run with orbax-checkpoint: the whole simulation state (models, optimizer and
+algorithm state, system state, keys, round) and the metrics logged so far.
+
+The state is saved as whatever pytree ``Simulation.init`` builds and restored against a
+freshly built state of the same simulation as the template, so no field is named here and a
+change of the state's layout needs no change of this module.  Only the last ``keep``
+checkpoints are kept; orbax writes each into a temporary folder and renames it when complete,
+so a kill during a save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """The checkpoints of one run, in ``directory/<round>/``."""
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep_checkpoints must be a positive integer; got {keep!r}")
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def latest(self) -> int | None:
+        """The round of the newest complete checkpoint, or ``None``."""
+        return self.manager.latest_step()
+
+    def save(self, round_: int, state: Any, metrics: dict) -> None:
+        """Save ``state`` (any pytree of arrays) and ``metrics`` (JSON-able) as of round ``round_``."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), metrics=ocp.args.JsonSave(metrics))
+        self.manager.save(round_, args=args, force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, template: Any) -> tuple[int, Any, dict]:
+        """``(round, state, metrics)`` of the newest checkpoint; ``template`` gives the state's structure."""
+        round_ = self.latest()
+        if round_ is None:
+            raise ValueError(f"no checkpoint to resume from in {self.manager.directory}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(template), metrics=ocp.args.JsonRestore())
+        restored = self.manager.restore(round_, args=args)
+        return round_, restored.state, restored.metrics
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,279 @@
+"""Asynchronous training: the vectorised ticks against a plain sequential event simulation, the
+update rules against float64 NumPy references, zero delay against synchronous FedAvg."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import edgejax as ej
+from edgejax.system import SystemModel, profiles_from_arrays
+from conftest import make_data
+from references import local_gd
+
+C, LR, STEPS = 3, 0.3, 2
+SIZES = [5, 4, 6, 5, 3, 5]
+
+
+def _profiles(speeds):
+    n = len(speeds)
+    return profiles_from_arrays(np.asarray(speeds, float), np.full(n, 1e9), np.full(n, 1e9), latency=0.0,
+                                energy_per_sample=1e-3, energy_per_byte=0.0)
+
+
+def _sim(algorithm, speeds, cohort=None, **system):
+    data, xs, ys = make_data(SIZES, seed=30)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=max(SIZES), steps=STEPS),
+                        clients_per_round=cohort, system=SystemModel(profiles=_profiles(speeds), **system))
+    return sim, xs, ys
+
+
+def _flat(params):
+    return np.concatenate([np.asarray(params["out"]["w"]).ravel(), np.asarray(params["out"]["b"])])
+
+
+def _unflat(v, shape):
+    d = int(np.prod(shape))
+    return v[:d].reshape(shape), v[d:]
+
+
+def event_simulation(rule, x0, durations, xs, ys, until, depth=None):
+    """The meaning, written as a plain sequential event loop (no vectorisation): nodes compute
+    from the model they downloaded; arrivals in (finish time, id) order; every arrival at a time
+    T is applied before the nodes arrived at T download again.  Returns the event log
+    ``[(time, node, downloaded version, staleness)]`` and the server model after each time."""
+    shape = (xs[0].shape[1], C)
+    versions, finish = {0: x0.copy()}, dict(enumerate(durations))
+    downloaded = {i: 0 for i in finish}
+    x, version, log, models, state = x0.copy(), 0, [], [], None
+    while len(log) < until:
+        t = min(finish.values())
+        arrived = sorted(i for i, f in finish.items() if f == t)
+        for i in arrived:
+            start = versions[downloaded[i]]
+            w, b = local_gd(*_unflat(start, shape), xs[i], ys[i], C, LR, STEPS)
+            y = np.concatenate([w.ravel(), b])
+            staleness = version - downloaded[i]
+            dropped = depth is not None and staleness >= depth
+            log.append((t, i, downloaded[i], staleness, dropped))
+            if not dropped:
+                x, advanced, state = rule(x, y, start, staleness, state)
+                version += advanced
+                versions[version] = x.copy()
+        for i in arrived:
+            downloaded[i], finish[i] = version, t + durations[i]
+        models.append((t, x.copy()))
+    return log, models
+
+
+def fedasync_rule(alpha, a):
+    def rule(x, y, start, s, state):
+        mix = alpha * (s + 1.0) ** (-a)
+        return (1 - mix) * x + mix * y, 1, state
+    return rule
+
+
+def fedbuff_rule(k, lr):
+    def rule(x, y, start, s, state):
+        total, count = state if state is not None else (np.zeros_like(x), 0)
+        total, count = total + (1 + s) ** -0.5 * (y - start), count + 1
+        if count == k:
+            return x + lr * total / k, 1, (np.zeros_like(x), 0)
+        return x, 0, (total, count)
+    return rule
+
+
+def _ticks(sim, hp, ticks):
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    step = jax.jit(sim.round)
+    out = []
+    for _ in range(ticks):
+        state, metrics = step(state, sim.data, hp)
+        out.append((state, metrics))
+    return out
+
+
+# distinct speeds; then ties (equal speeds finish together every time)
+SPEEDS = {"distinct": [1.0, 1.3, 0.7, 2.1, 1.7, 0.9], "tied": [1.0, 2.0, 1.0, 2.0, 1.0, 0.5]}
+
+
+@pytest.mark.parametrize("speeds", list(SPEEDS))
+@pytest.mark.parametrize("rule", ["fedasync", "fedbuff"])
+def test_ticks_equal_the_sequential_event_simulation(x64, speeds, rule):
+    algorithm = (ej.FedAsync(staleness="polynomial", log_events=True) if rule == "fedasync"
+                 else ej.FedBuff(buffer_size=4, log_events=True))
+    sim, xs, ys = _sim(algorithm, SPEEDS[speeds])
+    hp = sim.hparams({"client_lr": LR, **({"alpha": 0.7, "staleness_a": 0.5} if rule == "fedasync" else {})})
+    state0 = sim.init(jax.random.PRNGKey(0), hp)
+    durations = np.asarray(state0.system.busy_until)
+    reference_rule = fedasync_rule(0.7, 0.5) if rule == "fedasync" else fedbuff_rule(4, 1.0)
+    log, models = event_simulation(reference_rule, _flat(state0.server.params), durations, xs, ys, until=30)
+    ticks = _ticks(sim, hp, len(models))
+    events = []
+    for (state, metrics), (t, x) in zip(ticks, models):
+        assert float(metrics["sim_time_s"]) == t
+        np.testing.assert_allclose(_flat(state.server.params), x, rtol=1e-11, atol=1e-13)
+        nodes, stale = np.asarray(metrics["event_node"]), np.asarray(metrics["event_staleness"])
+        events += [(t, int(i), int(s)) for i, s in zip(nodes, stale) if i >= 0]
+    assert events == [(t, i, s) for t, i, _, s, _ in log[:len(events)]]
+    assert len(events) >= 30
+    if speeds == "tied":
+        assert max(sum(1 for e in events if e[0] == t) for t, _ in models) >= 3
+
+
+def test_a_cohort_smaller_than_the_ties_spills_into_the_next_tick_with_the_same_meaning(x64):
+    algorithm = ej.FedAsync(staleness="polynomial", log_events=True)
+    full, xs, ys = _sim(algorithm, SPEEDS["tied"])
+    small, _, _ = _sim(algorithm, SPEEDS["tied"], cohort=2)
+    hp = full.hparams({"client_lr": LR})
+    a = _ticks(full, hp, 6)
+    b = _ticks(small, small.hparams({"client_lr": LR}), 14)
+    applied = lambda ticks: [(int(i), int(s)) for _, m in ticks for i, s in   # noqa: E731
+                             zip(np.asarray(m["event_node"]), np.asarray(m["event_staleness"])) if i >= 0]
+    ea, eb = applied(a), applied(b)
+    n = min(len(ea), len(eb))
+    assert n >= 12 and ea[:n] == eb[:n]
+    # the server after the same number of applied updates is the same model
+    counts_b = np.cumsum([float(m["participants"]) for _, m in b])
+    counts_a = np.cumsum([float(m["participants"]) for _, m in a])
+    for i, count in enumerate(counts_a[:4]):
+        j = int(np.flatnonzero(counts_b == count)[0])
+        np.testing.assert_allclose(_flat(b[j][0].server.params), _flat(a[i][0].server.params), rtol=1e-12)
+
+
+def test_an_update_older_than_the_buffer_is_dropped_and_counted(x64):
+    # node 5 is 20x slower: by its first arrival the server has moved more than 4 versions on
+    speeds = [1.0, 1.0, 1.0, 1.0, 1.0, 0.05]
+    sim, xs, ys = _sim(ej.FedAsync(buffer_depth=4, log_events=True), speeds)
+    hp = sim.hparams({"client_lr": LR})
+    state0 = sim.init(jax.random.PRNGKey(0), hp)
+    log, models = event_simulation(fedasync_rule(0.6, 0.5), _flat(state0.server.params),
+                                   np.asarray(state0.system.busy_until), xs, ys, until=25, depth=4)
+    ticks = _ticks(sim, hp, len(models))
+    for (state, _), (_, x) in zip(ticks, models):
+        np.testing.assert_allclose(_flat(state.server.params), x, rtol=1e-11, atol=1e-13)
+    dropped = sum(float(m["dropped_stale"]) for _, m in ticks)
+    assert dropped == sum(1 for e in log if e[4]) >= 1
+
+
+def test_fedbuff_with_all_nodes_in_the_buffer_and_equal_durations_is_fedavg(x64):
+    """Zero delay: every node arrives at once with staleness 0 .. and the buffer (K = N) flushes
+    the uniform mean of the changes, which is FedAvg with uniform weights."""
+    sim, _, _ = _sim(ej.FedBuff(buffer_size=len(SIZES)), [1.0] * len(SIZES))
+    fedavg, _, _ = _sim(ej.FedAvg(weighting="uniform"), [1.0] * len(SIZES))
+    hp, hp_avg = sim.hparams({"client_lr": LR}), fedavg.hparams({"client_lr": LR})
+    a = _ticks(sim, hp, 3)
+    b = _ticks(fedavg, hp_avg, 3)
+    for (sa, ma), (sb, _) in zip(a, b):
+        np.testing.assert_allclose(_flat(sa.server.params), _flat(sb.server.params), rtol=1e-12, atol=1e-14)
+        assert float(ma["server_version"]) == float(sa.round)
+
+
+def test_async_sgd_dcasgd_rules_against_numpy(x64):
+    """One tick with every node arriving at once (equal speeds): updates applied in id order with
+    staleness 0, 1, 2, ..."""
+    speeds = [1.0] * len(SIZES)
+    for algorithm, hp_over in ((ej.AsyncSGD(staleness_aware=True), {"server_lr": 0.8}),
+                               (ej.DCASGD(), {"server_lr": 0.5, "dc_lambda": 0.3})):
+        data, xs, ys = make_data(SIZES, seed=30)
+        model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+        sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=max(SIZES), steps=1),
+                            system=SystemModel(profiles=_profiles(speeds)))
+        hp = sim.hparams({"client_lr": LR, **hp_over})
+        state = sim.init(jax.random.PRNGKey(0), hp)
+        x0 = _flat(state.server.params)
+        shape = (xs[0].shape[1], C)
+        x = x0.copy()
+        for i in range(len(SIZES)):
+            w, b = local_gd(*_unflat(x0, shape), xs[i], ys[i], C, LR, 1)
+            y = np.concatenate([w.ravel(), b])
+            if algorithm.name == "async_sgd":
+                x = x + 0.8 / max(i, 1) * (y - x0)
+            else:
+                g = (x0 - y) / LR
+                x = x - 0.5 * (g + 0.3 * g * g * (x - x0))
+        state, metrics = jax.jit(sim.round)(state, data, hp)
+        np.testing.assert_allclose(_flat(state.server.params), x, rtol=1e-11, atol=1e-13)
+        assert float(metrics["staleness_max"]) == len(SIZES) - 1
+
+
+def test_staleness_functions_and_the_offset():
+    hp = {"staleness_a": 0.5, "staleness_b": 2.0}
+    s = jnp.arange(5)
+    np.testing.assert_allclose(ej.algorithms.staleness_weight("polynomial", s, hp), (np.arange(5) + 1.0) ** -0.5)
+    np.testing.assert_allclose(ej.algorithms.staleness_weight("hinge", s, hp), [1, 1, 1, 1 / 1.5, 1 / 2])
+    np.testing.assert_allclose(ej.algorithms.staleness_weight("constant", s, hp), 1.0)
+    with pytest.raises(ValueError, match="staleness function"):
+        ej.FedAsync(staleness="exponential")
+
+
+def test_asynchronous_runs_are_deterministic_and_follow_availability_and_tiers():
+    data, _, _ = make_data([6] * 12, dtype=np.float32, seed=31)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    system = SystemModel(profiles=ej.system.tiered_profiles(12, seed=0), jitter=True,
+                         availability=ej.Availability("markov", mean_on=3, mean_off=3))
+    sim = ej.Simulation(model, data, ej.FedBuff(buffer_size=3, staleness_bins=4),
+                        ej.LocalTraining(batch_size=3, epochs=1), clients_per_round=4, system=system)
+    a, b = sim.run(30, eval_every=10, seed=1), sim.run(30, eval_every=10, seed=1)
+    for k in a.rounds:
+        np.testing.assert_array_equal(a.rounds[k], b.rounds[k])
+    assert np.all(np.diff(a.rounds["sim_time_s"]) >= 0)
+    hist = sum(a.rounds[f"staleness_hist_{i}"].sum() for i in range(4))
+    assert hist == a.rounds["participants"].sum() > 0
+
+
+def test_adpsgd_equals_a_sequential_replay_of_its_events(x64):
+    """AD-PSGD (Lian et al. 2018): each arrival averages with its partner, then adds the update
+    computed from the model it read at its start; replayed in order with the logged partners."""
+    speeds = SPEEDS["tied"]
+    sim, xs, ys = _sim(ej.ADPSGD(ej.Topology("ring"), log_events=True), speeds)
+    hp = sim.hparams({"client_lr": LR})
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    n, shape = len(SIZES), (xs[0].shape[1], C)
+    x = np.stack([_flat(jax.tree_util.tree_map(lambda a: a[i], state.nodes.params)) for i in range(n)])
+    xhat = x.copy()
+    finish, durations = np.asarray(state.system.busy_until).copy(), np.asarray(state.system.busy_until).copy()
+    step = jax.jit(sim.round)
+    partners_seen = set()
+    for _ in range(12):
+        state, metrics = step(state, sim.data, hp)
+        t = finish.min()
+        arrived = [int(i) for i in np.asarray(metrics["event_node"]) if i >= 0]
+        assert arrived == sorted(np.flatnonzero(finish == t).tolist())
+        for i, j in zip(arrived, [int(j) for j in np.asarray(metrics["event_partner"]) if j >= 0]):
+            assert abs(i - j) in (1, n - 1)   # a ring neighbour
+            partners_seen.add((i, j))
+            w, b = local_gd(*_unflat(xhat[i], shape), xs[i], ys[i], C, LR, STEPS)
+            mean = (x[i] + x[j]) / 2
+            x[j], x[i] = mean, mean + np.concatenate([w.ravel(), b]) - xhat[i]
+        for i in arrived:
+            xhat[i], finish[i] = x[i], t + durations[i]
+        got = np.stack([_flat(jax.tree_util.tree_map(lambda a: a[i], state.nodes.params)) for i in range(n)])
+        np.testing.assert_allclose(got, x, rtol=1e-11, atol=1e-13)
+    assert len({j for _, j in partners_seen}) > 3   # partners vary
+    np.testing.assert_allclose(float(metrics["consensus_distance"]),
+                               np.mean(np.sum((x - x.mean(0)) ** 2, axis=1)), rtol=1e-10)
+
+
+def test_staleness_follows_the_configured_durations(x64):
+    """Five nodes of duration ~1.2 s and one of ~12 s: the fast nodes arrive together, in id order,
+    so node i's staleness is i (i + 1 when the slow node's update landed in between); the slow
+    node (id 5) sees the 5 x 10 fast updates of its ten times longer duration: about 50."""
+    speeds = [10.0] * 5 + [1.0]           # compute = STEPS * batch / speed; the links are ~free
+    sim, _, _ = _sim(ej.FedAsync(buffer_depth=64, log_events=True), speeds)
+    hp = sim.hparams({"client_lr": LR})
+    per_node = {}
+    for _, metrics in _ticks(sim, hp, 25):
+        for i, s in zip(np.asarray(metrics["event_node"]), np.asarray(metrics["event_staleness"])):
+            if i >= 0:
+                per_node.setdefault(int(i), []).append(int(s))
+    slow_arrivals = len(per_node[5])
+    assert slow_arrivals >= 2
+    for i in range(5):
+        extra = np.asarray(per_node[i]) - i
+        assert set(extra) <= {0, 1} and extra.sum() <= slow_arrivals
+    # its first update started with everyone at t = 0 and lands just before the fast nodes' tenth
+    # (their link time accumulates): 9 x 5 updates; afterwards it always sees 10 x 5
+    assert per_node[5][0] in (45, 50) and set(per_node[5][1:]) == {50}
