@@ -241,8 +241,8 @@ def test_rates_come_from_device_tiers_and_bad_rates_are_named():
     with pytest.raises(ValueError, match="below every level"):
         WidthScaled(model, (1.0, 0.1), mode="ordered_dropout", levels=(0.5, 1.0))
     data, _, _ = make_data([4, 4], seed=24)
-    sim = ej.Simulation(ej.models.mlp((5,), C, hidden=(6,)), data, SubmodelFedAvg(WidthScaled(model, (1.0, 0.5))))
     with pytest.raises(ValueError, match=r"layer 'dense_0' with w \[5, 4\].*\(\(5, 6\), \(6,\)\)"):
+        sim = ej.Simulation(ej.models.mlp((5,), C, hidden=(6,)), data, SubmodelFedAvg(WidthScaled(model, (1.0, 0.5))))
         sim.init(jax.random.PRNGKey(0), sim.hparams())
 
 
