@@ -197,45 +197,45 @@ def run_spoken_digits(path: Path, rounds: int, eval_every: int) -> dict:
     return {"runs": runs}
 
 
+def _section(title: str, intro: str, lead: list[str], middle: list[str], target: float, rows: list[str]) -> list[str]:
+    """A Markdown section: title, intro and the run table (columns as in ``_row``)."""
+    cols = [*lead, "final acc", "best acc", *middle, "uplink MB / round",
+            f"to {target:.0%}: rounds / TFLOPs / MB up", "wall s"]
+    return [f"## {title}", "", intro, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *rows, ""]
+
+
 def markdown_report(report: dict) -> str:
     lines = report_header("heterogeneous models per device", report)
+    schedule = f"{report['rounds']} rounds of 1 local epoch (batch {BATCH}, SGD lr {LR})"
+    to_target = (f"\"to X%\": the rounds, training TFLOPs (of the sub-models really trained) and uplink MB until "
+                 f"the first evaluation (every {report['eval_every']} rounds) at that accuracy.")
     h = report.get("heterofl")
     if h:
-        lines += ["## HeteroFL on MNIST (CNN, 100 nodes IID, 10 a round)", "",
-                  f"{report['rounds']} rounds of 1 local epoch (batch {BATCH}, SGD lr {LR}); test accuracy of the "
-                  "global full-width model on the 2,000 held-out t10k digits. Flower's HeteroFL reproduction "
-                  "(full MNIST, many more rounds, 5 local epochs) reports 99.47 / 99.23 / 98.46% for a / a-e / e.", "",
-                  f"To {MNIST_TARGET:.0%}: the rounds, training TFLOPs (of the sub-models really trained) and "
-                  f"uplink MB until the first evaluation (every {report['eval_every']} rounds) at that accuracy.", "",
-                  "| rates | mode | final acc | best acc | compute vs full models | uplink MB / round "
-                  f"| to {MNIST_TARGET:.0%}: rounds / TFLOPs / MB up | wall s |", "|---|---|---|---|---|---|---|---|"]
-        lines += [_row([r["rates"], r["mode"]], r, [f"{r['compute_ratio']:.3f}"]) for r in h["runs"]]
-        lines += ["", "Sub-model per level (a node holds these entries; FLOPs: 2 per multiply-accumulate of the "
+        intro = (f"{schedule}; test accuracy of the global full-width model on the 2,000 held-out t10k digits. "
+                 "Flower's HeteroFL reproduction (full MNIST, many more rounds, 5 local epochs) reports 99.47 / "
+                 f"99.23 / 98.46% for a / a-e / e. {to_target}")
+        rows = [_row([r["rates"], r["mode"]], r, [f"{r['compute_ratio']:.3f}"]) for r in h["runs"]]
+        lines += _section("HeteroFL on MNIST (CNN, 100 nodes IID, 10 a round)", intro, ["rates", "mode"],
+                          ["compute vs full models"], MNIST_TARGET, rows)
+        lines += ["Sub-model per level (a node holds these entries; FLOPs: 2 per multiply-accumulate of the "
                   "GEMMs, forward, per sample; training costs 3x):", "",
                   "| level | rate | parameters | of full | forward MFLOPs | of full |", "|---|---|---|---|---|---|"]
-        for r in h["levels"]:
-            lines.append(f"| {r['level']} | {r['rate']:g} | {r['params']:,} | {r['params_ratio']:.4f} | "
-                         f"{r['forward_mflops']:.3f} | {r['flops_ratio']:.4f} |")
+        lines += [f"| {r['level']} | {r['rate']:g} | {r['params']:,} | {r['params_ratio']:.4f} | "
+                  f"{r['forward_mflops']:.3f} | {r['flops_ratio']:.4f} |" for r in h["levels"]]
         lines.append("")
     c = report.get("class_subsets")
     if c:
-        lines += ["## Class-subset sub-models on MNIST (CNN, 100 nodes, Shards(3), 10 a round)", "",
-                  f"Classes per node: {c['classes_per_node']} (count: nodes). Node compute: each node's sub-model "
-                  "forward FLOPs over the full model's (mean / min / max over nodes).", "",
-                  "| method | final acc | best acc | node compute mean | min | max | uplink MB / round "
-                  f"| to {MNIST_TARGET:.0%}: rounds / TFLOPs / MB up | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [_row([r["method"]], r, [f"{v:.3f}" for v in r["node_compute"]]) for r in c["runs"]]
-        lines.append("")
+        intro = (f"{schedule}. Classes per node: {c['classes_per_node']} (count: nodes). Node compute: each node's "
+                 f"sub-model forward FLOPs over the full model's (mean / min / max over nodes). {to_target}")
+        rows = [_row([r["method"]], r, [f"{v:.3f}" for v in r["node_compute"]]) for r in c["runs"]]
+        lines += _section("Class-subset sub-models on MNIST (CNN, 100 nodes, Shards(3), 10 a round)", intro,
+                          ["method"], ["node compute mean", "min", "max"], MNIST_TARGET, rows)
     f = report.get("spoken_digits")
     if f:
-        lines += ["## HeteroFL on spoken digits (FSDD, conv1d_net, 6 nodes = 6 speakers, all every round)", "",
-                  f"{report['rounds']} rounds of 1 local epoch (batch {BATCH}, SGD lr {LR}); test accuracy on the "
-                  "official test split (takes 0-4 of every speaker and digit).", "",
-                  "| rates | final acc | best acc | compute vs full models | uplink MB / round "
-                  f"| to {FSDD_TARGET:.0%}: rounds / TFLOPs / MB up | wall s |", "|---|---|---|---|---|---|---|"]
-        lines += [_row([r["rates"]], r, [f"{r['compute_ratio']:.3f}"]) for r in f["runs"]]
-        lines.append("")
+        intro = f"{schedule}; test accuracy on the official test split (takes 0-4 of every speaker and digit)."
+        rows = [_row([r["rates"]], r, [f"{r['compute_ratio']:.3f}"]) for r in f["runs"]]
+        lines += _section("HeteroFL on spoken digits (FSDD, conv1d_net, 6 nodes = 6 speakers, all every round)",
+                          intro, ["rates"], ["compute vs full models"], FSDD_TARGET, rows)
     return "\n".join(lines)
 
 
