@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import re
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -63,3 +64,13 @@ def report_header(title: str, report: dict) -> list[str]:
             f"{report['date']}; total wall time {report['total_wall_s'] / 60:.1f} min; host 1-min load average "
             f"{loads} (start, end).", "",
             f"Command: `{report['command']}`", ""]
+
+
+def finish_report(name: str, report: dict, markdown: Callable[[dict], str], out_dir: Path, quick: bool,
+                  start: float, load_start: float | None) -> dict:
+    """Add the total wall time and the end load to ``report``, write it (``write_report``) and say where."""
+    report["total_wall_s"] = time.perf_counter() - start
+    report["load_average_1min"] = {"start": load_start, "end": load_average()}
+    json_path, md_path = write_report(name, report, markdown, out_dir, quick)
+    print(f"wrote {json_path} and {md_path} ({report['total_wall_s'] / 60:.1f} min)", flush=True)
+    return report

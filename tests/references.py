@@ -68,3 +68,27 @@ def momentum_server(deltas, x0, lr, beta):
         v = beta * v + d
         x = x + lr * v
     return x
+
+
+def masked_mlp_loss_grad(params, masks, x, y, num_classes, outputs=None):
+    """Mean cross-entropy of the one-hidden-layer ReLU MLP ``relu(x W0 + b0) W1 + b1`` run with
+    ``params * masks`` and its gradient with respect to ``params`` (zero outside the masks).
+
+    ``outputs``: a 0/1 vector of the classes in the softmax (``None``: all); the softmax runs over
+    those classes only.  ``params``/``masks``: ``[W0, b0, W1, b1]``.
+    """
+    w0, b0, w1, b1 = (p * m for p, m in zip(params, masks))
+    pre = x @ w0 + b0
+    h = np.maximum(pre, 0)
+    z = h @ w1 + b1
+    keep = np.ones(num_classes, bool) if outputs is None else np.asarray(outputs) > 0
+    zk = z[:, keep]
+    pk = softmax(zk)
+    labels = np.searchsorted(np.flatnonzero(keep), y)
+    loss = -np.mean(np.log(pk[np.arange(len(y)), labels]))
+    gz = np.zeros_like(z)
+    gz[:, keep] = (pk - np.eye(keep.sum())[labels]) / len(y)
+    gw1, gb1 = h.T @ gz, gz.sum(axis=0)
+    gpre = (gz @ w1.T) * (pre > 0)
+    gw0, gb0 = x.T @ gpre, gpre.sum(axis=0)
+    return loss, [g * m for g, m in zip((gw0, gb0, gw1, gb1), masks)]

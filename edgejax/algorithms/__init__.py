@@ -3,9 +3,12 @@
 The protocol every algorithm follows is ``edgejax.algorithms.base``; server-based rounds
 are composed from ``edgejax.algorithms.server``.
 Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its server optimizer;
-FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``.
+FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``, ``CompressedFedAvg`` (quantized, top-k or
+low-rank uplink, optional error feedback).
 Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, ``AsyncSGD``,
 ``DCASGD``; decentralized ``ADPSGD``.
+Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
+FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
@@ -14,14 +17,20 @@ from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff,
 from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
+from edgejax.algorithms.class_subsets import ClassSubsets
+from edgejax.algorithms.compressed_uplink import CompressedFedAvg, LowRank
 from edgejax.algorithms.feddyn import FedDyn
+from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.registry import ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, get_algorithm, parse_compressor
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
 from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
+from edgejax.algorithms.widths import HETEROFL_LEVELS, WidthScaled, tier_rates
 
-__all__ = ["ADPSGD", "ALGORITHMS", "ASYNCHRONOUS", "Algorithm", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight", "CHOCO", "DECENTRALIZED", "DPSGD", "FedAvg", "FedDyn", "GRAPHS", "NetworkState",
-           "PRESETS", "PairwiseGossip", "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "Topology", "Traits",
-           "consensus_distance", "describe_algorithm", "get_algorithm", "linear", "make_server_optimizer",
-           "parse_compressor", "proximal", "scale_by_adaptive_server"]
+__all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg", "DECENTRALIZED", "DPSGD",
+           "FedAvg", "FedDyn", "GRAPHS", "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS", "PairwiseGossip",
+           "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits",
+           "WidthScaled", "consensus_distance", "describe_algorithm", "get_algorithm", "linear",
+           "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
+           "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight"]

@@ -4,15 +4,19 @@ from __future__ import annotations
 from edgejax import compression
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
+from edgejax.algorithms.compressed_uplink import CompressedFedAvg
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
+from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 
 DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip, "adpsgd": ADPSGD}
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
 ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD}
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
+# built from Python objects (a sub-model scheme over a model, a compressor), so not among the CLI's ALGORITHMS
+PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -20,8 +24,10 @@ COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk"
 def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
     ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, an asynchronous one (``fedasync``, ``fedbuff``,
-    ``async_sgd``, ``dcasgd``), or a decentralized
-    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous); ``options`` are the dataclass's fields
+    ``async_sgd``, ``dcasgd``), a decentralized
+    one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous), ``submodels``
+    (``SubmodelFedAvg``: give ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg``
+    (``CompressedFedAvg``: give ``compressor=...``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
@@ -31,7 +37,9 @@ def get_algorithm(name: str, **options):
         return ASYNCHRONOUS[name](**options)
     if name in DECENTRALIZED:
         return DECENTRALIZED[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {ALGORITHMS}")
+    if name in PYTHON_ONLY:
+        return PYTHON_ONLY[name](**options)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY)}")
 
 
 def parse_compressor(spec: str) -> compression.Compressor:

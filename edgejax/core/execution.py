@@ -3,13 +3,17 @@
 Every algorithm trains its cohort through one interface, built once per simulation by
 ``build_execution``:
 
-``train(start, cohort, keys, budget, hparams, node_args=None, opt_state=None) -> LocalResult``
+``train(start, cohort, keys, budget, hparams, node_args=None, opt_state=None, mask=None) -> LocalResult``
     every cohort node's trained model (stacked ``[K, ...]``); ``start`` is the shared model
     (``Needs.start == "shared"``) or every node's own model ``[K, ...]`` (``"own"``);
-    ``opt_state`` is the cohort's optimizer state to continue from (``None``: fresh).
-``delta(x, cohort, keys, budget, p, hparams, node_args=None) -> (delta, loss [K], steps [K])``
+    ``opt_state`` is the cohort's optimizer state to continue from (``None``: fresh);
+    ``mask`` the cohort's ``SubModelMask`` ``[K, ...]`` (``Needs.masked``; ``None``: every
+    node trains the full model).
+``delta(x, cohort, keys, budget, p, hparams, node_args=None, mask=None) -> (delta, loss [K], steps [K])``
     ``sum_i p_i (x_i - x)`` for nodes starting from the shared ``x``: all that FedAvg-style
-    aggregation needs (a strategy may compute it without ever forming ``x_i``).
+    aggregation needs (a strategy may compute it without ever forming ``x_i``).  With
+    masks, ``x_i - x`` is exactly zero outside node i's mask, so this sum is the numerator
+    of the per-entry masked average (``edgejax.algorithms.submodels``).
 
 Strategies (``LocalTraining.execution``; the same numbers, to rounding, either way):
 
@@ -31,7 +35,8 @@ from typing import Any, Callable
 
 import jax
 
-from edgejax.core.local import LocalResult, LocalTerm, LocalTraining, make_local_update, map_nodes, masked_weighted_sum
+from edgejax.core.local import (LocalResult, LocalTerm, LocalTraining, SubModelMask, make_local_update, map_nodes,
+                                masked_weighted_sum)
 from edgejax.core.shared_base import (make_shared_base_delta, shared_base_is_cheaper, shared_base_unsupported,
                                       terms_unsupported)
 from edgejax.core.validation import check_choice
@@ -53,12 +58,15 @@ class Needs:
         trained model is read, e.g. SCAFFOLD's control variates).
       keep_optimizer: the local optimizer state persists across rounds (else it is reset
         at the start of every round).
+      masked: every node trains a sub-model given by its own ``SubModelMask`` over the
+        full-size parameter layout (``edgejax.core.local``), passed as ``mask``.
     """
 
     terms: tuple[LocalTerm, ...] = ()
     start: str = "shared"
     output: str = "delta"
     keep_optimizer: bool = False
+    masked: bool = False
 
     def __post_init__(self):
         check_choice("start", self.start, STARTS)
@@ -74,20 +82,21 @@ class PerNode:
     shared_start: bool
     name: str = "per_node"
 
-    def train(self, start, cohort, keys, budget, hparams, node_args=None, opt_state=None) -> LocalResult:
+    def train(self, start, cohort, keys, budget, hparams, node_args=None, opt_state=None,
+              mask: SubModelMask | None = None) -> LocalResult:
         node_args = {} if node_args is None else node_args
 
         def one(args):
-            params0, xs, ys, count, key, node_budget, args_i, state_i = args
+            params0, xs, ys, count, key, node_budget, args_i, state_i, mask_i = args
             params0 = start if self.shared_start else params0
-            return self.update(params0, xs, ys, count, key, node_budget, hparams, args_i, state_i)
+            return self.update(params0, xs, ys, count, key, node_budget, hparams, args_i, state_i, mask_i)
 
         stacked_start = None if self.shared_start else start
-        args = (stacked_start, cohort.x, cohort.y, cohort.count, keys, budget, node_args, opt_state)
+        args = (stacked_start, cohort.x, cohort.y, cohort.count, keys, budget, node_args, opt_state, mask)
         return map_nodes(one, args, self.group_size)
 
-    def delta(self, x, cohort, keys, budget, p, hparams, node_args=None):
-        result = self.train(x, cohort, keys, budget, hparams, node_args)
+    def delta(self, x, cohort, keys, budget, p, hparams, node_args=None, mask: SubModelMask | None = None):
+        result = self.train(x, cohort, keys, budget, hparams, node_args, mask=mask)
         delta = jax.tree_util.tree_map(lambda xi, x0: masked_weighted_sum(p, xi - x0), result.params, x)
         return delta, result.loss, result.steps
 
@@ -103,7 +112,10 @@ class SharedBase:
         raise NotImplementedError("shared_base forms no per-node models; build_execution never selects it "
                                   "for an algorithm that reads them")
 
-    def delta(self, x, cohort, keys, budget, p, hparams, node_args=None):
+    def delta(self, x, cohort, keys, budget, p, hparams, node_args=None, mask=None):
+        if mask is not None:
+            raise ValueError("shared_base cannot train per-node sub-models (masks); an algorithm that passes "
+                             "masks declares Needs(masked=True), which makes build_execution choose per_node")
         return self.local_delta(x, cohort, keys, budget, p, hparams)
 
 
@@ -113,6 +125,9 @@ def shared_base_reason(model: Model, spec: LocalTraining, needs: Needs) -> str |
         return "every node starts from its own model (decentralized training); shared_base needs one shared start"
     if needs.output == "models":
         return "the algorithm reads every node's trained model, which shared_base never forms"
+    if needs.masked:
+        return ("every node trains its own sub-model (a per-node parameter mask), while shared_base's "
+                "identity needs every node to train the same full weights")
     if needs.keep_optimizer and spec.optimizer != "sgd":
         return "the local optimizer state persists across rounds; shared_base starts every round from zero momentum"
     return shared_base_unsupported(model, spec) or terms_unsupported(spec, needs.terms)

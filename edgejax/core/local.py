@@ -18,6 +18,14 @@ The local objective is the model's own loss (``Model.loss``) on the minibatch pl
 FedDyn's linear and quadratic terms, ...), summed.  How the cohort's updates are
 computed (``per_node`` copies or the ``shared_base`` identity) is an execution strategy,
 see ``edgejax.core.execution``.
+
+Sub-models (per-node parameter masks, ``SubModelMask``): a node may train only part of the
+full-size parameter layout (HeteroFL's narrow models, class-specific sub-networks).  Under
+``vmap`` every node keeps the full shapes and a 0/1 mask of the same shapes says which
+entries it holds: the forward pass uses ``params * mask`` and every step changes only held
+entries (``w <- where(mask, w + u, w)``, ``u`` the optimizer's update), so the entries outside
+the mask stay exactly at their start value whatever the optimizer, weight decay or local
+terms would do to them.
 """
 from __future__ import annotations
 
@@ -215,6 +223,35 @@ class LocalTerm(NamedTuple):
     pull: str | None = None
 
 
+class SubModelMask(NamedTuple):
+    """Which part of the full model one node trains (stacked ``[K, ...]`` for a cohort).
+
+    ``params``: a pytree of the model's parameter structure with 1 where the node holds the
+    entry and 0 elsewhere (in the parameters' float dtype).  ``outputs``: ``()`` (the loss
+    sees every output) or a 0/1 vector ``[num_classes]``: outputs with 0 are left out of the
+    node's softmax (their logits are pushed to ``-inf`` before the loss, so the node's
+    cross-entropy is a softmax over its own classes only).  Excluded logits become the
+    dtype's most negative finite value (probability exactly 0; padded slots, which carry
+    weight 0, stay finite).  Every training label of the node must have ``outputs = 1``.
+    """
+
+    params: Any
+    outputs: Any = ()
+
+
+def mask_tree(params, mask: SubModelMask):
+    """``params * mask.params`` leafwise: the sub-model's entries of a full-size pytree."""
+    return jax.tree_util.tree_map(lambda w, m: w * m, params, mask.params)
+
+
+def restrict_outputs(outputs: jax.Array, mask: SubModelMask) -> jax.Array:
+    """Logits outside ``mask.outputs`` set to the most negative finite value (all kept when
+    ``outputs`` is ``()``)."""
+    if isinstance(mask.outputs, tuple):
+        return outputs
+    return jnp.where(mask.outputs > 0, outputs, jnp.finfo(outputs.dtype).min)
+
+
 class LocalResult(NamedTuple):
     """One node's (or, stacked, the cohort's) local update: the trained ``params``, the
     optimizer state after the last step, the mean minibatch ``loss`` over the steps taken
@@ -233,18 +270,26 @@ def decays_leaf(params):
 
 def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
                       terms: tuple[LocalTerm, ...] = ()):
-    """Build ``update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None)
-    -> LocalResult`` for one node.
+    """Build ``update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None,
+    mask=None) -> LocalResult`` for one node.
 
     The objective is ``model.loss`` on the minibatch plus every ``LocalTerm`` in ``terms``
     (``node_args``: a dict term name -> that term's per-node pytree).  ``opt_state``: the
     optimizer state to continue from (a node that keeps its optimizer across rounds);
-    ``None`` starts a fresh one from ``params0``.
+    ``None`` starts a fresh one from ``params0``.  ``mask``: the node's ``SubModelMask``
+    (``None``: the full model).  With a mask, the model's loss is that of
+    ``apply(params * mask.params, x)`` (outputs restricted to ``mask.outputs``), the
+    gradient (terms included) is multiplied by ``mask.params`` and a step changes only
+    entries where ``mask.params`` is non-zero: ``w_{t+1} = where(m, w_t + u_t, w_t)`` with
+    ``u_t`` the optimizer's update of the masked gradient.
     """
     loss_fn = model.loss.fn
 
-    def objective(params, xb, yb, wb, hparams, params0, node_args):
-        loss = loss_fn(model.apply(params, xb), yb, wb)
+    def objective(params, xb, yb, wb, hparams, params0, node_args, mask):
+        if mask is None:
+            loss = loss_fn(model.apply(params, xb), yb, wb)
+        else:
+            loss = loss_fn(restrict_outputs(model.apply(mask_tree(params, mask), xb), mask), yb, wb)
         total = loss
         for term in terms:
             total = total + term.loss(params, params0, node_args.get(term.name, ()), hparams)
@@ -252,7 +297,8 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
 
     grad_fn = jax.grad(objective, has_aux=True)
 
-    def update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None) -> LocalResult:
+    def update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None,
+               mask: SubModelMask | None = None) -> LocalResult:
         opt = spec.make_optimizer(hparams)
         order = node_shuffles(key, count, x.shape[0], shuffles)
         n_steps = jnp.minimum(spec.node_steps(count), budget)
@@ -261,10 +307,16 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
         def step(carry, t):
             params, opt_state, loss_sum = carry
             slots, wb = batch_positions(spec, t, count, order)
-            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, params0, args)
+            grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, params0, args, mask)
+            if mask is not None:
+                grads = mask_tree(grads, mask)
             updates, new_opt_state = opt.update(grads, opt_state, params)
+            stepped = optax.apply_updates(params, updates)
+            if mask is not None:
+                stepped = jax.tree_util.tree_map(lambda new, old, m: jnp.where(m != 0, new, old), stepped, params,
+                                                 mask.params)
             active = t < n_steps
-            params = tree_where(active, optax.apply_updates(params, updates), params)
+            params = tree_where(active, stepped, params)
             opt_state = tree_where(active, new_opt_state, opt_state)
             return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
 
