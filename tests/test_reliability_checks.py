@@ -160,3 +160,12 @@ def test_resume_takes_its_options_from_the_run_folder(tmp_path, capsys):
     assert "drop ['rounds']" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "was not started by `edgejax run`" in capsys.readouterr().err
+
+
+def test_nodes_without_a_local_test_split_are_accepted():
+    """``local_test_fraction=0``: every node's local test split is empty, which is allowed."""
+    dataset = ej.data.from_arrays(np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32),
+                                  np.arange(40) % 3, test_fraction=0.25)
+    data, _ = ej.federate(dataset, 4, ej.data.IID(), local_test_fraction=0.0)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=5))

@@ -31,12 +31,12 @@ def check_data(data) -> None:
                                ("test", data.test, False)):
         x, y, owner = _real(split, node)
         where = (lambda i: "") if owner is None else (lambda i: f" of node {owner[i]}")
-        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), int(np.prod(x.shape[1:])))).all(axis=1))
         if bad.size:
             raise ValueError(f"{label} features{where(bad[0])} are not finite (NaN or inf in {bad.size} samples) "
                              f"in dataset {data.name!r}")
         if np.issubdtype(y.dtype, np.floating):   # regression targets: finite, no classes
-            bad = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
+            bad = np.flatnonzero(~np.isfinite(y.reshape(len(y), int(np.prod(y.shape[1:])))).all(axis=1))
             if bad.size:
                 raise ValueError(f"{label} targets{where(bad[0])} are not finite ({bad.size} samples) in dataset "
                                  f"{data.name!r}")
