@@ -146,7 +146,7 @@ def bench_sweep(rounds: int, seeds: int, lrs: Sequence[float]) -> dict:
 def _timed_cli(env: dict, out_dir: str) -> dict:
     load = load_average()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "edgejax.cli.main", "run", "--no-progress", "--out", out_dir],
+    subprocess.run([sys.executable, "-m", "edgejax.cli.main", "run", "--no-progress", "--overwrite", "--out", out_dir],
                    env=env, check=True, capture_output=True)
     return {"seconds": time.perf_counter() - start, "load": load}
 
