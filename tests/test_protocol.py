@@ -261,3 +261,18 @@ def test_a_run_compiles_its_round_chunk_once():
     state = sim.init(jax.random.PRNGKey(0), hp)
     for active in (3, 3, 1):
         state, _, _ = chunk(state, data, hp, 3, active)
+
+
+def test_a_full_cohort_plan_in_any_order_means_the_same_round(x64):
+    """With K = N the cohort is every node and its slots follow node order (as the system
+    model's plans do), so a user's plan listing the nodes in another order is the same round."""
+    data, _, _ = make_data([5, 3, 6, 4], seed=22)
+    sim = _logreg_sim(data, ej.FedAvg(), batch_size=2, epochs=1)
+    hp = sim.hparams({"client_lr": 0.3})
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    step = jax.jit(sim.round_with_plan)
+    ordered, m1 = step(state, data, sim.make_plan(active=[1, 0, 1, 1], step_budget=[3, 1, 2, 1]), hp)
+    shuffled, m2 = step(state, data, sim.make_plan(nodes=[2, 0, 3, 1], active=[1, 1, 1, 0],
+                                                   step_budget=[2, 3, 1, 1]), hp)
+    np.testing.assert_array_equal(_wb(shuffled.server.params)[0], _wb(ordered.server.params)[0])
+    assert float(m2["local_steps"]) == float(m1["local_steps"]) == 3 + 2 + 1

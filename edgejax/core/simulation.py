@@ -192,7 +192,9 @@ class Simulation:
     def make_plan(self, nodes=None, active=None, step_budget=None) -> RoundPlan:
         """A user's own ``RoundPlan`` for ``round_with_plan``: ``nodes`` (the cohort's ids, default
         ``0..K-1``), ``active`` (default all 1), ``step_budget`` (default each node's full
-        schedule).  Shapes and values are checked here."""
+        schedule).  Shapes and values are checked here.  With the full cohort (K = N) the
+        slots are put in node order, as in the system model's plans (algorithms then read
+        every node's data without a gather)."""
         k = self.cohort_size
         nodes = jnp.arange(k, dtype=jnp.int32) if nodes is None else jnp.asarray(nodes, jnp.int32)
         if nodes.shape != (k,):
@@ -208,6 +210,9 @@ class Simulation:
         if self.system.link_failures or self.algorithm.traits().asynchronous:
             raise ValueError("with link failures or asynchronous training the system model draws the plan "
                              "(live links, the event clock); use round() instead")
+        if k == self.num_nodes:
+            order = jnp.argsort(nodes)
+            nodes, active, budget = nodes[order], active[order], budget[order]
         return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0))
 
     def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
