@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
-from edgejax.algorithms.decentralized import consensus_distance
+from edgejax.algorithms.decentralized import consensus_distance, node_mean
 from edgejax.algorithms.topology_spec import Topology
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_broadcast, tree_take
 from edgejax.models.base import num_bytes
 
 
@@ -76,18 +76,18 @@ class ADPSGD:
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         n = node_rng.shape[0]
-        models = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), global_params)
+        models = tree_broadcast(global_params, n)
         zeros = jnp.zeros((n,), jnp.int32)
         return NodeState(rng=node_rng, params=models, extra=Snapshot(models, zeros, zeros)), ServerState(params=())
 
     def eval_models(self, state: SimState):
-        models = state.nodes.params
-        return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), models), models
+        """The node average and every node's own model."""
+        return node_mean(state.nodes.params), state.nodes.params
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         snap = state.nodes.extra
-        cohort = jax.tree_util.tree_map(lambda a: jnp.take(a, plan.nodes, axis=0), data.train)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.nodes.rng[plan.nodes], state.round)
+        cohort = tree_take(data.train, plan.nodes)   # in arrival order, so always gathered
+        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
         start = _rows(snap.xhat, plan.nodes)
         trained = ctx.execution.train(start, cohort, keys, plan.step_budget, hparams)
         delta = jax.tree_util.tree_map(jnp.subtract, trained.params, start)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_where
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_take, tree_where
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
 
@@ -130,8 +130,8 @@ class _AsyncServerAlgorithm:
     # ----- one tick ------------------------------------------------------------------------------
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         server, depth = state.server.extra, self.buffer_depth
-        cohort = jax.tree_util.tree_map(lambda a: jnp.take(a, plan.nodes, axis=0), data.train)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.nodes.rng[plan.nodes], state.round)
+        cohort = tree_take(data.train, plan.nodes)   # in arrival order, so always gathered
+        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
         downloaded = state.nodes.extra.version[plan.nodes]
         in_buffer = server.version - downloaded < depth
         start = jax.tree_util.tree_map(lambda h: jnp.take(h, downloaded % depth, axis=0), server.history)

@@ -30,7 +30,7 @@ from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.topology_spec import Topology, messages_sent
 from edgejax.compression import Compressor, Identity, compress_tree, tree_payload_bits
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, ServerState, SimState
+from edgejax.core.state import NodeState, ServerState, SimState, round_keys, tree_broadcast
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
 
@@ -50,11 +50,7 @@ class PublicCopy(NamedTuple):
     xhat: object
 
 
-def _broadcast(params, n: int):
-    return jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
-
-
-def _node_mean(tree):
+def node_mean(tree):
     return jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), tree)
 
 
@@ -112,8 +108,8 @@ class _Gossip:
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         n = node_rng.shape[0]
-        local_state = _broadcast(ctx.local.make_optimizer(hparams).init(global_params), n)
-        nodes = NodeState(rng=node_rng, params=_broadcast(global_params, n), opt_state=local_state,
+        local_state = tree_broadcast(ctx.local.make_optimizer(hparams).init(global_params), n)
+        nodes = NodeState(rng=node_rng, params=tree_broadcast(global_params, n), opt_state=local_state,
                           extra=self.init_extra(global_params, n))
         return nodes, ServerState(params=())
 
@@ -122,12 +118,12 @@ class _Gossip:
 
     def eval_models(self, state: SimState):
         """The node average (consensus model) and every node's own model."""
-        return _node_mean(state.nodes.params), state.nodes.params
+        return node_mean(state.nodes.params), state.nodes.params
 
     def local_steps(self, ctx, state: SimState, data, plan, node_params, hparams):
         """Every node's local update from ``node_params``, continuing its own optimizer state;
         returns ``(params, loss [N], steps [N])`` and the state with the new optimizer states."""
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.nodes.rng, state.round)
+        keys = round_keys(state.nodes.rng, state.round)
         result = ctx.execution.train(node_params, data.train, keys, plan.step_budget, hparams,
                                      opt_state=state.nodes.opt_state)
         state = state._replace(nodes=state.nodes._replace(opt_state=result.opt_state))
@@ -167,7 +163,7 @@ class DPSGD(_Gossip):
             new = jax.tree_util.tree_map(lambda m, a, b: m + a - b, tp.mix(w, x), x_half, x)
         else:
             new = tp.mix(w, x_half)
-        metrics = _round_metrics(plan, loss, steps, new, messages_sent(w), ctx.message_bytes)
+        metrics = _round_metrics(plan, loss, steps, new, messages_sent(w), self.message_bytes(ctx.params_shape))
         return state._replace(nodes=state.nodes._replace(params=new)), metrics
 
 
@@ -220,7 +216,8 @@ class PushSum(_Gossip):
         x_half = jax.tree_util.tree_map(lambda a, b, c: a + b - c, x, z_half, z)
         p = self.operator(state, plan)
         nodes = state.nodes._replace(params=tp.mix(p, x_half), extra=PushSumWeight(tp.mix(p, state.nodes.extra.w)))
-        metrics = _round_metrics(plan, loss, steps, self._debiased(nodes), messages_sent(p), ctx.message_bytes,
+        metrics = _round_metrics(plan, loss, steps, self._debiased(nodes), messages_sent(p),
+                                 self.message_bytes(ctx.params_shape),
                                  center=self._average(nodes))
         return state._replace(nodes=nodes), metrics
 
@@ -271,7 +268,7 @@ class CHOCO(_Gossip):
 
     def init_extra(self, global_params, n):
         if self.order == "code":
-            return PublicCopy(_broadcast(global_params, n))
+            return PublicCopy(tree_broadcast(global_params, n))
         return PublicCopy(jax.tree_util.tree_map(lambda p: jnp.zeros((n, *p.shape), p.dtype), global_params))
 
     def _compress(self, state, diff, n):
@@ -296,7 +293,7 @@ class CHOCO(_Gossip):
             new = gossip(x_half, xhat)
             xhat = jax.tree_util.tree_map(jnp.add, xhat, self._compress(state, jax.tree_util.tree_map(
                 jnp.subtract, new, xhat), n))
-        metrics = _round_metrics(plan, loss, steps, new, messages_sent(w), ctx.message_bytes)
+        metrics = _round_metrics(plan, loss, steps, new, messages_sent(w), self.message_bytes(ctx.params_shape))
         return state._replace(nodes=state.nodes._replace(params=new, extra=PublicCopy(xhat))), metrics
 
 
@@ -337,5 +334,5 @@ class PairwiseGossip(_Gossip):
         else:
             new = jax.tree_util.tree_map(lambda m, a, b: m + a - b, tp.pairwise_average(x, partner), x_half, x)
         messages = jnp.sum(partner != jnp.arange(n))
-        metrics = _round_metrics(plan, loss, steps, new, messages, ctx.message_bytes)
+        metrics = _round_metrics(plan, loss, steps, new, messages, self.message_bytes(ctx.params_shape))
         return state._replace(nodes=state.nodes._replace(params=new)), metrics

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
@@ -38,7 +37,7 @@ from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normal
                                        scatter, server_metrics, server_step, weighted_change)
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_broadcast
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
 
@@ -109,9 +108,7 @@ class FedAvg:
         if not self.keep_local_optimizer:
             return NodeState(rng=node_rng), server
         local_state = ctx.local.make_optimizer(hparams).init(global_params)
-        n = node_rng.shape[0]
-        stacked = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), local_state)
-        return NodeState(rng=node_rng, opt_state=stacked), server
+        return NodeState(rng=node_rng, opt_state=tree_broadcast(local_state, node_rng.shape[0])), server
 
     def eval_models(self, state: SimState):
         """The models evaluation reports: the server's (no per-node models persist)."""

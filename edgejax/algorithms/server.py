@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from edgejax.core.local import LocalTerm, masked_weighted_sum
-from edgejax.core.state import RoundPlan, ServerState, SimState, tree_take, tree_where
+from edgejax.core.state import RoundPlan, ServerState, SimState, round_keys, tree_take, tree_where
 
 WEIGHTINGS = ("samples", "uniform")
 
@@ -61,7 +61,7 @@ def cohort_inputs(state: SimState, data, plan: RoundPlan, weighting: str) -> Coh
     (``samples``) or ``active_i`` (``uniform``).  With a full cohort (K = N) nothing is gathered."""
     full = plan.nodes.shape[0] == data.train.num_nodes
     cohort = gather(data.train, plan, full)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(gather(state.nodes.rng, plan, full), state.round)
+    keys = round_keys(gather(state.nodes.rng, plan, full), state.round)
     size = cohort.count.astype(plan.active.dtype) if weighting == "samples" else 1.0
     return Cohort(cohort, keys, plan.active * size, full)
 

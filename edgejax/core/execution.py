@@ -168,8 +168,8 @@ class RoundContext:
     ``execution``: the built strategy (``train`` / ``delta``, see the module docstring);
     ``local``: the ``LocalTraining`` schedule; ``model_bytes``: one model's size;
     ``payload``: the algorithm's bytes up and down per participating node
-    (``Algorithm.payload``); ``message_bytes``: one node-to-node message (gossip; else
-    ``model_bytes``); ``group_size``: how other node-wise work (evaluation) is mapped;
+    (``Algorithm.payload``); ``params_shape``: one model's parameters as shape structs
+    (e.g. for a compressed message's size); ``group_size``: how other node-wise work (evaluation) is mapped;
     ``num_nodes``: N.
     """
 
@@ -177,6 +177,6 @@ class RoundContext:
     local: LocalTraining
     model_bytes: int
     payload: Any
-    message_bytes: float
+    params_shape: Any
     group_size: int | None
     num_nodes: int

@@ -22,6 +22,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from edgejax.models.base import num_bytes
+
 _GIB = 2**30
 
 
@@ -29,21 +31,15 @@ class InsufficientMemoryError(ValueError, MemoryError):
     """The configuration needs more memory than the device has (a bad configuration, hence also a ``ValueError``)."""
 
 
-def _bytes(tree) -> int:
-    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree))
-
-
 def estimate(sim) -> dict[str, int]:
     """Estimated bytes per cause (see the module docstring); the data already on the device is left out."""
-    key = jax.ShapeDtypeStruct((2,), np.uint32)
-    hp = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in sim.default_hparams().items()}
-    params = _bytes(jax.eval_shape(sim.model.init, key))
-    state = _bytes(jax.eval_shape(sim.init, key, hp))
+    params = num_bytes(sim.params_shape)
+    state = num_bytes(sim.state_shape)
     k, n = sim.cohort_size, sim.num_nodes
     width = sim.local.resolved_group_size(k) or k
     per_node = sim.execution
     train = sim.data.train
-    node_bytes = (_bytes(train) // n) if n else 0
+    node_bytes = (num_bytes(train) // n) if n else 0
     return {"simulation state": 2 * state,
             "per-node model copies": 4 * params * width if per_node == "per_node" else 0,
             "gathered cohort data": node_bytes * k if k < n else 0}

@@ -103,19 +103,23 @@ class Simulation:
         return jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
 
     @functools.cached_property
+    def state_shape(self) -> SimState:
+        """The simulation state as shape structs (``init`` traced with the default hyper-parameters)."""
+        return jax.eval_shape(self.init, jax.random.PRNGKey(0), self.default_hparams())
+
+    @functools.cached_property
     def context(self) -> RoundContext:
         """What the algorithm's ``init``/``round`` get: the execution strategy built for the
         algorithm's ``Needs``, the schedule, sizes and payload."""
         max_steps, shuffles = self.schedule
         group_size = self.local.resolved_group_size(self.cohort_size)
         needs = self.algorithm.traits().needs
-        message = getattr(self.algorithm, "message_bytes", None)
         return RoundContext(
             execution=build_execution(self.model, self.local, max_steps, shuffles, group_size, needs),
             local=self.local,
             model_bytes=num_bytes(self.params_shape),
             payload=self.algorithm.payload(self.params_shape, self.num_nodes),
-            message_bytes=float(message(self.params_shape)) if message else float(num_bytes(self.params_shape)),
+            params_shape=self.params_shape,
             group_size=group_size,
             num_nodes=self.num_nodes,
         )
@@ -141,8 +145,8 @@ class Simulation:
         return owners
 
     def default_hparams(self) -> dict[str, jax.Array]:
-        """All traced hyper-parameters with their defaults (a dict of scalar arrays)."""
-        self.hparam_owners()
+        """All traced hyper-parameters with their defaults (a dict of scalar arrays; the names'
+        owners are checked when the simulation is built, ``hparam_owners``)."""
         values = {**self.local.default_hparams(), **self.algorithm.default_hparams(),
                   **self.system.default_hparams(), "clients_per_round": float(self.cohort_size)}
         return {k: jnp.asarray(v, dtype=jnp.result_type(float)) for k, v in values.items()}
@@ -170,7 +174,7 @@ class Simulation:
         network = () if traits.topology is None else traits.topology.init_state(
             self.num_nodes, self.system.link_failures, neighbours=traits.asynchronous)
         system = self.system.init(k_system, self.num_nodes)
-        if self.algorithm.traits().asynchronous:
+        if traits.asynchronous:
             system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
                                               self.data.train.count, self.context.payload, hparams)
         return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server, system=system,
@@ -295,11 +299,11 @@ class Simulation:
     # ----- host loop --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Static configuration as plain values (for ``run.json``)."""
-        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
         local = dataclasses.asdict(self.local)
         if callable(local["optimizer"]):
             local["optimizer"] = getattr(local["optimizer"], "__name__", repr(local["optimizer"]))
-        return {"model": self.model.name, "model_parameters": num_parameters(params), "loss": self.model.loss.name,
+        return {"model": self.model.name, "model_parameters": num_parameters(self.params_shape),
+                "loss": self.model.loss.name,
                 "dataset": self.data.name, "num_nodes": self.num_nodes, "cohort_size": self.cohort_size,
                 "algorithm": self.algorithm.describe(), "local": local, "execution": self.execution,
                 "max_local_steps": self.schedule[0]}

@@ -87,6 +87,16 @@ def tree_where(cond: jax.Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(cond, a, b), new, old)
 
 
+def tree_broadcast(tree: PyTree, n: int) -> PyTree:
+    """Every leaf repeated along a new leading (node) axis of length ``n``."""
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), tree)
+
+
+def round_keys(node_rng: jax.Array, round_) -> jax.Array:
+    """Each node's key for round ``round_``: ``fold_in(node_rng[i], round_)``."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(node_rng, round_)
+
+
 def tree_take(tree: PyTree, idx: jax.Array) -> PyTree:
     """Rows ``idx`` of every leaf's leading (node) axis."""
     return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), tree)

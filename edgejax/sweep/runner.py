@@ -6,6 +6,7 @@ import time
 import jax
 import numpy as np
 
+from edgejax.models.base import num_bytes
 from edgejax.sweep.grid import zip_points
 from edgejax.sweep.program import compiled, eval_rounds, resolve_strategy
 from edgejax.sweep.results import SweepResults
@@ -16,10 +17,7 @@ DEFAULT_MEMORY_BYTES = 2 << 30
 def point_bytes(sim) -> int:
     """Rough device memory of one point in flight: its state plus four model copies per cohort
     node (local weights, gradients, optimizer state, update)."""
-    state = jax.eval_shape(lambda: sim.init(jax.random.PRNGKey(0), sim.default_hparams()))
-    params = jax.eval_shape(sim.model.init, jax.random.PRNGKey(0))
-    size = lambda tree: sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(tree))  # noqa: E731
-    return size(state) + 4 * sim.cohort_size * size(params)
+    return num_bytes(sim.state_shape) + 4 * sim.cohort_size * num_bytes(sim.params_shape)
 
 
 def _chunk_size(sim, strategy: str, total: int, chunk_size: int | None, memory_bytes: int) -> int:
