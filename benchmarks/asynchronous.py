@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 import edgejax as ej
-from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
+from common import device_info, finish_report, load_average, report_header  # noqa: E402  (benchmarks/common.py)
 from edgejax.system import SystemModel, profiles_from_arrays
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -235,12 +235,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "convergence": conv, "ratios": ratios(conv), "throughput": rows,
               "notes": ("One seed; the asynchronous runs apply one arrival per tick. The throughput rows time one "
                         f"compiled chunk of {ticks} ticks after a warm-up chunk; the Python loop applies up to 2,000 "
-                        "updates with NumPy. This CPU is shared by other processes: see the load averages."),
-              "load_average_1min": {"start": load_start, "end": load_average()},
-              "total_wall_s": time.perf_counter() - wall}
-    json_path, md_path = write_report("asynchronous", report, markdown, RESULTS_DIR, args.quick)
+                        "updates with NumPy. This CPU is shared by other processes: see the load averages.")}
+    finish_report("asynchronous", report, markdown, RESULTS_DIR, args.quick, wall, load_start)
     print(markdown(report))
-    print(f"wrote {json_path} and {md_path}")
     return report
 
 

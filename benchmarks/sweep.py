@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
+from common import device_info, finish_report, load_average, report_header  # noqa: E402  (benchmarks/common.py)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("loop", "map", "vmap")
@@ -295,11 +295,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report["default_run"] = bench_default_run(1 if args.quick else args.repeats, Path(tmp))
         report["phases"] = bench_phases(Path(tmp))
     report["starts"] = bench_starts(1 if args.quick else args.repeats)
-    report["total_wall_s"] = time.perf_counter() - start
-    report["load_average_1min"] = {"start": load_start, "end": load_average()}
-    json_path, md_path = write_report("sweep", report, markdown_report, args.out_dir, args.quick)
-    print(f"wrote {json_path} and {md_path}", flush=True)
-    return report
+    return finish_report("sweep", report, markdown_report, args.out_dir, args.quick, start, load_start)
 
 
 if __name__ == "__main__":

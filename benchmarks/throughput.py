@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 import edgejax
-from common import device_info, load_average, report_header, write_report  # noqa: E402  (benchmarks/common.py)
+from common import device_info, finish_report, load_average, report_header  # noqa: E402  (benchmarks/common.py)
 from edgejax.core.local import LocalTraining, make_local_update, map_nodes
 from edgejax.data.datasets import Dataset
 from edgejax.data.partition import IID
@@ -474,11 +474,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report["local_step"].append(bench_local_step(model, node_plan(name, args), repeats))
     if not args.skip_e2e:
         report["e2e"] = bench_e2e(QUICK_CONFIG if args.quick else PFL_CONFIG, rounds)
-    report["total_wall_s"] = time.perf_counter() - start
-    report["load_average_1min"] = {"start": load_start, "end": load_average()}
-    json_path, md_path = write_report("throughput", report, markdown_report, args.out_dir, args.quick)
-    print(f"wrote {json_path} and {md_path} ({report['total_wall_s'] / 60:.1f} min)", flush=True)
-    return report
+    return finish_report("throughput", report, markdown_report, args.out_dir, args.quick, start, load_start)
 
 
 if __name__ == "__main__":
