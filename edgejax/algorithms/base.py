@@ -32,7 +32,8 @@ algorithm are interchangeable.
     one round from the system model's ``RoundPlan``; train the cohort through
     ``ctx.execution`` (never a hand-written map over nodes); return the new state (the
     simulation advances ``state.round`` and charges the clock) and the scalar metrics
-    ``REQUIRED_METRICS`` (plus any of the algorithm's own, e.g. ``consensus_distance``).
+    ``REQUIRED_METRICS`` (plus any of the algorithm's own, e.g. ``consensus_distance``);
+    ``train_loss`` is NaN in a round in which no node took part.
 ``eval_models(state) -> (params, node_params | None)``
     the model evaluated on the test sets (the server model, or the network average) and,
     where nodes keep their own models, the stacked node models.

@@ -65,7 +65,8 @@ def _round_metrics(plan, loss, steps, node_params, messages, bytes_per_message, 
     active = plan.active
     messages = messages.astype(active.dtype)
     return {
-        "train_loss": jnp.sum(jnp.where(active > 0, loss, 0.0)) / jnp.maximum(jnp.sum(active), 1.0),
+        "train_loss": jnp.where(jnp.sum(active) > 0,
+                                jnp.sum(jnp.where(active > 0, loss, 0.0)) / jnp.maximum(jnp.sum(active), 1.0), jnp.nan),
         "participants": jnp.sum(active),
         "local_steps": jnp.sum(active * steps),
         "consensus_distance": consensus_distance(node_params, center),

@@ -125,11 +125,12 @@ def normalized_weights(local, p, counts, budget, hparams, prox_coef: str | None,
 
 
 def server_metrics(p, node_loss, node_steps, plan: RoundPlan, payload) -> dict:
-    """The protocol's round metrics: ``train_loss`` (the ``p``-weighted node loss),
-    ``participants``, ``local_steps``, and the bytes moved (``payload`` per participant)."""
+    """The protocol's round metrics: ``train_loss`` (the ``p``-weighted node loss; NaN when no
+    node took part), ``participants``, ``local_steps``, and the bytes moved (``payload`` per
+    participant)."""
     participants = jnp.sum(plan.active)
     return {
-        "train_loss": masked_weighted_sum(p, node_loss),
+        "train_loss": jnp.where(participants > 0, masked_weighted_sum(p, node_loss), jnp.nan),
         "participants": participants,
         "local_steps": jnp.sum(plan.active * node_steps),
         "bytes_up": participants * payload.up,

@@ -1,9 +1,9 @@
 """The host loop: runs a ``Simulation``'s compiled round chunks, logs metrics, checks for
 divergence, shows progress, writes results, takes checkpoints and resumes from them.
 
-Rounds in which no node took part (``participants == 0``) are recorded with
-``train_loss`` NaN (the algorithms report 0.0 for them) and are ignored by the divergence
-check; a run in which every round was empty warns.
+Rounds in which no node took part (``participants == 0``, reported by the algorithms with
+``train_loss`` NaN) are ignored by the divergence check; a run in which every round was
+empty warns.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
             while done < rounds and not stop.received:
                 n = min(chunk, rounds - done)
                 state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.data, hp, chunk, n)
-                round_metrics = _mark_empty_rounds({k: np.asarray(v)[:n] for k, v in round_metrics.items()})
+                round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
                 _check_divergence(round_metrics, done, run_)
                 run_.log.add_rounds(done, round_metrics)
                 done += n
@@ -109,12 +109,6 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
     _warn_if_never_trained(run_.log)
     run_.record("finished")
     return run_.results("finished", state)
-
-
-def _mark_empty_rounds(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``train_loss`` NaN where no node took part (there was nothing to train on)."""
-    empty = metrics["participants"] == 0
-    return {**metrics, "train_loss": np.where(empty, np.nan, metrics["train_loss"])}
 
 
 def _check_divergence(metrics: dict[str, np.ndarray], done: int, run_: "_Run"):
