@@ -3,7 +3,7 @@
 All N nodes are one array axis; a round for every node is one jit-compiled program.
 """
 from edgejax import algorithms, data, models
-from edgejax import compression, system, topology
+from edgejax import compression, parallel, system, topology
 from edgejax.algorithms import ADPSGD, CHOCO, DPSGD, AsyncSGD, DCASGD, FedAsync, FedAvg, FedBuff, FedDyn, PairwiseGossip, PushSum, SCAFFOLD, Topology, get_algorithm
 from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.local import LocalTerm, LocalTraining

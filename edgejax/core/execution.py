@@ -41,6 +41,7 @@ from edgejax.core.shared_base import (make_shared_base_delta, shared_base_is_che
                                       terms_unsupported)
 from edgejax.core.validation import check_choice
 from edgejax.models.base import Model
+from edgejax.parallel.nodes import map_nodes_sharded
 
 STARTS = ("shared", "own")
 OUTPUTS = ("delta", "models")
@@ -80,20 +81,23 @@ class PerNode:
     update: Callable
     group_size: int | None
     shared_start: bool
+    mesh: Any = None
     name: str = "per_node"
 
     def train(self, start, cohort, keys, budget, hparams, node_args=None, opt_state=None,
               mask: SubModelMask | None = None) -> LocalResult:
         node_args = {} if node_args is None else node_args
 
-        def one(args):
+        def one(shared, args):
             params0, xs, ys, count, key, node_budget, args_i, state_i, mask_i = args
-            params0 = start if self.shared_start else params0
+            params0 = shared if self.shared_start else params0
             return self.update(params0, xs, ys, count, key, node_budget, hparams, args_i, state_i, mask_i)
 
-        stacked_start = None if self.shared_start else start
+        shared, stacked_start = (start, None) if self.shared_start else (None, start)
         args = (stacked_start, cohort.x, cohort.y, cohort.count, keys, budget, node_args, opt_state, mask)
-        return map_nodes(one, args, self.group_size)
+        if self.mesh is not None:
+            return map_nodes_sharded(one, shared, args, self.mesh, self.group_size, map_nodes)
+        return map_nodes(lambda a: one(shared, a), args, self.group_size)
 
     def delta(self, x, cohort, keys, budget, p, hparams, node_args=None, mask: SubModelMask | None = None):
         result = self.train(x, cohort, keys, budget, hparams, node_args, mask=mask)
@@ -153,12 +157,14 @@ def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, needs: 
 
 
 def build_execution(model: Model, spec: LocalTraining, max_steps: int, shuffles: int, group_size: int | None,
-                    needs: Needs = Needs()) -> Any:
-    """The strategy ``spec.execution`` resolves to, built for this model, schedule and algorithm."""
+                    needs: Needs = Needs(), mesh=None) -> Any:
+    """The strategy ``spec.execution`` resolves to, built for this model, schedule and algorithm;
+    with a node ``mesh`` (``edgejax.parallel.node_mesh``) ``per_node`` trains each device's
+    share of the cohort under ``shard_map``."""
     if resolve_execution(model, spec, max_steps, needs) == "shared_base":
         return SharedBase(make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms))
     update = make_local_update(model, spec, max_steps, shuffles, needs.terms)
-    return PerNode(update, group_size, shared_start=needs.start == "shared")
+    return PerNode(update, group_size, shared_start=needs.start == "shared", mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

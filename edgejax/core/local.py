@@ -321,7 +321,9 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
             return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
 
         start = opt.init(params0) if opt_state is None else opt_state
-        (params, opt_state, loss_sum), _ = jax.lax.scan(step, (params0, start, jnp.zeros(())), jnp.arange(max_steps))
+        # the loss sum starts as a zero shaped like n_steps: per node (device-varying) under shard_map too
+        zero = jnp.zeros_like(n_steps, dtype=jnp.result_type(float))
+        (params, opt_state, loss_sum), _ = jax.lax.scan(step, (params0, start, zero), jnp.arange(max_steps))
         steps = n_steps.astype(jnp.float32)
         return LocalResult(params, opt_state, loss_sum / jnp.maximum(steps, 1.0), steps)
 

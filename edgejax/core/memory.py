@@ -46,8 +46,8 @@ def estimate(sim) -> dict[str, int]:
 
 
 def available_bytes() -> int | None:
-    """Free memory of the default device, the host's available RAM on a CPU, else ``None``."""
-    device = jax.devices()[0]
+    """Free memory of this process's first device, the host's available RAM on a CPU, else ``None``."""
+    device = jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

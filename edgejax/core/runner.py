@@ -64,6 +64,9 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     check_seed(seed)
     if out_dir is None and (checkpoint_every or resume):
         raise ValueError("checkpoint_every and resume need an out_dir")
+    if jax.process_count() > 1 and (checkpoint_every or resume or (out_dir is not None and jax.process_index())):
+        raise ValueError("in a multi-host run only process 0 writes results (out_dir), and checkpoint_every / "
+                         "resume are single-process only (edgejax.parallel.multihost)")
     hp = sim.hparams(hparams)
     chunk = min(eval_every, rounds)
     config = {**sim.describe(), "seed": seed, "rounds": rounds, "eval_every": chunk,
@@ -81,16 +84,17 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
 def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool) -> Results:
     """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
     if resume:
-        done, state = run_.restore(state)
+        done, state = run_.restore(sim.logical_state(state))
+        state = sim.stored_state(state)
     else:
         done = 0   # the initial evaluation: the chunk's program with no active round (one program to compile)
-        run_.log.add_eval(0, sim._jit_chunk(state, sim.data, hp, chunk, 0)[2])
+        run_.log.add_eval(0, sim._jit_chunk(state, sim.stored_data, hp, chunk, 0)[2])
     bar = _progress(rounds, done, progress)
     with _StopSignals() as stop:
         try:
             while done < rounds and not stop.received:
                 n = min(chunk, rounds - done)
-                state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.data, hp, chunk, n)
+                state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.stored_data, hp, chunk, n)
                 round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
                 _check_divergence(round_metrics, done, run_)
                 run_.log.add_rounds(done, round_metrics)
@@ -99,16 +103,16 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
                 bar.update(n)
                 shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
                 bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
-                run_.record("running", state if run_.checkpoint_due(done - n, done) else None)
+                run_.record("running", sim.logical_state(state) if run_.checkpoint_due(done - n, done) else None)
         finally:
             bar.close()
     if stop.received:
         status = f"interrupted ({stop.received}) after round {done}"
-        run_.record(status, state)
+        run_.record(status, sim.logical_state(state))
         raise RunInterrupted(f"run {status}", stop.received, run_.results(status))
     _warn_if_never_trained(run_.log)
     run_.record("finished")
-    return run_.results("finished", state)
+    return run_.results("finished", sim.logical_state(state))
 
 
 def _check_divergence(metrics: dict[str, np.ndarray], done: int, run_: "_Run"):

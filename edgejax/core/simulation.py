@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from edgejax.core.evaluate import evaluate
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
@@ -26,6 +27,7 @@ from edgejax.data.federated import FederatedData
 from edgejax.core.preflight import preflight
 from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
+from edgejax.parallel.nodes import NodeAxis, check_node_mesh
 from edgejax.system.model import SystemModel
 
 # the algorithm protocol (documented in edgejax.algorithms.base): its parts and the metrics every round reports
@@ -48,6 +50,10 @@ class Simulation:
         ``clients_per_round`` (<= K, default K).
       system: the ``SystemModel`` (device profiles, availability, selection, stragglers,
         deadlines, simulated clock); the default has every node online and equal devices.
+      mesh: ``None`` (one device) or a device mesh with a ``nodes`` axis
+        (``edgejax.parallel.node_mesh()``): ``run`` then stores every per-node array split
+        over the devices and trains each device's nodes there (``edgejax.parallel.nodes``);
+        the results equal the single-device run's to floating-point reassociation.
     """
 
     model: Model
@@ -56,6 +62,7 @@ class Simulation:
     local: LocalTraining = LocalTraining()
     clients_per_round: int | None = None
     system: SystemModel = SystemModel()
+    mesh: Mesh | None = None
 
     def __post_init__(self):
         missing = [name for name in ALGORITHM_PARTS if not hasattr(self.algorithm, name)]
@@ -80,6 +87,8 @@ class Simulation:
                 raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
                                  f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
+        if self.mesh is not None:
+            check_node_mesh(self.mesh)
         self.hparam_owners()
         preflight(self)
 
@@ -115,7 +124,7 @@ class Simulation:
         group_size = self.local.resolved_group_size(self.cohort_size)
         needs = self.algorithm.traits().needs
         return RoundContext(
-            execution=build_execution(self.model, self.local, max_steps, shuffles, group_size, needs),
+            execution=build_execution(self.model, self.local, max_steps, shuffles, group_size, needs, self.mesh),
             local=self.local,
             model_bytes=num_bytes(self.params_shape),
             payload=self.algorithm.payload(self.params_shape, self.num_nodes),
@@ -123,6 +132,11 @@ class Simulation:
             group_size=group_size,
             num_nodes=self.num_nodes,
         )
+
+    @functools.cached_property
+    def node_axis(self) -> NodeAxis | None:
+        """How the node axis lies on ``mesh`` (``None`` on one device)."""
+        return None if self.mesh is None else NodeAxis(self.mesh, self.num_nodes)
 
     @property
     def execution(self) -> str:
@@ -229,7 +243,8 @@ class Simulation:
                                                      self.context.payload, hparams)
         else:
             cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
-        return state._replace(round=state.round + 1, system=system), {**metrics, **cost}
+        state = state._replace(round=state.round + 1, system=system)
+        return (state if self.mesh is None else self.node_axis.constrain(state)), {**metrics, **cost}
 
     def round(self, state: SimState, data: FederatedData, hparams: dict):
         """One round: the system model draws a plan, the algorithm runs it, the clock charges it."""
@@ -283,18 +298,51 @@ class Simulation:
         unknown = sorted(set(hparams) - set(defaults))
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
+        if self.mesh is not None:
+            raise ValueError("sweep() maps points on one device; a simulation with a node mesh runs with run() "
+                             "(build the sweep's Simulation without mesh=)")
         check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size)
         return sweep_arrays(self, rounds, hparams, seeds)
 
     @functools.cached_property
     def _jit_chunk(self):
+        """``run_chunk`` compiled; with a ``mesh`` it takes and returns the stored (padded,
+        sharded) state and data (``edgejax.parallel.nodes``)."""
         donate = (0,) if jax.default_backend() != "cpu" else ()
-        return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate)
+        if self.mesh is None:
+            return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate)
+        axis = self.node_axis
+
+        def stored_chunk(state, data, hparams, num_rounds, active_rounds):
+            state, data = axis.constrain(axis.unpad(state)), axis.constrain(axis.unpad(data))
+            state, round_metrics, eval_metrics = self.run_chunk(state, data, hparams, num_rounds, active_rounds)
+            return axis.pad(state), round_metrics, eval_metrics
+
+        stored = axis.shardings(self.state_shape)
+        return jax.jit(stored_chunk, static_argnums=(3,), donate_argnums=donate, out_shardings=(stored, None, None))
 
     @functools.cached_property
     def _jit_init(self):
-        """``init`` as one compiled program (eagerly it compiles dozens of tiny ones)."""
-        return jax.jit(self.init)
+        """``init`` as one compiled program (eagerly it compiles dozens of tiny ones); with a
+        ``mesh`` it returns the stored state."""
+        if self.mesh is None:
+            return jax.jit(self.init)
+        axis = self.node_axis
+        return jax.jit(lambda key, hparams: axis.pad(self.init(key, hparams)),
+                       out_shardings=axis.shardings(self.state_shape))
+
+    @functools.cached_property
+    def stored_data(self) -> FederatedData:
+        """The data as ``_jit_chunk`` takes it: ``data`` itself, or with a ``mesh`` padded and split."""
+        return self.data if self.mesh is None else self.node_axis.place(self.data)
+
+    def stored_state(self, state: SimState) -> SimState:
+        """A logical state (e.g. a restored checkpoint) as ``_jit_chunk`` takes it."""
+        return state if self.mesh is None else self.node_axis.place(state)
+
+    def logical_state(self, state: SimState) -> SimState:
+        """A state from ``_jit_chunk`` with its logical shapes (host arrays with a ``mesh``)."""
+        return state if self.mesh is None else self.node_axis.to_host(state)
 
     # ----- host loop --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -306,6 +354,7 @@ class Simulation:
                 "loss": self.model.loss.name,
                 "dataset": self.data.name, "num_nodes": self.num_nodes, "cohort_size": self.cohort_size,
                 "algorithm": self.algorithm.describe(), "local": local, "execution": self.execution,
+                "node_devices": 1 if self.mesh is None else self.node_axis.devices,
                 "max_local_steps": self.schedule[0]}
 
     def run(self, rounds: int, **options) -> Results:
