@@ -28,7 +28,8 @@ from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import consensus_distance, node_mean
 from edgejax.algorithms.topology_spec import Topology
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_broadcast, tree_take
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_broadcast
+from edgejax.data.host import cohort_data
 from edgejax.models.base import num_bytes
 
 
@@ -86,7 +87,7 @@ class ADPSGD:
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         snap = state.nodes.extra
-        cohort = tree_take(data.train, plan.nodes)   # in arrival order, so always gathered
+        cohort = cohort_data(data.train, plan.nodes, full=False)   # in arrival order, so always gathered
         keys = round_keys(state.nodes.rng[plan.nodes], state.round)
         start = _rows(snap.xhat, plan.nodes)
         trained = ctx.execution.train(start, cohort, keys, plan.step_budget, hparams)

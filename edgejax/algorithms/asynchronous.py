@@ -51,7 +51,8 @@ import jax.numpy as jnp
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_take, tree_where
+from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_where
+from edgejax.data.host import cohort_data
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
 
@@ -130,7 +131,7 @@ class _AsyncServerAlgorithm:
     # ----- one tick ------------------------------------------------------------------------------
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         server, depth = state.server.extra, self.buffer_depth
-        cohort = tree_take(data.train, plan.nodes)   # in arrival order, so always gathered
+        cohort = cohort_data(data.train, plan.nodes, full=False)   # in arrival order, so always gathered
         keys = round_keys(state.nodes.rng[plan.nodes], state.round)
         downloaded = state.nodes.extra.version[plan.nodes]
         in_buffer = server.version - downloaded < depth

@@ -18,6 +18,7 @@ import optax
 
 from edgejax.core.local import LocalTerm, masked_weighted_sum
 from edgejax.core.state import RoundPlan, ServerState, SimState, round_keys, tree_take, tree_where
+from edgejax.data.host import cohort_data
 
 WEIGHTINGS = ("samples", "uniform")
 
@@ -60,7 +61,7 @@ def cohort_inputs(state: SimState, data, plan: RoundPlan, weighting: str) -> Coh
     """The cohort's data, keys (``fold_in(node_rng, round)``) and weights ``active_i * n_i``
     (``samples``) or ``active_i`` (``uniform``).  With a full cohort (K = N) nothing is gathered."""
     full = plan.nodes.shape[0] == data.train.num_nodes
-    cohort = gather(data.train, plan, full)
+    cohort = cohort_data(data.train, plan.nodes, full)
     keys = round_keys(gather(state.nodes.rng, plan, full), state.round)
     size = cohort.count.astype(plan.active.dtype) if weighting == "samples" else 1.0
     return Cohort(cohort, keys, plan.active * size, full)

@@ -68,6 +68,8 @@ def evaluate(model: Model, params, data: FederatedData, group_size: int | None =
     metrics = {"test_loss": jnp.sum(loss_sums) / total}
     if kind == "accuracy":
         metrics["test_accuracy"] = jnp.sum(correct).astype(dtype) / total
+    if data.local_test is None:   # host-resident data (edgejax.data.host): the global test set only
+        return metrics
     metrics |= _distribution(f"node_{kind}", _node_accuracies(model, params, data.local_test, group_size, False))
     if node_params is not None:
         own = _node_accuracies(model, node_params, data.local_test, group_size, True)

@@ -39,10 +39,10 @@ def estimate(sim) -> dict[str, int]:
     width = sim.local.resolved_group_size(k) or k
     per_node = sim.execution
     train = sim.data.train
-    node_bytes = (num_bytes(train) // n) if n else 0
+    node_bytes = getattr(train, "node_bytes", None) or ((num_bytes(train) // n) if n else 0)
     return {"simulation state": 2 * state,
             "per-node model copies": 4 * params * width if per_node == "per_node" else 0,
-            "gathered cohort data": node_bytes * k if k < n else 0}
+            "gathered cohort data": node_bytes * k if k < n or hasattr(train, "source") else 0}
 
 
 def available_bytes() -> int | None:

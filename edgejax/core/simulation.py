@@ -82,6 +82,9 @@ class Simulation:
         if traits.full_cohort and k is not None and k != n:
             raise ValueError(f"{self.algorithm.name} trains every node each round; use clients_per_round=None "
                              f"(got {k} of N={n})")
+        if hasattr(self.data.train, "source") and traits.full_cohort:
+            raise ValueError(f"{self.algorithm.name} trains every node every round, which needs the node data on "
+                             "the device; host-resident data (edgejax.data.host) streams a sampled cohort")
         if self.system.link_failures:
             if traits.topology is None or traits.asynchronous:
                 raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "

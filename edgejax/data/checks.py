@@ -12,6 +12,9 @@ import numpy as np
 
 def _real(split, node: bool):
     """Host copies of the real samples of a split: ``x [S, ...]``, ``y [S]``, and each sample's node (or None)."""
+    if hasattr(split, "source"):   # host-resident (edgejax.data.host): the pool rows the nodes own
+        x, y = split.source.real_samples()
+        return x, y, None
     x, y = np.asarray(split.x), np.asarray(split.y)
     if not node:
         keep = np.asarray(split.mask) > 0
@@ -29,6 +32,8 @@ def check_data(data) -> None:
     classes = data.num_classes
     for label, split, node in (("training", data.train, True), ("local test", data.local_test, True),
                                ("test", data.test, False)):
+        if split is None:
+            continue
         x, y, owner = _real(split, node)
         where = (lambda i: "") if owner is None else (lambda i: f" of node {owner[i]}")
         bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), int(np.prod(x.shape[1:])))).all(axis=1))

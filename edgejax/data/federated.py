@@ -41,6 +41,10 @@ class NodeData(NamedTuple):
     def num_nodes(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[2:])
+
 
 class TestData(NamedTuple):
     """A flat evaluation set ``x [T, ...]``, ``y [T]`` with a validity ``mask [T]``."""
@@ -66,7 +70,7 @@ class FederatedData:
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[2:])
+        return self.train.feature_shape
 
     def node_counts(self) -> np.ndarray:
         """Training samples per node (host array)."""
