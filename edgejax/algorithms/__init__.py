@@ -31,7 +31,8 @@ from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
 from edgejax.algorithms.widths import HETEROFL_LEVELS, WidthScaled, tier_rates
 
 __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg", "DECENTRALIZED", "DPSGD",
-           "FedAvg", "FedDyn", "FedMD", "GRAPHS", "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS", "PairwiseGossip",
+           "FedAvg", "FedDyn", "FedMD", "GRAPHS", "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS",
+           "PairwiseGossip",
            "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits",
            "WidthScaled", "consensus_distance", "describe_algorithm", "get_algorithm", "linear",
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",

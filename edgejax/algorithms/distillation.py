@@ -112,11 +112,13 @@ class FedMD:
             raise ValueError(f"public_x must have shape [P >= 1, *{tuple(self.model.input_shape)}] (the model's "
                              f"input shape); got {shape}")
         p = shape[0]
-        if self.public_per_round is not None and not (_is_int(self.public_per_round) and 1 <= self.public_per_round <= p):
+        per_round = self.public_per_round
+        if per_round is not None and not (_is_int(per_round) and 1 <= per_round <= p):
             raise ValueError(f"public_per_round={self.public_per_round!r} must be an integer in [1, P={p}] or None")
         if not (_is_int(self.distill_steps) and self.distill_steps >= 0):
             raise ValueError(f"distill_steps={self.distill_steps!r} must be a non-negative integer")
-        if self.distill_batch is not None and not (_is_int(self.distill_batch) and 1 <= self.distill_batch <= self.num_public):
+        batch = self.distill_batch
+        if batch is not None and not (_is_int(batch) and 1 <= batch <= self.num_public):
             raise ValueError(f"distill_batch={self.distill_batch!r} must be an integer in [1, {self.num_public}] "
                              "(the public samples per round) or None")
         if self.scheme is not None and self.scheme.model.num_classes != self.model.num_classes:

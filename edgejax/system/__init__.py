@@ -6,7 +6,7 @@ from edgejax.system.profiles import (DeviceProfiles, lognormal_profiles, profile
                                      profiles_to_csv, tiered_profiles, uniform_profiles)
 from edgejax.system.selection import select_deadline_greedy, select_tier, select_uniform
 
-__all__ = ["Availability", "DeviceProfiles", "POLICIES", "Payload", "RoundCost", "SELECTIONS", "STRAGGLERS", "SystemModel",
-           "SystemState", "deadline_plan", "lognormal_profiles", "node_times", "profiles_from_arrays",
+__all__ = ["Availability", "DeviceProfiles", "POLICIES", "Payload", "RoundCost", "SELECTIONS", "STRAGGLERS",
+           "SystemModel", "SystemState", "deadline_plan", "lognormal_profiles", "node_times", "profiles_from_arrays",
            "profiles_from_csv", "profiles_to_csv", "round_cost", "select_deadline_greedy", "select_tier",
            "select_uniform", "tiered_profiles", "uniform_profiles"]

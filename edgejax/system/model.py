@@ -19,10 +19,11 @@ independently with the traced probability ``link_failure`` (the same draw at bot
 
 Plans and charges use the same costs: the algorithm's ``Payload`` (bytes up and down per
 participating node, which may differ, and the fraction of the full model's training compute
-it runs; each a scalar or one value per node, gathered to the cohort with ``plan.nodes``).  After the round, the simulated clock charges
-every active node download + compute + upload under its ``DeviceProfiles`` and reports
-the makespan, the cumulative simulated time and the energy; each node's ``busy_until``
-(the simulated time at which it finished its last round's work) is kept in the state.
+it runs; each a scalar or one value per node, gathered to the cohort with ``plan.nodes``).
+After the round, the simulated clock charges every active node download + compute + upload
+under its ``DeviceProfiles`` and reports the makespan, the cumulative simulated time and the
+energy; each node's ``busy_until`` (the simulated time at which it finished its last round's
+work) is kept in the state.
 """
 from __future__ import annotations
 
