@@ -24,8 +24,8 @@ averaged over the nodes that hold it, sample-weighted):
    (its sub-model's forward FLOPs / the full model's).
 3. **Spoken digits** (``../shared/data/fsdd-spoken-digits.npz``, the Free Spoken Digit
    Dataset): 6 speakers = 6 nodes (``Natural()``), all training every round; the dataset's
-   official test split (take index 0-4) is the global test set.  Features (``load_fsdd``,
-   here): the first second of each recording (zero-padded), 256-sample Hann frames with hop
+   official test split (take index 0-4) is the global test set.  Features
+   (``ej.data.load_fsdd``): the first second of each recording (zero-padded), 256-sample Hann frames with hop
    128 (61 frames), the power spectrum's first 128 bins averaged into 32 bands, ``log(1 +
    1000 p)``, standardised: ``[61, 32]``; the GEMM-form ``conv1d_net`` (width-5 convs of 32
    and 64 channels, global mean, out 10).  HeteroFL rates all ``a`` / speakers ``a b c d e
@@ -161,29 +161,8 @@ def run_class_subsets(dataset, rounds: int, eval_every: int) -> dict:
     return {"classes_per_node": {str(k): int(v) for k, v in enumerate(classes_per_node) if v}, "runs": runs}
 
 
-def load_fsdd(path: Path, frame: int = 256, hop: int = 128, bands: int = 32) -> ej.data.Dataset:
-    """FSDD as log band energies ``[61, 32]`` per recording (see the module docstring), speakers as
-    groups, takes 0-4 as the test split."""
-    d = np.load(path)
-    n = int(d["sample_rate"])                                     # one second
-    audio = d["audio"].astype(np.float32) / 32768.0
-    clips = np.zeros((len(d["labels"]), n), np.float32)
-    for i, (offset, length) in enumerate(zip(d["offsets"], d["lengths"])):
-        clip = audio[offset:offset + min(length, n)]
-        clips[i, :len(clip)] = clip
-    starts = np.arange(0, n - frame + 1, hop)
-    frames = clips[:, starts[:, None] + np.arange(frame)] * np.hanning(frame).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames, axis=-1)[..., :bands * (frame // 2 // bands)]) ** 2
-    feats = np.log1p(1e3 * power.reshape(*power.shape[:-1], bands, -1).mean(-1))
-    feats = (feats - feats.mean()) / feats.std()
-    test, y = d["index"] < 5, d["labels"].astype(np.int32)
-    speaker = np.unique(d["speakers"], return_inverse=True)[1]
-    return ej.data.from_arrays(feats[~test], y[~test], x_test=feats[test], y_test=y[test], num_classes=10,
-                               groups=speaker[~test], groups_test=speaker[test], name="fsdd")
-
-
 def run_spoken_digits(path: Path, rounds: int, eval_every: int) -> dict:
-    data, _ = ej.federate(load_fsdd(path), None, ej.data.Natural(), seed=0)
+    data, _ = ej.federate(ej.data.load_fsdd(path), None, ej.data.Natural(), seed=0)
     model = ej.models.conv1d_net(data.feature_shape, data.num_classes)
     n = data.num_nodes
     configs = [("a", (1.0,) * n), ("a b c d e a", tuple(HETEROFL_LEVELS[MIXED[i % 5]] for i in range(n))),

@@ -92,3 +92,36 @@ def masked_mlp_loss_grad(params, masks, x, y, num_classes, outputs=None):
     gpre = (gz @ w1.T) * (pre > 0)
     gw0, gb0 = x.T @ gpre, gpre.sum(axis=0)
     return loss, [g * m for g, m in zip((gw0, gb0, gw1, gb1), masks)]
+
+
+def distill_logit_grad(kind, z, target, temperature=1.0):
+    """Gradient with respect to the logits ``z [B, C]`` of FedMD's digest distance to ``target``:
+    ``l1`` mean |z - t|, ``l2`` mean (z - t)^2, ``kl`` T^2 mean_b KL(softmax(t/T) || softmax(z/T))."""
+    b, c = z.shape
+    if kind == "l1":
+        return np.sign(z - target) / (b * c)
+    if kind == "l2":
+        return 2 * (z - target) / (b * c)
+    return temperature * (softmax(z / temperature) - softmax(target / temperature)) / b
+
+
+def fedmd_round(models, public, node_data, active, num_classes, kind, distill_lr, distill_steps, distill_batch,
+                lr, local_steps, temperature=1.0):
+    """One round of FedMD (Li & Wang 2019, Algorithm 1) for logistic-regression nodes ``(W_i, b_i)``:
+    communicate logits on ``public``, average them over the active nodes (the consensus),
+    digest (``distill_steps`` SGD steps on public rows ``(s B + j) mod M``), revisit
+    (``local_steps`` full-batch gradient steps on the node's data).  Absent nodes keep their model."""
+    m = len(public)
+    on = [i for i, a in enumerate(active) if a]
+    consensus = np.mean([public @ models[i][0] + models[i][1] for i in on], axis=0)
+    new = list(models)
+    for i in on:
+        w, b = models[i]
+        for s in range(distill_steps):
+            idx = (s * distill_batch + np.arange(distill_batch)) % m
+            xb = public[idx]
+            g = distill_logit_grad(kind, xb @ w + b, consensus[idx], temperature)
+            w, b = w - distill_lr * xb.T @ g, b - distill_lr * g.sum(axis=0)
+        x, y = node_data[i]
+        new[i] = local_gd(w, b, x, y, num_classes, lr, local_steps)
+    return new

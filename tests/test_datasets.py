@@ -20,6 +20,7 @@ from edgejax.data.datasets import (
     from_arrays,
     load_dataset,
     load_digits,
+    load_fsdd,
     load_mnist,
     load_mnist1d,
     load_npz,
@@ -268,6 +269,47 @@ def test_mnist_missing_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope-images.gz") as err:
         load_mnist(missing, tmp_path / "nope-labels.gz")
     assert "EDGEJAX_DATA" in str(err.value)
+
+
+def test_fsdd_speakers_are_natural_nodes_and_the_official_split_is_kept():
+    path = default_data_dir() / ds._FSDD
+    if not path.is_file():
+        pytest.skip(f"FSDD file not found at {path} (set EDGEJAX_DATA to its folder)")
+    d = load_fsdd()
+    assert (d.num_train, d.num_test) == (2700, 300) and d.feature_shape == (61, 32) and d.num_classes == 10
+    assert d.x_train.dtype == np.float32 and np.all(np.isfinite(d.x_train))
+    x_all = np.concatenate([d.x_train, d.x_test])
+    assert abs(float(x_all.mean())) < 1e-4 and float(x_all.std()) == pytest.approx(1.0, rel=1e-4)
+    # 6 speakers x 10 digits x 50 takes; takes 0-4 of every speaker and digit are the test set
+    for groups, y, per_cell in ((d.groups_train, d.y_train, 45), (d.groups_test, d.y_test, 5)):
+        cells = np.zeros((6, 10), int)
+        np.add.at(cells, (groups, y), 1)
+        assert np.all(cells == per_cell)
+    import edgejax as ej
+    data, _ = ej.federate(d, None, ej.data.Natural(), seed=0)
+    assert data.num_nodes == 6 and np.asarray(data.train.count).tolist() == [450] * 6
+    assert np.asarray(data.local_test.count).tolist() == [50] * 6          # each speaker's test takes
+    with pytest.raises(ValueError, match="bands=200 must be at most frame // 2 = 128"):
+        load_fsdd(bands=200)
+
+
+def test_fsdd_reads_any_archive_with_its_keys(tmp_path):
+    rate, rng = 1024, np.random.default_rng(0)
+    lengths = np.array([700, 1500, 900, 1200])
+    np.savez(tmp_path / "f.npz", audio=rng.integers(-3000, 3000, lengths.sum()).astype(np.int16),
+             offsets=np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths=lengths,
+             labels=np.array([3, 1, 3, 1], np.int8), speakers=np.array(["zoe", "al", "al", "zoe"]),
+             index=np.array([0, 7, 9, 2], np.int16), sample_rate=np.int64(rate))
+    d = load_fsdd(tmp_path / "f.npz", frame=128, hop=64, bands=8, test_takes=1)
+    assert d.feature_shape == ((rate - 128) // 64 + 1, 8)
+    np.testing.assert_array_equal(d.y_train, [1, 3, 1])
+    np.testing.assert_array_equal(d.groups_train, [0, 0, 1])      # "al" < "zoe"
+    np.testing.assert_array_equal(d.groups_test, [1])
+    np.savez(tmp_path / "g.npz", audio=np.zeros(3, np.int16))
+    with pytest.raises(ValueError, match=r"lacks the keys \['index', 'labels'"):
+        load_fsdd(tmp_path / "g.npz")
+    with pytest.raises(FileNotFoundError, match="EDGEJAX_DATA"):
+        load_fsdd(tmp_path / "none.npz")
 
 
 def test_default_data_dir(monkeypatch, tmp_path):

@@ -276,3 +276,54 @@ def test_a_round_reports_the_flops_and_bytes_of_the_submodels_trained():
     held_half = (8 * 3 + 3) + (3 * 2 + 2) + (2 * 3 + 3)
     full = (8 * 6 + 6) + (6 * 4 + 4) + (4 * 3 + 3)
     assert float(metrics["bytes_up"]) == 4 * (held_half + full)
+
+
+# ----- what the system model charges: each node's own sub-model ---------------------------------------
+
+def _cost_sim(rates, speeds, **system):
+    data, _, _ = make_data([4, 4, 4], dim=8, seed=25, dtype=np.float32)
+    model = ej.models.mlp((8,), C, hidden=(6, 4))
+    profiles = ej.system.profiles_from_arrays(np.asarray(speeds, float), np.full(3, 1e3), np.full(3, 2e3),
+                                              energy_per_sample=0.01, energy_per_byte=1e-4)
+    return ej.Simulation(model, data, SubmodelFedAvg(WidthScaled(model, rates)), LocalTraining(batch_size=2, steps=3),
+                         system=ej.system.SystemModel(profiles=profiles, **system))
+
+
+def test_a_width_scaled_node_is_charged_its_own_compute_and_bytes():
+    sim = _cost_sim((0.5, 1.0, 0.5), [10.0, 20.0, 5.0])
+    # MLP 8-6-4-3: rate 0.5 keeps 3 and 2 hidden units, 36 of the 84 multiply-accumulates
+    held_half = 4 * ((8 * 3 + 3) + (3 * 2 + 2) + (2 * 3 + 3))
+    full = 4 * ((8 * 6 + 6) + (6 * 4 + 4) + (4 * 3 + 3))
+    payload = sim.payload
+    np.testing.assert_array_equal(payload.up, [held_half, full, held_half])
+    np.testing.assert_array_equal(payload.down, payload.up)
+    np.testing.assert_allclose(payload.compute, [36 / 84, 1.0, 36 / 84], rtol=1e-12)
+    hp = sim.hparams()
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    round_fn = jax.jit(sim.round_with_plan)
+    steps, batch = 3, 2
+    for active, node in (([1, 0, 0], 0), ([0, 1, 0], 1), ([0, 0, 1], 2)):
+        new, metrics = round_fn(state, sim.data, sim.make_plan(active=active), hp)
+        speed, size, fraction = [10.0, 20.0, 5.0][node], payload.up[node], payload.compute[node]
+        compute_s = steps * batch * fraction / speed
+        assert float(metrics["round_time_s"]) == pytest.approx(size / 2e3 + compute_s + size / 1e3, rel=1e-6)
+        assert float(metrics["energy_j"]) == pytest.approx(0.01 * steps * batch * fraction + 1e-4 * 2 * size,
+                                                           rel=1e-6)
+        assert float(metrics["bytes_up"]) == size and float(metrics["bytes_down"]) == size
+
+
+def test_a_deadline_keeps_a_slow_node_that_trains_a_small_width():
+    speeds = [100.0, 100.0, 1.0]               # node 2 needs 3 steps * 2 samples / 1 = 6 s for the full model
+    for rates, kept in (((1.0, 1.0, 1.0), [1, 1, 0]), ((1.0, 1.0, 0.25), [1, 1, 1])):
+        sim = _cost_sim(rates, speeds, deadline_policy="drop_late")
+        hp = sim.hparams({"deadline": 3.0})   # a quarter width: 2 and 1 hidden units, 21 of 84 MACs: 1.5 s
+        plan = sim.plan(sim.init(jax.random.PRNGKey(0), hp), hp)
+        np.testing.assert_array_equal(np.asarray(plan.active)[np.argsort(np.asarray(plan.nodes))], kept)
+
+
+def test_fedavg_payload_stays_one_scalar_model_each_way():
+    data, _, _ = make_data([4, 4], seed=26)
+    model = ej.models.mlp(data.feature_shape, C, hidden=(4,))
+    sim = ej.Simulation(model, data, ej.FedAvg())
+    size = ej.models.num_bytes(sim.params_shape)
+    assert sim.payload == (size, size, 1.0) and isinstance(sim.payload.up, int)

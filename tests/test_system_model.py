@@ -9,7 +9,7 @@ import pytest
 
 from edgejax.core.state import default_float, tree_take
 from edgejax.system.availability import Availability
-from edgejax.system.clock import RoundCost, deadline_plan, node_times, round_cost
+from edgejax.system.clock import Payload, RoundCost, deadline_plan, node_times, round_cost
 from edgejax.system.profiles import (DeviceProfiles, lognormal_profiles, profiles_from_arrays, profiles_from_csv,
                                      profiles_to_csv, tier_counts, tiered_profiles, uniform_profiles)
 from edgejax.system.selection import select_deadline_greedy, select_tier, select_uniform
@@ -365,6 +365,44 @@ def test_deadline_policies_by_hand():
     np.testing.assert_array_equal(budget, [5, 5, 5])
     with pytest.raises(ValueError, match="unknown deadline policy"):
         deadline_plan("hurry", 1.0, *args)
+
+
+def test_a_compute_scale_multiplies_compute_time_and_compute_energy_only():
+    p = _hand_profiles()
+    scale = jnp.array([0.5, 0.25, 1.0])
+    d, c, u = node_times(p, STEPS, BATCH, BYTES_DOWN, BYTES_UP, scale)
+    np.testing.assert_allclose(c, np.asarray(COMPUTE) * np.asarray(scale), rtol=1e-6)
+    np.testing.assert_allclose(d, DOWNLOAD, rtol=1e-6)
+    np.testing.assert_allclose(u, UPLOAD, rtol=1e-6)
+    cost = round_cost(p, jnp.ones(3), STEPS, BATCH, BYTES_DOWN, BYTES_UP, scale)
+    np.testing.assert_allclose(cost.energy_j, E_SAMPLE * STEPS * BATCH * np.asarray(scale) + 0.11, rtol=1e-6)
+    # the slow node (5 s of compute at full size) fits a 2 s deadline at a quarter of the compute ...
+    active, budget = deadline_plan("drop_late", 2.0, p, jnp.ones(3), STEPS, BATCH, BYTES_DOWN, BYTES_UP,
+                                   jnp.array([1.0, 1.0, 0.25]))
+    np.testing.assert_array_equal(active, [1, 1, 1])
+    # ... and partial work counts steps of the scaled size: floor(1.5 * 10 / (10 * 0.5)) = 3
+    _, budget = deadline_plan("partial", 2.0, p, jnp.ones(3), STEPS, BATCH, BYTES_DOWN, BYTES_UP,
+                              jnp.array([1.0, 1.0, 0.5]))
+    np.testing.assert_array_equal(budget, [5, 5, 3])
+    # a scale of exactly 1 gives bit for bit the unscaled numbers
+    for got, want in zip(node_times(p, STEPS, BATCH, BYTES_DOWN, BYTES_UP, 1.0),
+                         node_times(p, STEPS, BATCH, BYTES_DOWN, BYTES_UP)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_payload_gathers_per_node_fields_and_names_bad_values():
+    payload = Payload(np.array([10.0, 20.0, 30.0]), 5.0, np.array([1.0, 0.5, 0.25]))
+    cohort = payload.take(jnp.array([2, 0]))
+    np.testing.assert_array_equal(cohort.up, [30.0, 10.0])
+    np.testing.assert_array_equal(cohort.compute, [0.25, 1.0])
+    assert cohort.down == 5.0 and Payload(1.0, 2.0).take(jnp.array([0])) == (1.0, 2.0, 1.0)
+    payload.check(3)
+    with pytest.raises(ValueError, match=r"Payload.up must be a scalar or one value per node \[4\]; got shape \(3,\)"):
+        payload.check(4)
+    with pytest.raises(ValueError, match=r"Payload.compute\[1\] = 0.0 must be finite and > 0"):
+        Payload(1.0, 1.0, np.array([1.0, 0.0])).check(2)
+    with pytest.raises(ValueError, match=r"Payload.down = -1.0 must be finite and >= 0"):
+        Payload(1.0, -1.0).check(2)
 
 
 def test_deadline_plan_vmaps_over_deadline():

@@ -8,7 +8,8 @@ low-rank uplink, optional error feedback).
 Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, ``AsyncSGD``,
 ``DCASGD``; decentralized ``ADPSGD``.
 Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
-FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models.
+FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models; ``FedMD`` (federated distillation:
+nodes keep their own models and exchange logits on a public set, optionally over sub-models).
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
@@ -16,6 +17,7 @@ from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
 from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
+from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.class_subsets import ClassSubsets
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg, LowRank
@@ -29,7 +31,8 @@ from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
 from edgejax.algorithms.widths import HETEROFL_LEVELS, WidthScaled, tier_rates
 
 __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg", "DECENTRALIZED", "DPSGD",
-           "FedAvg", "FedDyn", "GRAPHS", "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS", "PairwiseGossip",
+           "FedAvg", "FedDyn", "FedMD", "GRAPHS", "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS",
+           "PairwiseGossip",
            "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits",
            "WidthScaled", "consensus_distance", "describe_algorithm", "get_algorithm", "linear",
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",

@@ -18,9 +18,11 @@ algorithm are interchangeable.
     local objective, where nodes start, whether each node's model is read back, whether
     the local optimizer state persists; see ``edgejax.core.execution.Needs``).
 ``payload(params, num_nodes) -> Payload``
-    bytes one participating node sends (``up``) and receives (``down``) in a round
-    (``params``: one model's shape structs).  The system model uses the same numbers to
-    plan deadlines and to charge the clock.
+    bytes one participating node sends (``up``) and receives (``down``) in a round and the
+    fraction of the full model's training compute it runs (``compute``, default 1)
+    (``params``: one model's shape structs); each a scalar or one value per node ``[N]``
+    (sub-models: what each node really holds and trains).  The system model uses the same
+    numbers to plan deadlines and to charge the clock (``edgejax.system.clock``).
 ``default_hparams() -> dict[str, float]``
     the algorithm's traced hyper-parameters and defaults (names must not collide with
     those of the local schedule or the system model: ``Simulation`` raises naming both).
@@ -55,6 +57,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.simulation import ALGORITHM_PARTS, REQUIRED_METRICS
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
+from edgejax.system.clock import Payload
 
 __all__ = ["ALGORITHM_PARTS", "Algorithm", "Payload", "REQUIRED_METRICS", "Traits", "describe_algorithm"]
 
@@ -66,13 +69,6 @@ class Traits(NamedTuple):
     needs: Needs = Needs()
     topology: Any = None
     asynchronous: bool = False
-
-
-class Payload(NamedTuple):
-    """Bytes one participating node sends (``up``) and receives (``down``) in one round."""
-
-    up: float
-    down: float
 
 
 @runtime_checkable

@@ -143,6 +143,10 @@ class ClassSubsets:
         """The block structure every node's mask lies in (1 where some node may hold an entry)."""
         return chain_mask(self.layout, [None] * len(self.layout), [jnp.asarray(g) for g in self.unit_groups()], dtype)
 
+    def node_masks(self, nodes: jax.Array, dtype) -> SubModelMask:
+        """The sub-models the system model plans and charges ``nodes [K]`` for (every round's)."""
+        return self.masks(0, nodes, None, dtype)
+
     def masks(self, round_, nodes: jax.Array, keys: jax.Array, dtype) -> SubModelMask:
         """The cohort's masks ``[K, ...]`` (the same every round)."""
         membership = np.zeros((len(self.classes), self.model.num_classes), bool)

@@ -19,8 +19,13 @@ the active nodes really train: ``TRAIN_FACTOR * forward_flops(m_i) * steps_i * b
 see ``edgejax.models.layout``), ``full_model_flops`` (the same steps on the full model) and
 ``bytes_up`` / ``bytes_down`` counting each active node's held entries (a node receives and
 sends its sub-model).  ``payload`` (what the system model plans deadlines with and charges
-the clock) is one full model each way: the system model takes one size for every node,
-and the clock charges ``steps * batch_size / speed`` whatever the model size.
+the clock, ``edgejax.system.clock``) is per node: node ``i`` sends and receives the bytes of
+the entries its sub-model holds and computes ``compute_i = forward_flops(m_i) /
+forward_flops(full)`` of the full model's training FLOPs per sample, so its compute time is
+``steps * batch_size * compute_i / speed`` and a narrow node on a slow device can meet a
+deadline that the full model would miss.  The planned sub-model is the scheme's
+``node_masks``: the same as the round's masks, except for FjORD, which is planned and charged
+at each node's widest width ``r_i`` (the metrics count the widths drawn).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from edgejax.algorithms.base import Payload, Traits
@@ -36,7 +42,6 @@ from edgejax.algorithms.submodels import masked_average_change
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.core.validation import check_choice
-from edgejax.models.base import num_bytes
 from edgejax.models.layout import TRAIN_FACTOR, check_layout, forward_flops, full_forward_flops
 
 # x <- x + Delta: the server step takes the pseudo-gradient -Delta and adds Delta
@@ -50,6 +55,22 @@ def held_bytes(mask_params, params) -> jax.Array:
     return sum(sizes).astype(jnp.result_type(float))
 
 
+def submodel_costs(scheme, params, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every node's planned sub-model (``scheme.node_masks``): its held bytes and its training
+    FLOPs per sample as a fraction of the full model's, each ``[N]`` (one node's mask at a time)."""
+    scheme.check(num_nodes)
+    check_layout(scheme.layout, params)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+
+    def one(node):
+        mask = scheme.node_masks(node[None], dtype).params
+        return held_bytes(mask, params)[0], forward_flops(scheme.layout, mask)[0]
+
+    with jax.ensure_compile_time_eval():    # concrete values even when first asked inside a trace
+        held, flops = jax.jit(lambda nodes: jax.lax.map(one, nodes))(jnp.arange(num_nodes))
+    return np.asarray(held, np.float64), np.asarray(flops, np.float64) / full_forward_flops(scheme.layout)
+
+
 @dataclasses.dataclass(frozen=True)
 class SubmodelFedAvg:
     """FedAvg over sub-models (static options; see the module docstring).
@@ -57,8 +78,9 @@ class SubmodelFedAvg:
     Attributes:
       scheme: a ``WidthScaled`` or ``ClassSubsets``: anything with ``name``, ``model``,
         ``layout`` (its GEMM chain), ``describe()``, ``check(num_nodes)``,
-        ``structure(dtype)`` (a mask applied to the initial global model, or ``None``) and
-        ``masks(round, nodes [K], keys [K, 2], dtype) -> SubModelMask [K, ...]``.
+        ``structure(dtype)`` (a mask applied to the initial global model, or ``None``),
+        ``masks(round, nodes [K], keys [K, 2], dtype) -> SubModelMask [K, ...]`` and
+        ``node_masks(nodes [K], dtype)`` (the sub-models the system model plans with).
       weighting: ``samples`` or ``uniform``.
     """
 
@@ -76,8 +98,9 @@ class SubmodelFedAvg:
         return Traits(needs=Needs(masked=True))
 
     def payload(self, params, num_nodes: int) -> Payload:
-        """One full model each way (the most a node sends; the metrics count the sub-models)."""
-        return Payload(num_bytes(params), num_bytes(params))
+        """Per node: its sub-model's bytes each way and its compute fraction (module docstring)."""
+        held, compute = submodel_costs(self.scheme, params, num_nodes)
+        return Payload(held, held, compute)
 
     def default_hparams(self) -> dict[str, float]:
         return {}

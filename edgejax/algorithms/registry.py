@@ -6,6 +6,7 @@ from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
+from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
@@ -15,8 +16,9 @@ DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise":
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
 ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD}
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
-# built from Python objects (a sub-model scheme over a model, a compressor), so not among the CLI's ALGORITHMS
-PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg}
+# built from Python objects (a sub-model scheme over a model, a compressor, a public set), so not among the
+# CLI's ALGORITHMS
+PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg, "fedmd": FedMD}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -27,7 +29,8 @@ def get_algorithm(name: str, **options):
     ``async_sgd``, ``dcasgd``), a decentralized
     one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous), ``submodels``
     (``SubmodelFedAvg``: give ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg``
-    (``CompressedFedAvg``: give ``compressor=...``); ``options`` are the dataclass's fields
+    (``CompressedFedAvg``: give ``compressor=...``) or ``fedmd`` (``FedMD``: give ``model=...``,
+    ``public_x=...``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from edgejax.core.local import LocalTerm, masked_weighted_sum
@@ -127,13 +128,18 @@ def normalized_weights(local, p, counts, budget, hparams, prox_coef: str | None,
 
 def server_metrics(p, node_loss, node_steps, plan: RoundPlan, payload) -> dict:
     """The protocol's round metrics: ``train_loss`` (the ``p``-weighted node loss; NaN when no
-    node took part), ``participants``, ``local_steps``, and the bytes moved (``payload`` per
-    participant)."""
+    node took part), ``participants``, ``local_steps``, and the bytes moved (each participant's
+    ``payload``: a scalar times the participants, or the per-node bytes summed over them)."""
     participants = jnp.sum(plan.active)
+    cohort = payload.take(plan.nodes)
+
+    def moved(size):
+        return participants * size if np.ndim(size) == 0 else jnp.sum(jnp.where(plan.active > 0, size, 0.0))
+
     return {
         "train_loss": jnp.where(participants > 0, masked_weighted_sum(p, node_loss), jnp.nan),
         "participants": participants,
         "local_steps": jnp.sum(plan.active * node_steps),
-        "bytes_up": participants * payload.up,
-        "bytes_down": participants * payload.down,
+        "bytes_up": moved(cohort.up),
+        "bytes_down": moved(cohort.down),
     }

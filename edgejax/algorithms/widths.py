@@ -133,7 +133,15 @@ class WidthScaled:
 
     def masks(self, round_, nodes: jax.Array, keys: jax.Array, dtype) -> SubModelMask:
         """The cohort's masks ``[K, ...]`` in round ``round_`` (``keys``: the nodes' round keys)."""
-        counts = self.kept_counts(nodes, keys)
+        return self._masks(round_, self.kept_counts(nodes, keys), dtype)
+
+    def node_masks(self, nodes: jax.Array, dtype) -> SubModelMask:
+        """The sub-models the system model plans and charges ``nodes [K]`` for: each node's
+        width ``r_i`` (FjORD: the widest it may draw; FedRolex: round 0's window, the same
+        size every round)."""
+        return self._masks(0, self._table(self.rates)[nodes], dtype)
+
+    def _masks(self, round_, counts: jax.Array, dtype) -> SubModelMask:
         hidden = self.layout[:-1]
 
         def one(count):

@@ -28,6 +28,7 @@ from edgejax.core.preflight import preflight
 from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.parallel.nodes import NodeAxis, check_node_mesh
+from edgejax.system.clock import Payload
 from edgejax.system.model import SystemModel
 
 # the algorithm protocol (documented in edgejax.algorithms.base): its parts and the metrics every round reports
@@ -120,6 +121,13 @@ class Simulation:
         return jax.eval_shape(self.init, jax.random.PRNGKey(0), self.default_hparams())
 
     @functools.cached_property
+    def payload(self) -> Payload:
+        """The algorithm's ``Payload`` (a plain ``(up, down)`` pair gets ``compute = 1``), checked."""
+        payload = Payload(*self.algorithm.payload(self.params_shape, self.num_nodes))
+        payload.check(self.num_nodes)
+        return payload
+
+    @functools.cached_property
     def context(self) -> RoundContext:
         """What the algorithm's ``init``/``round`` get: the execution strategy built for the
         algorithm's ``Needs``, the schedule, sizes and payload."""
@@ -130,7 +138,7 @@ class Simulation:
             execution=build_execution(self.model, self.local, max_steps, shuffles, group_size, needs, self.mesh),
             local=self.local,
             model_bytes=num_bytes(self.params_shape),
-            payload=self.algorithm.payload(self.params_shape, self.num_nodes),
+            payload=self.payload,
             params_shape=self.params_shape,
             group_size=group_size,
             num_nodes=self.num_nodes,

@@ -21,6 +21,7 @@ import numpy as np
 
 _MNIST_IMAGES = "mnist-t10k-images-idx3-ubyte.gz"
 _MNIST_LABELS = "mnist-t10k-labels-idx1-ubyte.gz"
+_FSDD = "fsdd-spoken-digits.npz"
 
 # IDX type byte -> big-endian NumPy dtype (LeCun's MNIST page, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {
@@ -395,6 +396,64 @@ def load_mnist(
     y = labels[order].astype(np.int32)
     cut = len(y) - test_size
     return Dataset("mnist", x[:cut], y[:cut], x[cut:], y[cut:], num_classes=10)
+
+
+def load_fsdd(
+    path: str | os.PathLike | None = None,
+    *,
+    frame: int = 256,
+    hop: int = 128,
+    bands: int = 32,
+    test_takes: int = 5,
+) -> Dataset:
+    """The Free Spoken Digit Dataset (Jakobovski et al.; 3,000 8 kHz recordings of the digits
+    0-9, 6 speakers x 10 digits x 50 takes) as log band energies, the speaker as group id.
+
+    Reads the ``.npz`` at ``path`` (default ``fsdd-spoken-digits.npz`` in
+    :func:`default_data_dir`) with keys ``audio`` (every recording's int16 samples,
+    concatenated), ``offsets``, ``lengths``, ``labels``, ``speakers`` (names), ``index`` (take
+    number) and ``sample_rate``.  Features, per recording: its first second (``sample_rate``
+    samples, zero-padded), Hann frames of ``frame`` samples every ``hop`` samples, the power
+    spectrum's first ``bands * (frame // 2 // bands)`` bins averaged in ``bands`` equal bands,
+    ``log(1 + 1000 p)``, standardised by the mean and standard deviation over the whole set:
+    ``[T, bands]`` float32 with ``T = (sample_rate - frame) // hop + 1`` (61 x 32 by default).
+    The split is the dataset's official one: takes ``0 .. test_takes - 1`` of every speaker and
+    digit are the test set (300 recordings), the rest train (2,700).  ``groups_train`` /
+    ``groups_test`` hold the speaker (ids in sorted name order), so ``Natural()`` partitioning
+    gives one node per speaker.
+    """
+    path = Path(path) if path is not None else default_data_dir() / _FSDD
+    if not path.is_file():
+        raise FileNotFoundError(f"FSDD file not found: {path}. Pass path=, or set EDGEJAX_DATA to a folder "
+                                f"holding {_FSDD}.")
+    for field, value, low in (("frame", frame, 2), ("hop", hop, 1), ("bands", bands, 1), ("test_takes", test_takes, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"load_fsdd: {field} must be an integer >= {low}, got {field}={value!r}")
+    if bands > frame // 2:
+        raise ValueError(f"load_fsdd: bands={bands} must be at most frame // 2 = {frame // 2} (the spectrum's bins)")
+    with np.load(path, allow_pickle=False) as d:
+        missing = sorted({"audio", "offsets", "lengths", "labels", "speakers", "index", "sample_rate"} - set(d.files))
+        if missing:
+            raise ValueError(f"{path}: not an FSDD archive, it lacks the keys {missing}")
+        n = int(d["sample_rate"])                                    # one second
+        if frame > n:
+            raise ValueError(f"load_fsdd: frame={frame} is longer than one second ({n} samples)")
+        audio = d["audio"].astype(np.float32) / 32768.0
+        offsets, lengths, labels = d["offsets"], d["lengths"], d["labels"]
+        speakers, takes = d["speakers"], d["index"]
+    clips = np.zeros((len(labels), n), np.float32)
+    for i, (offset, length) in enumerate(zip(offsets, lengths)):
+        clip = audio[offset:offset + min(length, n)]
+        clips[i, :len(clip)] = clip
+    starts = np.arange(0, n - frame + 1, hop)
+    frames = clips[:, starts[:, None] + np.arange(frame)] * np.hanning(frame).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames, axis=-1)[..., :bands * (frame // 2 // bands)]) ** 2
+    feats = np.log1p(1e3 * power.reshape(*power.shape[:-1], bands, -1).mean(-1))
+    feats = ((feats - feats.mean()) / feats.std()).astype(np.float32)
+    test, y = takes < test_takes, labels.astype(np.int32)
+    speaker = np.unique(speakers, return_inverse=True)[1].astype(np.int32)
+    return Dataset("fsdd", feats[~test], y[~test], feats[test], y[test], num_classes=10,
+                   groups_train=speaker[~test], groups_test=speaker[test])
 
 
 def from_arrays(

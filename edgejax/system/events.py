@@ -39,9 +39,10 @@ class Arrivals(NamedTuple):
 
 
 def node_durations(profiles: DeviceProfiles, steps, batch_size, payload, key=None, jitter=0.0) -> jax.Array:
-    """Seconds each node needs for one update: ``download + compute + upload`` (``clock.node_times``)
-    times ``exp(jitter z - jitter^2 / 2)``, ``z ~ N(0, 1)`` (mean one) when ``jitter > 0``."""
-    download, compute, upload = node_times(profiles, steps, batch_size, payload.down, payload.up)
+    """Seconds each node needs for one update: ``download + compute + upload`` (``clock.node_times``
+    with the ``Payload``'s bytes and compute fraction, scalars or ``[N]``) times
+    ``exp(jitter z - jitter^2 / 2)``, ``z ~ N(0, 1)`` (mean one) when ``jitter > 0``."""
+    download, compute, upload = node_times(profiles, steps, batch_size, payload.down, payload.up, payload.compute)
     duration = download + compute + upload
     if key is None:
         return duration

@@ -17,11 +17,13 @@ With ``link_failures=True`` the plan also says which links of the algorithm's
 communication graph are up (``RoundPlan.live_links``): each undirected link fails
 independently with the traced probability ``link_failure`` (the same draw at both ends).
 
-Plans and charges use the same bytes: the algorithm's ``Payload`` (bytes up and down per
-participating node, which may differ).  After the round, the simulated clock charges
-every active node download + compute + upload under its ``DeviceProfiles`` and reports
-the makespan, the cumulative simulated time and the energy; each node's ``busy_until``
-(the simulated time at which it finished its last round's work) is kept in the state.
+Plans and charges use the same costs: the algorithm's ``Payload`` (bytes up and down per
+participating node, which may differ, and the fraction of the full model's training compute
+it runs; each a scalar or one value per node, gathered to the cohort with ``plan.nodes``).
+After the round, the simulated clock charges every active node download + compute + upload
+under its ``DeviceProfiles`` and reports the makespan, the cumulative simulated time and the
+energy; each node's ``busy_until`` (the simulated time at which it finished its last round's
+work) is kept in the state.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ class SystemModel:
              payload, links: tp.NeighbourTable | None = None) -> tuple[RoundPlan, SystemState]:
         """This round's ``RoundPlan`` and the next availability state.
 
-        ``payload``: the algorithm's bytes ``(up, down)`` per participating node; ``links``:
+        ``payload``: the algorithm's ``Payload`` (bytes up and down, compute fraction); ``links``:
         the communication graph's neighbour table when links can fail (``link_failures``).
         """
         k_avail, k_select, k_strag, k_epochs = jax.random.split(key, 4)
@@ -125,7 +127,8 @@ class SystemModel:
         elif self.selection == "tier":
             nodes, active = select_tier(k_select, profiles.tier, online, cohort_size, count, self.num_tiers)
         else:
-            est = sum(node_times(profiles, local.node_steps(counts), local.batch_size, payload.down, payload.up))
+            est = sum(node_times(profiles, local.node_steps(counts), local.batch_size, payload.down, payload.up,
+                                 payload.compute))
             nodes, active = select_deadline_greedy(k_select, est, online, hparams["deadline"], cohort_size, count)
         planned = local.node_steps(counts[nodes])
         budget = jnp.where(active > 0, planned, 0)
@@ -137,8 +140,9 @@ class SystemModel:
             else:
                 budget = jnp.where(straggler, self._partial_budget(k_epochs, local, counts[nodes], planned), budget)
         if self.deadline_policy != "wait_all":
+            cohort = payload.take(nodes)
             active, limit = deadline_plan(self.deadline_policy, hparams["deadline"], tree_take(profiles, nodes),
-                                          active, budget, local.batch_size, payload.down, payload.up)
+                                          active, budget, local.batch_size, cohort.down, cohort.up, cohort.compute)
             budget = jnp.minimum(budget, limit)
         budget = jnp.where(active > 0, budget, 0).astype(jnp.int32)
         live = ()
@@ -155,11 +159,12 @@ class SystemModel:
         return jnp.minimum(drawn * per_unit, planned)
 
     def charge(self, system: SystemState, plan: RoundPlan, local, counts, payload) -> tuple[dict, SystemState]:
-        """Simulated time and energy of the round just run (``payload``: the algorithm's bytes up
-        and down per participating node, as planned); advances the clock and ``busy_until``."""
+        """Simulated time and energy of the round just run (``payload``: the algorithm's
+        ``Payload``, as planned); advances the clock and ``busy_until``."""
         steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
+        cohort = payload.take(plan.nodes)
         cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
-                          payload.down, payload.up)
+                          cohort.down, cohort.up, cohort.compute)
         clock = system.clock + cost.makespan_s
         finished = jnp.where(plan.active > 0, system.clock + cost.total_s, system.busy_until[plan.nodes])
         metrics = {"round_time_s": cost.makespan_s, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
@@ -192,8 +197,9 @@ class SystemModel:
         """Advance the clock to the tick's time, mark the arrived nodes waiting, restart the
         ``plan.restart`` nodes with fresh durations; energy of the arrived nodes' work."""
         steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
+        cohort = payload.take(plan.nodes)
         cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
-                          payload.down, payload.up)
+                          cohort.down, cohort.up, cohort.compute)
         clock = jnp.maximum(system.clock, plan.time)
         arrived = jnp.zeros_like(system.waiting).at[plan.nodes].set(plan.active > 0)
         durations = self._durations(jax.random.fold_in(key, 5), system, local, counts, payload, hparams)
