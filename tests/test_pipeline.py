@@ -78,6 +78,9 @@ def test_plan_hand_computed_three_layers():
     slow = plan_stages(HAND_LAYERS, [36.0, 12.0], batch_size=4, microbatches=2, bandwidth=4.0)
     assert slow.stage_of_layer == (0, 1, 1) and slow.stage_time_s == (14.0, 16.0)
     assert slow.pipeline_time_s == pytest.approx(48.0)
+    # a given split is costed, not searched
+    fixed = plan_stages(HAND_LAYERS, [36.0, 12.0], batch_size=4, microbatches=2, bandwidth=8.0, stage_of_layer=(0, 1, 1))
+    assert fixed.stage_time_s == (8.0, 16.0)
 
 
 def _brute_force(flops, d_out, speeds, bw, m, dtype_bytes):
@@ -151,8 +154,10 @@ def _mesh(axes=("replicas", "stages")):
 
 def test_pipeline_rejects_bad_stage_assignments():
     model = ej.models.mlp((6,), 3, hidden=(5,))
-    with pytest.raises(ValueError, match="3 stages for a model of 2 layers"):
+    with pytest.raises(ValueError, match=r"3 devices \(stages\) for 2 layers"):
         stage_value_and_grad(model, None, 1, 3)
+    with pytest.raises(ValueError, match="3 stages for a model of 2 layers"):
+        stage_value_and_grad(model, (0, 1), 1, 3)
     with pytest.raises(ValueError, match=r"stage_of_layer=\(1, 0\)"):
         stage_value_and_grad(model, (1, 0), 1, 2)
     with pytest.raises(ValueError, match="stage_of_layer has 1 entries for 2 layers"):

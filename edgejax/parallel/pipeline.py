@@ -41,31 +41,17 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from edgejax.models.base import Model
 from edgejax.models.zoo import ACTIVATIONS
-from edgejax.parallel.stages import dense_layers, plan_stages
+from edgejax.parallel.stages import check_stage_of_layer, dense_layers, plan_stages
 
 STAGES = "stages"
 
 
-def check_stage_of_layer(model: Model, stage_of_layer, num_stages: int) -> tuple[int, ...]:
-    """``stage_of_layer`` as a tuple, checked: one entry per layer, contiguous stages ``0 .. S-1``
-    each holding at least one layer.  ``None``: the layers split over ``num_stages`` stages with
-    balanced training FLOPs (``plan_stages`` on equal devices)."""
-    layers = dense_layers(model)
-    if not isinstance(num_stages, (int, np.integer)) or not 1 <= num_stages <= len(layers):
-        raise ValueError(f"{num_stages} stages for a model of {len(layers)} layers: give between 1 and "
-                         f"{len(layers)} stages (every stage needs a layer)")
+def resolve_stages(model: Model, stage_of_layer, num_stages: int) -> tuple[int, ...]:
+    """``stage_of_layer`` checked (``stages.check_stage_of_layer``); ``None``: the layers split over
+    ``num_stages`` stages with balanced training FLOPs (``plan_stages`` on equal devices)."""
     if stage_of_layer is None:
-        return plan_stages(layers, np.ones(num_stages), batch_size=1, microbatches=1, bandwidth=math.inf
-                           if num_stages > 1 else None).stage_of_layer
-    stages = tuple(int(s) for s in stage_of_layer)
-    if len(stages) != len(layers):
-        raise ValueError(f"stage_of_layer has {len(stages)} entries for {len(layers)} layers")
-    expected = tuple(range(num_stages))
-    steps = np.diff(stages)
-    if stages[0] != 0 or np.any((steps != 0) & (steps != 1)) or tuple(sorted(set(stages))) != expected:
-        raise ValueError(f"stage_of_layer={stages} must assign contiguous layers to stages 0..{num_stages - 1} in "
-                         "order, every stage at least one layer")
-    return stages
+        return plan_stages(model, np.ones(num_stages), batch_size=1, microbatches=1, bandwidth=math.inf).stage_of_layer
+    return check_stage_of_layer(model, stage_of_layer, num_stages)
 
 
 def stage_value_and_grad(model: Model, stage_of_layer, microbatches: int, num_stages: int):
@@ -77,7 +63,7 @@ def stage_value_and_grad(model: Model, stage_of_layer, microbatches: int, num_st
     ``model.loss.fn(model.apply(params, x), y, w)``.
     """
     layers = dense_layers(model)
-    stages = check_stage_of_layer(model, stage_of_layer, num_stages)
+    stages = resolve_stages(model, stage_of_layer, num_stages)
     if not isinstance(microbatches, (int, np.integer)) or microbatches < 1:
         raise ValueError(f"microbatches must be a positive integer; got {microbatches!r}")
     if layers[0].d_in != math.prod(model.input_shape) or layers[-1].d_out != model.num_classes:

@@ -137,8 +137,25 @@ def _positive(name: str, values, count: int, allow_inf: bool = False) -> np.ndar
     return arr
 
 
+def check_stage_of_layer(model_or_layers, stage_of_layer, num_stages: int) -> tuple[int, ...]:
+    """``stage_of_layer`` as a tuple, checked: one entry per layer, contiguous stages ``0 .. S-1``
+    in order, each holding at least one layer."""
+    layers = dense_layers(model_or_layers)
+    if not isinstance(num_stages, (int, np.integer)) or not 1 <= num_stages <= len(layers):
+        raise ValueError(f"{num_stages} stages for a model of {len(layers)} layers: give between 1 and "
+                         f"{len(layers)} stages (every stage needs a layer)")
+    stages = tuple(int(s) for s in stage_of_layer)
+    if len(stages) != len(layers):
+        raise ValueError(f"stage_of_layer has {len(stages)} entries for {len(layers)} layers")
+    steps = np.diff(stages)
+    if stages[0] != 0 or np.any((steps != 0) & (steps != 1)) or stages[-1] != num_stages - 1:
+        raise ValueError(f"stage_of_layer={stages} must assign contiguous layers to stages 0..{num_stages - 1} in "
+                         "order, every stage at least one layer")
+    return stages
+
+
 def plan_stages(model_or_layers, speeds, *, batch_size: int, microbatches: int, bandwidth=None,
-                dtype_bytes: int = 4) -> StagePlan:
+                dtype_bytes: int = 4, stage_of_layer=None) -> StagePlan:
     """The contiguous split of the dense stack over ``len(speeds)`` devices with the smallest
     bottleneck stage time (see the module docstring for the cost model and the recursion).
 
@@ -147,7 +164,8 @@ def plan_stages(model_or_layers, speeds, *, batch_size: int, microbatches: int, 
     model's training FLOPs per sample.  ``bandwidth``: bytes/s per link ``s -> s+1`` (a scalar
     or ``S - 1`` values); ``None`` with ``DeviceProfiles`` takes ``min(up_bandwidth[s],
     down_bandwidth[s+1])``.  ``dtype_bytes``: bytes per activation value.  Ties between splits
-    go to the one whose stages end earliest.
+    go to the one whose stages end earliest.  ``stage_of_layer``: cost this given split instead
+    of searching for the best one.
     """
     layers = dense_layers(model_or_layers)
     flops = layer_train_flops(layers)
@@ -179,7 +197,20 @@ def plan_stages(model_or_layers, speeds, *, batch_size: int, microbatches: int, 
     def transfer_time(j: int, s: int) -> float:
         return 2.0 * out_bytes[j - 1] / bw[s] if s < num_stages - 1 else 0.0
 
-    n = len(layers)
+    if stage_of_layer is None:
+        stage_of_layer = _best_split(len(layers), num_stages, compute_time, transfer_time)
+    stage_of_layer = check_stage_of_layer(layers, stage_of_layer, num_stages)
+    bounds = [stage_of_layer.index(s) for s in range(num_stages)] + [len(layers)]
+    compute = tuple(float(compute_time(bounds[s], bounds[s + 1], s)) for s in range(num_stages))
+    transfer = tuple(float(transfer_time(bounds[s + 1], s)) for s in range(num_stages))
+    act = tuple(int(out_bytes[bounds[s + 1] - 1]) for s in range(num_stages - 1))
+    return StagePlan(stage_of_layer, int(microbatches), int(m), compute, transfer, act,
+                     float(batch_size * prefix[-1] / v.max()))
+
+
+def _best_split(n: int, num_stages: int, compute_time, transfer_time) -> tuple[int, ...]:
+    """The dynamic programme of the module docstring: ``best[s, j]`` is the smallest bottleneck of
+    layers ``0..j-1`` on devices ``0..s-1``, ``cut[s, j]`` where its last stage starts."""
     best = np.full((num_stages + 1, n + 1), math.inf)
     cut = np.zeros((num_stages + 1, n + 1), dtype=int)
     best[0, 0] = 0.0
@@ -193,9 +224,4 @@ def plan_stages(model_or_layers, speeds, *, batch_size: int, microbatches: int, 
     for s in range(num_stages, 1, -1):
         ends.append(int(cut[s, ends[-1]]))
     bounds = [0, *reversed(ends)]
-    stage_of_layer = tuple(s for s in range(num_stages) for _ in range(bounds[s], bounds[s + 1]))
-    compute = tuple(float(compute_time(bounds[s], bounds[s + 1], s)) for s in range(num_stages))
-    transfer = tuple(float(transfer_time(bounds[s + 1], s)) for s in range(num_stages))
-    act = tuple(int(out_bytes[bounds[s + 1] - 1]) for s in range(num_stages - 1))
-    return StagePlan(stage_of_layer, int(microbatches), int(m), compute, transfer, act,
-                     float(batch_size * prefix[-1] / v.max()))
+    return tuple(s for s in range(num_stages) for _ in range(bounds[s], bounds[s + 1]))
