@@ -4,7 +4,9 @@ Prints one JSON object: for the GPipe pipeline, the loss's relative error and ev
 leaf's ``max |g - g_ref| / max |g_ref|`` against ``jax.value_and_grad`` of the unpartitioned
 model (float32 and float64, S in {2, 4}, M in {1, 4, 5}: 5 does not divide the batch of 12);
 for the hybrid execution, the largest difference of any float leaf of the simulation state and
-of the train loss after 3 rounds against ``per_node`` (FedAvg, D-PSGD; meshes 4x2 and 2x4).
+of the train loss after 3 rounds against ``per_node`` (FedAvg, D-PSGD; meshes 4x2 and 2x4; FedProx on 4x2), and
+the node counts of the stacked first-layer weights in the compiled round (a cohort spread over
+``replicas`` holds ``ceil(K / R)`` nodes per device).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ.setdefault("EDGEJAX_COMPILATION_CACHE", "0")
 
 import json  # noqa: E402
+import re  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -60,23 +63,30 @@ def simulate(alg, execution, cohort):
     hp = sim.hparams({"client_lr": 0.1})
     state = sim.init(jax.random.PRNGKey(0), hp)
     round_fn = jax.jit(sim.round)
+    # the cohort's per-device size: the leading dim of every stack of first-layer weights [n, 6, 5]
+    hlo = round_fn.lower(state, data, hp).compile().as_text()
+    stacks = sorted({int(n) for n in re.findall(r"f32\[(\d+),6,5\]", hlo)})
     for _ in range(3):
         state, metrics = round_fn(state, data, hp)
-    return state, float(metrics["train_loss"]), sim.execution
+    return state, float(metrics["train_loss"]), sim.execution, stacks
 
 
 def hybrid_errors() -> dict:
     out = {}
     for replicas, stages in ((4, 2), (2, 4)):
         mesh = Mesh(np.array(jax.devices()).reshape(replicas, stages), ("replicas", "stages"))
-        for name, alg, cohort in (("fedavg", ej.FedAvg(), 3), ("dpsgd", DPSGD(Topology("ring")), None)):
-            ref, ref_loss, _ = simulate(alg, "per_node", cohort)
-            got, got_loss, execution = simulate(alg, Pipelined(mesh, microbatches=2), cohort)
+        algorithms = [("fedavg", ej.FedAvg(), 3), ("dpsgd", DPSGD(Topology("ring")), None)]
+        if replicas == 4:  # a local term (FedProx's proximal pull) on one mesh
+            algorithms.append(("fedprox", ej.get_algorithm("fedprox"), 3))
+        for name, alg, cohort in algorithms:
+            ref, ref_loss, _, _ = simulate(alg, "per_node", cohort)
+            got, got_loss, execution, stacks = simulate(alg, Pipelined(mesh, microbatches=2), cohort)
             leaves = [(a, b) for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref))
                       if jnp.issubdtype(b.dtype, jnp.floating)]
             out[f"{name}_R{replicas}_S{stages}"] = {
                 "state": max(float(jnp.max(jnp.abs(a - b))) for a, b in leaves), "float_leaves": len(leaves),
-                "loss": abs(got_loss - ref_loss), "ref_loss": ref_loss, "execution": execution}
+                "loss": abs(got_loss - ref_loss), "ref_loss": ref_loss, "execution": execution,
+                "nodes": cohort or 5, "replicas": replicas, "weight_stacks": stacks}
     return out
 
 

@@ -308,9 +308,8 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
             total = total + term.loss(params, params0, node_args.get(term.name, ()), hparams)
         return total, loss
 
-    grad_fn = jax.grad(objective, has_aux=True)
-    if model_value_and_grad is not None:
-        grad_fn = _with_model_gradient(model_value_and_grad, terms)
+    grad_fn = (jax.grad(objective, has_aux=True) if model_value_and_grad is None
+               else _with_model_gradient(model_value_and_grad, terms))
 
     def update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None,
                mask: SubModelMask | None = None) -> LocalResult:
