@@ -22,6 +22,9 @@ Strategies (``LocalTraining.execution``; the same numbers, to rounding, either w
 * ``shared_base``: the exact low-rank identity of ``edgejax.core.shared_base``; no
   per-node weight copy exists.  Only ``delta``, only for what that module lists.
 * ``auto``: ``shared_base`` where it is exact and cheaper, else ``per_node``.
+* an execution object (e.g. ``edgejax.parallel.Pipelined``): hashable static config with a
+  ``name`` and ``build(model, spec, max_steps, shuffles, group_size, needs)`` returning a
+  strategy with this interface; ``build`` raises the ``ValueError`` when it cannot be exact.
 
 What a strategy must support is stated by the algorithm as ``Needs`` (its local terms,
 where nodes start, what it reads back, whether optimizer state persists); a strategy
@@ -138,11 +141,14 @@ def shared_base_reason(model: Model, spec: LocalTraining, needs: Needs) -> str |
 
 
 def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, needs: Needs = Needs()) -> str:
-    """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here).
+    """``per_node`` or ``shared_base`` for ``spec.execution`` (``auto`` decided here), or an
+    execution object's ``name``.
 
     Raises ``ValueError`` naming the reason when ``shared_base`` is asked for explicitly
     but cannot be exact.
     """
+    if not isinstance(spec.execution, str):
+        return spec.execution.name
     if spec.execution == "per_node":
         return "per_node"
     reason = shared_base_reason(model, spec, needs)
@@ -158,9 +164,14 @@ def resolve_execution(model: Model, spec: LocalTraining, max_steps: int, needs: 
 
 def build_execution(model: Model, spec: LocalTraining, max_steps: int, shuffles: int, group_size: int | None,
                     needs: Needs = Needs(), mesh=None) -> Any:
-    """The strategy ``spec.execution`` resolves to, built for this model, schedule and algorithm;
-    with a node ``mesh`` (``edgejax.parallel.node_mesh``) ``per_node`` trains each device's
-    share of the cohort under ``shard_map``."""
+    """The strategy ``spec.execution`` resolves to, built for this model, schedule and algorithm
+    (an execution object builds its own); with a node ``mesh`` (``edgejax.parallel.node_mesh``)
+    ``per_node`` trains each device's share of the cohort under ``shard_map``."""
+    if not isinstance(spec.execution, str):
+        if mesh is not None:
+            raise ValueError(f"execution {spec.execution.name!r} places the nodes on its own mesh; build the "
+                             "Simulation without mesh= (a node mesh is for the per_node and shared_base executions)")
+        return spec.execution.build(model, spec, max_steps, shuffles, group_size, needs)
     if resolve_execution(model, spec, max_steps, needs) == "shared_base":
         return SharedBase(make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms))
     update = make_local_update(model, spec, max_steps, shuffles, needs.terms)

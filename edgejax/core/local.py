@@ -87,7 +87,10 @@ class LocalTraining:
         cohort with the shared weights (exact, see ``edgejax.core.shared_base``); a
         configuration where that is not exact raises ``ValueError``.  ``auto``:
         ``shared_base`` where it is exact and its factor history is smaller than the
-        weights, else ``per_node``.  Same numbers (to rounding) either way.
+        weights, else ``per_node``.  Or an execution object (hashable static config with a
+        ``name`` and ``build(model, spec, max_steps, shuffles, group_size, needs)`` returning
+        a strategy with ``train``/``delta``, see ``edgejax.core.execution``), e.g.
+        ``edgejax.parallel.Pipelined``.  Same numbers (to rounding) either way.
     """
 
     batch_size: int = 10
@@ -95,7 +98,7 @@ class LocalTraining:
     steps: int | None = None
     optimizer: str | Callable = "sgd"
     group_size: int | str | None = "auto"
-    execution: str = "auto"
+    execution: Any = "auto"
     weight_decay: bool | str = False
 
     def __post_init__(self):
@@ -110,7 +113,12 @@ class LocalTraining:
         if isinstance(self.optimizer, str) and self.optimizer not in LOCAL_OPTIMIZERS:
             raise ValueError(f"unknown local optimizer {self.optimizer!r}; choose from {LOCAL_OPTIMIZERS} "
                              "or pass a callable hparams -> optax.GradientTransformation")
-        check_choice("execution", self.execution, EXECUTIONS)
+        if isinstance(self.execution, str):
+            check_choice("execution", self.execution, EXECUTIONS)
+        elif not (callable(getattr(self.execution, "build", None)) and isinstance(getattr(self.execution, "name", None),
+                                                                                   str)):
+            raise ValueError(f"execution must be one of {EXECUTIONS} or an object with a name and a build(model, spec, "
+                             f"max_steps, shuffles, group_size, needs) method; got {self.execution!r}")
         check_choice("weight_decay", self.weight_decay, WEIGHT_DECAY)
         if self.group_size not in ("auto", None) and not (isinstance(self.group_size, int) and self.group_size >= 1):
             raise ValueError(f"group_size must be None, 'auto' or a positive integer; got {self.group_size!r}")
@@ -269,9 +277,14 @@ def decays_leaf(params):
 
 
 def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
-                      terms: tuple[LocalTerm, ...] = ()):
+                      terms: tuple[LocalTerm, ...] = (), model_value_and_grad: Callable | None = None):
     """Build ``update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None,
     mask=None) -> LocalResult`` for one node.
+
+    ``model_value_and_grad``: ``(params, x, y, w) -> (loss, grads)`` of the model's loss on a
+    minibatch, replacing ``jax.value_and_grad`` of ``model.loss.fn(model.apply(params, x), y, w)``
+    (e.g. a pipelined computation, ``edgejax.parallel``); the terms' gradients are added to it.
+    It cannot be combined with masks.
 
     The objective is ``model.loss`` on the minibatch plus every ``LocalTerm`` in ``terms``
     (``node_args``: a dict term name -> that term's per-node pytree).  ``opt_state``: the
@@ -295,7 +308,8 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
             total = total + term.loss(params, params0, node_args.get(term.name, ()), hparams)
         return total, loss
 
-    grad_fn = jax.grad(objective, has_aux=True)
+    grad_fn = (jax.grad(objective, has_aux=True) if model_value_and_grad is None
+               else _with_model_gradient(model_value_and_grad, terms))
 
     def update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None,
                mask: SubModelMask | None = None) -> LocalResult:
@@ -328,6 +342,25 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
         return LocalResult(params, opt_state, loss_sum / jnp.maximum(steps, 1.0), steps)
 
     return update
+
+
+def _with_model_gradient(model_value_and_grad: Callable, terms: tuple[LocalTerm, ...]):
+    """``grad_fn`` of ``make_local_update`` from a given model loss gradient plus the terms' gradients."""
+
+    def terms_total(params, hparams, params0, node_args):
+        return sum(term.loss(params, params0, node_args.get(term.name, ()), hparams) for term in terms)
+
+    terms_grad = jax.grad(terms_total)
+
+    def grad_fn(params, xb, yb, wb, hparams, params0, node_args, mask):
+        if mask is not None:
+            raise ValueError("a model_value_and_grad override trains the full model; it cannot train sub-models (masks)")
+        loss, grads = model_value_and_grad(params, xb, yb, wb)
+        if terms:
+            grads = jax.tree_util.tree_map(jnp.add, grads, terms_grad(params, hparams, params0, node_args))
+        return grads, loss
+
+    return grad_fn
 
 
 def masked_weighted_sum(p: jax.Array, values: jax.Array) -> jax.Array:
