@@ -14,6 +14,8 @@
    uniform-random pool when the file is absent), for logistic regression and the GEMM
    CNN at each N in ``--host-nodes``: ms per round, the process's peak memory and the
    bytes each client costs (host indices + device state).
+3. **Gossip at large N**: D-PSGD on a sparse ring at each N in ``--gossip-nodes``
+   (device-resident data, 8 digits samples per node): ms per round and peak memory.
 
 Results go to ``benchmarks/results/scaling-<device>.json`` and ``.md``.  Run::
 
@@ -44,6 +46,7 @@ import numpy as np  # noqa: E402
 import edgejax as ej  # noqa: E402
 from common import device_info, finish_report, load_average, report_header  # noqa: E402
 from edgejax.data.datasets import default_data_dir, read_idx  # noqa: E402
+from edgejax.data.federated import pad_nodes, pad_test  # noqa: E402
 from edgejax.data.host import host_federate  # noqa: E402
 from edgejax.models.base import num_bytes  # noqa: E402
 
@@ -126,6 +129,25 @@ def host_scale(args) -> dict:
     return {"rows": rows, "pool": source}
 
 
+def gossip_scale(args) -> dict:
+    """D-PSGD on a sparse ring at large N: device-resident data, every node 8 digits images."""
+    digits = ej.data.load_dataset("digits")
+    rng = np.random.default_rng(0)
+    rows = []
+    for nodes in args.gossip_nodes:
+        parts = list(rng.integers(0, len(digits.x_train), size=(nodes, 8)))
+        data = ej.FederatedData(train=pad_nodes(digits.x_train, digits.y_train, parts),
+                                local_test=pad_nodes(digits.x_train, digits.y_train, [p[:1] for p in parts]),
+                                test=pad_test(digits.x_test, digits.y_test), num_classes=10, name="digits-pool")
+        model = ej.models.logistic_regression(data.feature_shape, 10)
+        sim = ej.Simulation(model, data, ej.DPSGD(ej.Topology("ring", representation="sparse")),
+                            ej.LocalTraining(batch_size=4, steps=2))
+        rows.append({"nodes": nodes, "ms_per_round": time_rounds(sim, args.rounds, args.repeats),
+                     "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"rows": rows}
+
+
 def markdown(report: dict) -> str:
     lines = report_header("scaling", report)
     lines += ["## Node axis over D host CPU devices", "",
@@ -147,6 +169,11 @@ def markdown(report: dict) -> str:
     for r in host["rows"]:
         lines.append(f"| {r['model']} | {r['nodes']:,} | {r['ms_per_round']:.1f} | {r['host_bytes_per_node']:.0f} | "
                      f"{r['device_state_bytes_per_node']:.1f} | {r['peak_rss_gib']:.2f} |")
+    lines += ["", "## Gossip at large N", "",
+              "D-PSGD on a sparse ring (neighbour lists), logistic regression, every node 8 sklearn-digits samples "
+              "(device-resident), 2 steps of batch 4, evaluation excluded.", "",
+              "| N nodes | ms / round | peak RSS (GiB) |", "|---|---|---|"]
+    lines += [f"| {r['nodes']:,} | {r['ms_per_round']:.1f} | {r['peak_rss_gib']:.2f} |" for r in report["gossip"]["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -156,24 +183,30 @@ def main():
     parser.add_argument("--strong-nodes", type=int, default=512)
     parser.add_argument("--nodes-per-device", type=int, default=128)
     parser.add_argument("--host-nodes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--gossip-nodes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--host-scale", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gossip-scale", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     if args.quick:
         args.devices, args.strong_nodes, args.nodes_per_device, args.host_nodes = [1, 2], 64, 32, [1000]
+        args.gossip_nodes = [1000]
         args.rounds, args.repeats = 2, 1
-    if args.worker is not None or args.host_scale:
-        print(json.dumps(worker(args.worker, args) if args.worker is not None else host_scale(args)))
+    if args.worker is not None:
+        print(json.dumps(worker(args.worker, args)))
+        return
+    if args.host_scale or args.gossip_scale:
+        print(json.dumps(host_scale(args) if args.host_scale else gossip_scale(args)))
         return
     start, load_start = time.perf_counter(), load_average()
     passed = [a for a in sys.argv[1:] if a != "--quick"]
     if args.quick:
         passed += ["--devices", "1", "2", "--strong-nodes", "64", "--nodes-per-device", "32", "--host-nodes", "1000",
-                   "--rounds", "2", "--repeats", "1"]
+                   "--gossip-nodes", "1000", "--rounds", "2", "--repeats", "1"]
 
     def child(*extra) -> dict:
         done = subprocess.run([sys.executable, __file__, *passed, *extra], capture_output=True, text=True, check=True)
@@ -182,7 +215,8 @@ def main():
     scaling = [row for d in args.devices for row in child("--worker", str(d))["rows"]]
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "benchmarks/scaling.py", *sys.argv[1:]]), "device": device_info(),
-              "rounds": args.rounds, "repeats": args.repeats, "scaling": scaling, "host": child("--host-scale")}
+              "rounds": args.rounds, "repeats": args.repeats, "scaling": scaling, "host": child("--host-scale"),
+              "gossip": child("--gossip-scale")}
     finish_report("scaling", report, markdown, args.out, args.quick, start, load_start)
 
 

@@ -90,11 +90,31 @@ def hybrid_errors() -> dict:
     return out
 
 
+def clock_check() -> dict:
+    """A planned pipeline charges the clock its time: with the same devices and steps, the
+    round takes ``(ratio - 1) * steps * batch / speed`` longer than on one device."""
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("replicas", "stages"))
+    plan = ej.parallel.plan_stages(MODEL, [1e6, 4e5], batch_size=4, microbatches=2, bandwidth=1e6)
+    times = {}
+    for name, execution in (("plain", "per_node"), ("pipelined", Pipelined.from_plan(mesh, plan))):
+        data = make_data([5, 7, 6, 4, 8], dim=6, num_classes=3, seed=0, dtype=np.float32)[0]
+        sim = ej.Simulation(MODEL, data, ej.FedAvg(), ej.LocalTraining(batch_size=4, steps=3, execution=execution),
+                            clients_per_round=3)
+        state = sim.init(jax.random.PRNGKey(0), sim.default_hparams())
+        state, metrics = jax.jit(sim.round)(state, data, sim.default_hparams())
+        times[name] = float(metrics["round_time_s"])
+        speed = float(state.system.profiles.speed[0])
+        compute = float(np.asarray(sim.payload.compute))
+    return {**times, "ratio": plan.ratio_to_single_device, "compute": compute,
+            "expected": times["plain"] + (plan.ratio_to_single_device - 1) * 3 * 4 / speed}
+
+
 def main() -> None:
     report = {"devices": jax.device_count(), "pipeline": {"float32": pipeline_errors(jnp.float32)}}
     with jax.enable_x64(True):
         report["pipeline"]["float64"] = pipeline_errors(jnp.float64)
     report["hybrid"] = hybrid_errors()
+    report["clock"] = clock_check()
     print(json.dumps(report))
 
 

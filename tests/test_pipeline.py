@@ -58,6 +58,12 @@ def test_hybrid_execution_equals_per_node(checks):
         assert case["weight_stacks"][0] == -(-case["nodes"] // case["replicas"]), case
 
 
+def test_a_planned_pipeline_charges_its_time_to_the_simulated_clock(checks):
+    clock = checks["clock"]
+    assert clock["compute"] == clock["ratio"] != 1.0
+    assert abs(clock["pipelined"] - clock["expected"]) <= 1e-5 * clock["expected"], clock
+
+
 # ----- stage assignment ------------------------------------------------------------------------
 HAND_LAYERS = (DenseLayer("a", 2, 3, "relu"), DenseLayer("b", 3, 4, "relu"), DenseLayer("c", 4, 1))
 # training FLOPs per sample: 3 * 2 * d_in * d_out = 36, 72, 24 (132 in all)

@@ -41,7 +41,7 @@ def estimate(sim) -> dict[str, int]:
     train = sim.data.train
     node_bytes = getattr(train, "node_bytes", None) or ((num_bytes(train) // n) if n else 0)
     return {"simulation state": 2 * state,
-            "per-node model copies": 4 * params * width if per_node == "per_node" else 0,
+            "per-node model copies": 4 * params * width if per_node != "shared_base" else 0,
             "gathered cohort data": node_bytes * k if k < n or hasattr(train, "source") else 0}
 
 

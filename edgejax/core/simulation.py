@@ -122,8 +122,13 @@ class Simulation:
 
     @functools.cached_property
     def payload(self) -> Payload:
-        """The algorithm's ``Payload`` (a plain ``(up, down)`` pair gets ``compute = 1``), checked."""
+        """The algorithm's ``Payload`` (a plain ``(up, down)`` pair gets ``compute = 1``), checked;
+        an execution object's ``compute_scale()`` (e.g. a pipeline over several devices,
+        ``edgejax.parallel.Pipelined``) multiplies every node's compute."""
         payload = Payload(*self.algorithm.payload(self.params_shape, self.num_nodes))
+        scale = getattr(self.local.execution, "compute_scale", None)
+        if scale is not None:
+            payload = payload._replace(compute=np.asarray(payload.compute) * scale())
         payload.check(self.num_nodes)
         return payload
 

@@ -91,6 +91,13 @@ class Pipelined:
             raise ValueError("this Pipelined has no StagePlan (device speeds); build it with Pipelined.from_plan")
         return self.plan.step_time_s(batch_size)
 
+    def compute_scale(self) -> float:
+        """The factor the simulated clock multiplies each node's compute time and energy by
+        (``Simulation.payload``): ``plan.ratio_to_single_device``, the pipeline's time over
+        that of the plan's fastest device running the whole model (a node's device profile is
+        that device); 1 without a plan."""
+        return 1.0 if self.plan is None else float(self.plan.ratio_to_single_device)
+
     def unsupported(self, model: Model, needs: Needs) -> str | None:
         """Why the pipeline cannot be exact for this model and algorithm, or ``None``."""
         if model.layers is None:
