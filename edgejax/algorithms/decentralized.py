@@ -96,8 +96,7 @@ class _Gossip:
             degree = 1
         else:
             graphs = self.topology.schedule if self.topology.graph == "schedule" else (None,)
-            degree = max(int(tp.out_degrees(self.topology.adjacency_matrix(num_nodes, g, connected=False)).max())
-                         for g in graphs)
+            degree = max(self.topology.max_out_degree(num_nodes, g) for g in graphs)
         size = self.message_bytes(params) * degree
         return Payload(size, size)
 

@@ -29,10 +29,14 @@ from typing import NamedTuple
 
 from edgejax import topology as tp
 from edgejax.core.validation import check_choice
+from edgejax.topology.circulant import CIRCULANT_GRAPHS, circulant_edges, circulant_operator
 
 GRAPHS = ("ring", "torus", "exponential", "one_peer_exponential", "random_regular", "erdos_renyi", "star",
           "complete", "adjacency", "schedule")
 WEIGHTS = ("metropolis", "uniform", "lazy_metropolis", "column")
+# from this many nodes on, rings, tori and exponential graphs are built as neighbour lists
+# (edgejax.topology.circulant): the dense N x N construction is what limits N
+CIRCULANT_MIN_NODES = 2048
 
 
 class NetworkState(NamedTuple):
@@ -129,6 +133,20 @@ class Topology:
             tp.check_connected(adj)
         return adj
 
+    def _as_lists(self, n: int) -> bool:
+        """Build the graph as neighbour lists (``edgejax.topology.circulant``), not N x N."""
+        return n >= CIRCULANT_MIN_NODES and self.graph in CIRCULANT_GRAPHS
+
+    def _circulant_shape(self, n: int) -> dict:
+        return {"rows": _near_square(n)[0] if self.graph == "torus" else 1,
+                "directed": self.graph == "exponential" and self.directed}
+
+    def max_out_degree(self, n: int, adjacency=None) -> int:
+        """The largest number of nodes one node sends to (``adjacency``: one graph of a schedule)."""
+        if adjacency is None and self._as_lists(n):
+            return int(np.bincount(circulant_edges(n, self.graph, **self._circulant_shape(n))[0], minlength=n).max())
+        return int(tp.out_degrees(self.adjacency_matrix(n, adjacency, connected=False)).max())
+
     def matrix(self, n: int, adjacency=None, connected: bool = True) -> np.ndarray:
         """The fixed graph's mixing matrix (host, float64)."""
         adj = self.adjacency_matrix(n, adjacency, connected)
@@ -157,6 +175,8 @@ class Topology:
         if link_failures:
             self.check_link_failures()
             return NetworkState(table=tp.neighbour_table(self.adjacency_matrix(n)))
+        if self._as_lists(n) and self.representation != "dense":
+            return NetworkState(mixing=circulant_operator(n, self.graph, self.weights, **self._circulant_shape(n)))
         return NetworkState(mixing=tp.mixing_operator(self.matrix(n), self.representation, check=check))
 
     def _stacked(self, matrices, check: str):
