@@ -56,10 +56,19 @@ def build(name: str, mesh) -> ej.Simulation:
     if name == "stragglers":
         system = ej.SystemModel(availability=ej.Availability("markov", mean_on=3, mean_off=2))
         return ej.Simulation(model, _data(30), ej.get_algorithm("fedprox"), local, clients_per_round=9, system=system, mesh=mesh)
+    if name == "fedavg_host":   # clients on the host (edgejax.data.host), the cohort streamed
+        from edgejax.data.host import host_federate
+
+        rng = np.random.default_rng(0)
+        pool_x, pool_y = rng.integers(0, 256, size=(60, 5)).astype(np.uint8), rng.integers(0, 3, 60).astype(np.int32)
+        parts = [rng.choice(60, size=2 + i % 6, replace=False) for i in range(30)]
+        data = host_federate(pool_x, pool_y, parts, pool_x[:20], pool_y[:20], 3, scale=1 / 255)
+        return ej.Simulation(model, data, ej.FedAvg(), local, clients_per_round=10, mesh=mesh)
     raise ValueError(name)
 
 
-CASES = ("fedavg", "fedavg_mlp_full", "scaffold", "dpsgd_dense", "dpsgd_sparse", "choco", "fedbuff", "stragglers")
+CASES = ("fedavg", "fedavg_mlp_full", "scaffold", "dpsgd_dense", "dpsgd_sparse", "choco", "fedbuff", "stragglers",
+         "fedavg_host")
 
 
 def _max_diff(a, b) -> float:
