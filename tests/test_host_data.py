@@ -61,3 +61,11 @@ def test_bad_host_data_is_rejected_before_compute():
     with pytest.raises(ValueError, match="needs the node data on the device"):
         ej.Simulation(ej.models.logistic_regression((5,), 3), host, ej.DPSGD(ej.Topology("ring")),
                       ej.LocalTraining(batch_size=2, steps=1))
+
+
+def test_class_subsets_read_the_labels_of_host_resident_nodes():
+    from edgejax.algorithms.class_subsets import data_classes
+
+    problem = _problem()
+    host = host_federate(*problem, num_classes=3, scale=1 / 255)
+    assert data_classes(host) == data_classes(_device_twin(*problem, scale=1 / 255))

@@ -47,8 +47,13 @@ OUTPUTS = ("restricted", "zero")
 
 
 def data_classes(data) -> tuple[tuple[int, ...], ...]:
-    """The sorted labels of every node's training data (``FederatedData``)."""
-    y, count = np.asarray(data.train.y), np.asarray(data.train.count)
+    """The sorted labels of every node's training data (``FederatedData``; host-resident
+    data, ``edgejax.data.host``, is read from its pool)."""
+    if hasattr(data.train, "source"):
+        source = data.train.source
+        y, count = source.pool_y[source.index], source.count
+    else:
+        y, count = np.asarray(data.train.y), np.asarray(data.train.count)
     return tuple(tuple(sorted(set(y[i, :count[i]].tolist()))) for i in range(y.shape[0]))
 
 

@@ -63,6 +63,7 @@ from edgejax.core.execution import Needs
 from edgejax.core.local import map_nodes, mask_tree, masked_weighted_sum
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_broadcast
 from edgejax.core.validation import check_choice
+from edgejax.data.host import cohort_data
 from edgejax.models.base import Model
 
 DISTILL_LOSSES = ("l1", "l2", "kl")
@@ -218,7 +219,7 @@ class FedMD:
         digested, digest_loss = map_nodes(digest, (params, masks), ctx.group_size)
 
         # Revisit: the local schedule on the private data, from the digested model
-        cohort = gather(data.train, plan, full)
+        cohort = cohort_data(data.train, plan.nodes, full)
         result = ctx.execution.train(digested, cohort, keys, plan.step_budget, hparams, mask=masks)
         on = plan.active > 0
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(on.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
