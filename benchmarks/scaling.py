@@ -148,6 +148,25 @@ def gossip_scale(args) -> dict:
     return {"rows": rows}
 
 
+def findings(report: dict) -> list[str]:
+    """Plain statements computed from the tables above."""
+    out = []
+    for kind in ("fedavg", "gossip"):
+        rows = [r for r in report["scaling"] if r["kind"] == kind]
+        ratios = [r["sharded_ms"] / r["one_device_ms"] for r in rows]
+        out.append(f"- {kind}: the sharded round took {min(ratios):.2f}x to {max(ratios):.2f}x the one-device round "
+                   f"over D = {sorted({r['devices'] for r in rows})} on the same cores.")
+    for model in sorted({r["model"] for r in report["host"]["rows"]}):
+        rows = [r for r in report["host"]["rows"] if r["model"] == model]
+        big = max(rows, key=lambda r: r["nodes"])
+        out.append(f"- host-resident clients, {model}: the largest N tried ran: {big['nodes']:,} "
+                   f"({big['ms_per_round']:.0f} ms/round); a client costs {big['host_bytes_per_node']:.0f} B on the "
+                   f"host and {big['device_state_bytes_per_node']:.0f} B of device state.")
+    big = max(report["gossip"]["rows"], key=lambda r: r["nodes"])
+    out.append(f"- gossip: D-PSGD on a sparse ring ran at N = {big['nodes']:,} in {big['ms_per_round']:.0f} ms/round.")
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = report_header("scaling", report)
     lines += ["## Node axis over D host CPU devices", "",
@@ -164,7 +183,8 @@ def markdown(report: dict) -> str:
     lines += ["", "## Clients kept on the host (edgejax.data.host)", "",
               f"Cross-device FedAvg, 100 clients a round, 4 steps of batch 4, 16 images per client from {host['pool']}; "
               "the cohort's images are gathered on the host and streamed into the compiled round each round.", "",
-              "| model | N clients | ms / round | host bytes / client | device state bytes / client | peak RSS (GiB) |",
+              "| model | N clients | ms / round | host bytes / client | device state bytes / client | "
+              "process peak RSS so far (GiB) |",
               "|---|---|---|---|---|---|"]
     for r in host["rows"]:
         lines.append(f"| {r['model']} | {r['nodes']:,} | {r['ms_per_round']:.1f} | {r['host_bytes_per_node']:.0f} | "
@@ -174,6 +194,7 @@ def markdown(report: dict) -> str:
               "(device-resident), 2 steps of batch 4, evaluation excluded.", "",
               "| N nodes | ms / round | peak RSS (GiB) |", "|---|---|---|"]
     lines += [f"| {r['nodes']:,} | {r['ms_per_round']:.1f} | {r['peak_rss_gib']:.2f} |" for r in report["gossip"]["rows"]]
+    lines += ["", "## Findings", ""] + findings(report)
     return "\n".join(lines) + "\n"
 
 
