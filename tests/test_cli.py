@@ -90,3 +90,8 @@ def test_help_documents_every_option(capsys):
     for name in DEFAULTS:
         flag = "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
         assert flag in text, flag
+
+
+def test_multi_host_flags_without_a_coordinator_are_rejected(tmp_path, capsys):
+    assert main(["run", *SMALL, "--num-processes", "2", "--out", str(tmp_path / "o")]) != 0
+    assert "give --coordinator too" in capsys.readouterr().err

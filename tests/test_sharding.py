@@ -133,3 +133,29 @@ def test_two_processes_run_one_simulation_as_one_device_does(tmp_path):
             np.testing.assert_allclose(multi[part][key], values, rtol=2e-6, atol=1e-7, err_msg=key)
     for a, b in zip(multi["server"], one["server"]):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_edgejax_run_launches_a_two_process_run(tmp_path):
+    """The documented launcher: every process runs the same ``edgejax run --coordinator ...``;
+    process 0 writes the metrics, which equal a one-process run's."""
+    import os
+
+    import pandas as pd
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    command = [sys.executable, "-c", "import sys; from edgejax.cli import main; sys.exit(main(sys.argv[1:]))", "run",
+               "--nodes", "12", "--clients-per-round", "5", "--rounds", "4", "--eval-every", "2", "--no-progress",
+               "--model", "logreg"]
+    port = str(_free_port())
+    procs = [subprocess.Popen([*command, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                               "--process-id", str(i), "--out", str(tmp_path / f"multi{i}")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    single = subprocess.run([*command, "--out", str(tmp_path / "single")], env=env, capture_output=True, text=True,
+                            timeout=600)
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-2000:] + logs[1][-2000:]
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert "nodes on 4 devices" in logs[0] and not (tmp_path / "multi1").exists()
+    multi, one = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("multi0", "single"))
+    assert list(multi.columns) == list(one.columns) and len(multi) == 5
+    np.testing.assert_allclose(multi.to_numpy(float), one.to_numpy(float), rtol=2e-6, atol=1e-7)

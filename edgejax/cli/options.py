@@ -8,7 +8,7 @@ from __future__ import annotations
 _TYPES = {"data_path": (str,), "local_steps": (int,), "local_epochs": (int,), "server_lr": (float, int),
           "alpha": (float, int), "beta": (float, int), "lr": (float, int), "local_test_fraction": (float, int),
           "hidden": (str, int, list), "group_size": (str, int), "out": (str,), "checkpoint_every": (int,),
-          "hparam": (list,)}
+          "hparam": (list,), "coordinator": (str,), "num_processes": (int,), "process_id": (int,)}
 
 # option -> (does it apply to these options?, when it applies)
 _APPLIES = {

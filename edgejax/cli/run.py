@@ -29,8 +29,10 @@ DEFAULTS = {
     "deadline_policy": "wait_all",
     "hparam": [], "seed": 0, "eval_every": 10, "out": None, "overwrite": False, "checkpoint_every": None,
     "keep_checkpoints": 2, "progress": True,
+    "shard_nodes": False, "coordinator": None, "num_processes": None, "process_id": None,
 }
-NOT_STORED = ("out", "progress", "overwrite")  # options that do not change a run's results
+# options that do not change a run's results (the processes of a multi-host run are where it ran)
+NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id")
 
 
 class _RealDefaults(argparse.HelpFormatter):
@@ -113,6 +115,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its "
                    "stored options (bit-identical to an uninterrupted run)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bar")
+    g = p.add_argument_group("devices and hosts (edgejax.parallel; the same results to float reassociation)")
+    g.add_argument("--shard-nodes", action="store_true", default=None,
+                   help="split the node axis over every device jax sees (a 'nodes' mesh)")
+    g.add_argument("--coordinator", metavar="HOST:PORT|auto", help="a multi-host run: every process runs the same "
+                   "command with this (process 0's address; 'auto' on TPU pods, SLURM, Open MPI); implies "
+                   "--shard-nodes, only process 0 writes --out")
+    g.add_argument("--num-processes", type=int, help="processes of the multi-host run (with --coordinator)")
+    g.add_argument("--process-id", type=int, help="this process's rank, 0 .. num-processes - 1 (with --coordinator)")
     return p
 
 
@@ -269,7 +279,9 @@ def build(o: dict):
         cohort = None
     if cohort is not None and cohort > data.num_nodes:
         raise ValueError(f"clients_per_round={cohort} is larger than the number of nodes N={data.num_nodes}")
-    sim = ej.Simulation(model, data, algorithm, local, clients_per_round=cohort, system=_system(o, data.num_nodes))
+    mesh = ej.parallel.node_mesh() if o["shard_nodes"] or o["coordinator"] else None
+    sim = ej.Simulation(model, data, algorithm, local, clients_per_round=cohort, system=_system(o, data.num_nodes),
+                        mesh=mesh)
     hparams = sim.hparams(_parse_hparams(o["hparam"], o["lr"], o["server_lr"]))
     return sim, hparams, format_partition_summary(summary, max_rows=5)
 
@@ -279,16 +291,20 @@ def run(o: dict) -> int:
     from edgejax.core.rundir import default_out, prepare
     from edgejax.core.runner import DivergenceError, RunInterrupted
 
-    out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume")))
+    main = _join_processes(o)
+    out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume"))) \
+        if main else None
     enable_compilation_cache()
     sim, hparams, partition_text = build(o)
-    print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
-          f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds")
-    print(partition_text)
+    if main:
+        devices = "" if sim.mesh is None else f", nodes on {sim.node_axis.devices} devices"
+        print(f"edgejax: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, "
+              f"{sim.cohort_size} nodes per round, model {sim.model.name}, {o['rounds']} rounds{devices}")
+        print(partition_text)
     stored = {k: v for k, v in o.items() if k not in NOT_STORED and k != "resume"}
     try:
         results = sim.run(o["rounds"], seed=o["seed"], hparams=hparams, eval_every=o["eval_every"],
-                          out_dir=out, progress=o["progress"], checkpoint_every=o["checkpoint_every"],
+                          out_dir=out, progress=o["progress"] and main, checkpoint_every=o["checkpoint_every"],
                           keep_checkpoints=o["keep_checkpoints"], overwrite=bool(o["overwrite"]),
                           resume=bool(o.get("resume")), extra_config={"cli": stored})
     except DivergenceError as err:
@@ -298,11 +314,27 @@ def run(o: dict) -> int:
         hint = f"; continue with: edgejax run --resume {out}" if o["checkpoint_every"] else ""
         print(f"edgejax: {err}; results so far in {out}{hint}", file=sys.stderr)
         return 128 + signal.Signals[err.signal].value
+    if not main:
+        return 0
     print(results.summary())
     last = results.last_eval()
     print(f"final test accuracy {last['test_accuracy']:.4f} after {results.num_rounds} rounds "
           f"({results.wall_time_s:.1f} s); results in {out}/ (metrics.csv, run.json)")
     return 0
+
+
+def _join_processes(o: dict) -> bool:
+    """Join a multi-host run when ``--coordinator`` is given (before any jax work); True in the
+    process that writes the results (process 0, or the only one)."""
+    if o["coordinator"] is None:
+        if o["num_processes"] is not None or o["process_id"] is not None:
+            raise ValueError("--num-processes and --process-id belong to a multi-host run: give --coordinator too")
+        return True
+    from edgejax.parallel import initialize, is_main_process
+
+    auto = o["coordinator"] == "auto"
+    initialize(None if auto else o["coordinator"], o["num_processes"], o["process_id"])
+    return is_main_process()
 
 
 def execute(args: dict) -> int:

@@ -12,7 +12,8 @@ runs every round as one program over all of them::
     results = sim.run(rounds, out_dir="runs/x" if edgejax.parallel.is_main_process() else None)
 
 (On a TPU pod or under SLURM/Open MPI the three arguments can be left out: jax finds
-them.)  Each process builds the same ``FederatedData`` (same files, same seed) and the
+them.)  ``edgejax run --coordinator HOST:PORT --num-processes P --process-id I`` does the
+same from the command line.  Each process builds the same ``FederatedData`` (same files, same seed) and the
 simulation places its own rows; a process that holds only its own nodes' data puts
 them together with ``global_node_array`` (``jax.make_array_from_process_local_data``).
 The host loop runs in every process and gives every process the same results (metrics
