@@ -64,10 +64,22 @@ def test_a_one_device_mesh_takes_the_sharded_path_and_gives_the_same_numbers():
 def test_node_axis_pads_and_unpads_only_per_node_leaves():
     axis = ej.parallel.NodeAxis(ej.parallel.node_mesh(jax.devices()[:1]), 5)
     tree = {"per_node": np.arange(10.0).reshape(5, 2), "other": np.ones((3, 2)), "scalar": np.float32(2)}
-    assert axis.padded_nodes == 5 and axis.unpad(axis.pad(tree))["per_node"].shape == (5, 2)
+    assert axis.padded_nodes == 5 and axis.unpad(axis.pad(tree), tree)["per_node"].shape == (5, 2)
     placed = axis.place(tree)
     assert placed["other"].sharding.is_fully_replicated
-    np.testing.assert_array_equal(axis.to_host(placed)["per_node"], tree["per_node"])
+    np.testing.assert_array_equal(axis.to_host(placed, tree)["per_node"], tree["per_node"])
+
+
+def test_a_leaf_as_long_as_the_padded_node_axis_is_not_sliced():
+    """N = 6 on 4 devices is stored as 8 rows; a (non-node) leaf of logical length 8 stays whole."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1] * 4), ("nodes",))
+    axis = ej.parallel.NodeAxis(mesh, 6)
+    tree = {"per_node": np.arange(6.0), "eight": np.arange(8.0)}
+    stored = axis.pad(tree)
+    assert stored["per_node"].shape == (8,) and stored["eight"].shape == (8,)
+    back = axis.unpad(stored, tree)
+    np.testing.assert_array_equal(back["per_node"], tree["per_node"])
+    np.testing.assert_array_equal(back["eight"], tree["eight"])
 
 
 def test_a_resumed_sharded_run_continues_bit_identically(tmp_path):

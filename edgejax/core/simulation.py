@@ -330,7 +330,8 @@ class Simulation:
         axis = self.node_axis
 
         def stored_chunk(state, data, hparams, num_rounds, active_rounds):
-            state, data = axis.constrain(axis.unpad(state)), axis.constrain(axis.unpad(data))
+            state = axis.constrain(axis.unpad(state, self.state_shape))
+            data = axis.constrain(axis.unpad(data, self.data))
             state, round_metrics, eval_metrics = self.run_chunk(state, data, hparams, num_rounds, active_rounds)
             return axis.pad(state), round_metrics, eval_metrics
 
@@ -358,7 +359,7 @@ class Simulation:
 
     def logical_state(self, state: SimState) -> SimState:
         """A state from ``_jit_chunk`` with its logical shapes (host arrays with a ``mesh``)."""
-        return state if self.mesh is None else self.node_axis.to_host(state)
+        return state if self.mesh is None else self.node_axis.to_host(state, self.state_shape)
 
     # ----- host loop --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -94,10 +94,12 @@ class NodeAxis:
         return jax.tree_util.tree_map(
             lambda x: _pad_rows(x, self.padded_nodes) if self._per_node(x, self.num_nodes) else x, tree)
 
-    def unpad(self, tree):
-        """Stored ``[padded_nodes, ...]`` leaves back to the logical ``[N, ...]``."""
+    def unpad(self, stored, logical):
+        """Stored leaves back to their logical shapes: the per-node leaves of ``logical`` (the
+        same pytree's logical arrays or shape structs) sliced to ``[N, ...]``.  (Deciding from
+        the stored shapes alone would also slice a leaf whose logical length is the padded N.)"""
         return jax.tree_util.tree_map(
-            lambda x: x[:self.num_nodes] if self._per_node(x, self.padded_nodes) else x, tree)
+            lambda x, like: x[:self.num_nodes] if self._per_node(like, self.num_nodes) else x, stored, logical)
 
     def shardings(self, tree):
         """``NamedSharding`` for every leaf of a logical pytree's stored form (arrays or shape
@@ -112,14 +114,14 @@ class NodeAxis:
             tree = jax.tree_util.tree_map(np.asarray, tree)
         return jax.device_put(self.pad(tree), self.shardings(tree))
 
-    def to_host(self, stored_tree):
+    def to_host(self, stored_tree, logical):
         """A stored pytree as logical host arrays (what results and checkpoints keep), gathered
-        from every process in a multi-host run."""
+        from every process in a multi-host run (``logical``: as for ``unpad``)."""
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             stored_tree = multihost_utils.process_allgather(stored_tree, tiled=True)
-        return self.unpad(jax.tree_util.tree_map(np.asarray, stored_tree))
+        return self.unpad(jax.tree_util.tree_map(np.asarray, stored_tree), logical)
 
     def constrain(self, tree):
         """Inside a compiled program: keep the logical per-node leaves split over ``nodes``."""
