@@ -41,6 +41,12 @@ def test_a_sharded_run_equals_the_single_device_run(eight_devices, case):
         assert result[part] < 2e-6, (case, part, result[part])
 
 
+def test_a_vmap_sweep_splits_its_points_over_the_devices(eight_devices):
+    result = eight_devices["sweep"]
+    assert result["chunk"] == 8 and result["seed_devices"] == 8 and result["runs"] == 10
+    assert result["rounds"] < 2e-6 and result["evals"] < 2e-6, result
+
+
 def test_node_counts_that_do_not_divide_the_devices_are_padded(eight_devices):
     assert eight_devices["fedavg"]["num_nodes"] % 8 != 0 and eight_devices["dpsgd_sparse"]["num_nodes"] == 100
 

@@ -36,6 +36,28 @@ def stack(sim, overrides: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
 
+class _Placement:
+    """Where a chunk's points go: with several devices and the ``vmap`` strategy, the chunk
+    (rounded up to a multiple of the device count) is split over a ``points`` mesh axis, so
+    the vmapped program runs ``chunk / D`` points on every device (GSPMD); else as given."""
+
+    def __init__(self, devices: list, chunk: int):
+        self.chunk = -(-chunk // len(devices)) * len(devices) if len(devices) > 1 else chunk
+        self.sharding = None
+        if len(devices) > 1:
+            mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
+            self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+
+    def __call__(self, seeds, hparams):
+        if self.sharding is None:
+            return seeds, hparams
+        return jax.device_put((seeds, hparams), self.sharding)
+
+
+def _points_over_devices(strategy: str, chunk: int) -> _Placement:
+    return _Placement(jax.devices() if strategy == "vmap" else jax.devices()[:1], chunk)
+
+
 def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_every: int, strategy: str = "auto",
             chunk_size: int | None = None, group_size: int | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
             progress: bool = False):
@@ -58,6 +80,8 @@ def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_eve
         raise ValueError(f"group_size={group_size!r} needs strategy 'map' and a positive integer "
                          f"(strategy is {strategy!r})")
     fn = compiled(sim, strategy, rounds, eval_every, group_size)
+    place = _points_over_devices(strategy, chunk)
+    chunk = place.chunk
     outputs = []
     bar = _progress(total, progress)
     try:
@@ -67,7 +91,7 @@ def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_eve
                 out = fn(seeds[start], {k: v[start] for k, v in hparams.items()}, sim.data)
                 out = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], out)
             else:
-                out = fn(seeds[idx], {k: v[idx] for k, v in hparams.items()}, sim.data)
+                out = fn(*place(seeds[idx], {k: v[idx] for k, v in hparams.items()}), sim.data)
                 out = jax.tree_util.tree_map(lambda a: np.asarray(a)[: total - start], out)
             outputs.append(out)
             bar.update(min(chunk, total - start))
@@ -83,7 +107,8 @@ def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,),
 
     ``strategy``: ``auto`` (``loop`` on a CPU, ``vmap`` on accelerators), ``loop``, ``map``
     or ``vmap``; ``chunk_size`` points per program call (``map``/``vmap``; default: as many as
-    ``memory_bytes`` allows); ``group_size``: ``map`` only, points vmapped per step.  The compiled program is reused by later sweeps of ``sim``
+    ``memory_bytes`` allows; with several devices ``vmap`` rounds it up to a multiple of their
+    count and splits every chunk over them); ``group_size``: ``map`` only, points vmapped per step.  The compiled program is reused by later sweeps of ``sim``
     with the same ``rounds`` and ``eval_every``.
     """
     points = zip_points(points) if isinstance(points, dict) else list(points or [{}])
