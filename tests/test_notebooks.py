@@ -120,3 +120,27 @@ def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
     for graph in gaps:
         assert f"| {graph} |" in everything
     assert _is_png(tmp_path / "gossip_accuracy.png")
+
+
+def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeypatch):
+    texts = _execute("asynchronous.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    everything = "\n".join(texts)
+    # the tiered population: every tier listed with its time per update
+    for tier in ("fast", "medium", "slow"):
+        assert re.search(rf"^{tier}\s+\d+\s+[0-9.]+\s+[0-9.]+", everything, re.M), everything
+    # every method applied the same 3 x 10 client updates; the synchronous one waited longest
+    runs = {m: (int(u), float(t), float(a)) for m, u, t, a in re.findall(
+        r"^(FedAvg|FedAsync|FedBuff)\s+(\d+) client updates in ([0-9.]+) simulated s, final test accuracy ([0-9.]+)",
+        everything, re.M)}
+    assert set(runs) == {"FedAvg", "FedAsync", "FedBuff"}, everything
+    assert all(u == 30 and 0.0 <= a <= 1.0 for u, _, a in runs.values())
+    assert runs["FedAvg"][1] > max(runs["FedAsync"][1], runs["FedBuff"][1])
+    assert "accuracy at" in everything and "mean staleness" in everything
+    # the event log's staleness: asynchronous updates are stale, none was dropped
+    staleness = dict(re.findall(r"^(FedAsync|FedBuff): mean staleness ([0-9.]+), max \d+, dropped as too stale 0$",
+                                everything, re.M))
+    assert set(staleness) == {"FedAsync", "FedBuff"}, everything
+    assert float(staleness["FedAsync"]) > 0
+    assert "staleness weight (s + 1)^-1/2: s=0: 1.00" in everything
+    for name in ("async_accuracy", "async_staleness"):
+        assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
