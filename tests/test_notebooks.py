@@ -144,3 +144,28 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
     assert "staleness weight (s + 1)^-1/2: s=0: 1.00" in everything
     for name in ("async_accuracy", "async_staleness"):
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
+
+
+def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes(tmp_path, monkeypatch):
+    texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    everything = "\n".join(texts)
+    # one sub-model per device tier: the full model, half and a quarter width, each cheaper than the last
+    tiers = {t: (float(r), float(c)) for t, r, c in re.findall(
+        r"^(fast|medium|slow)\s+\d+\s+([0-9.]+)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)$", everything, re.M)}
+    assert tiers["fast"] == (1.0, 1.0) and tiers["medium"][0] == 0.5 and tiers["slow"][0] == 0.25, everything
+    assert 1.0 > tiers["medium"][1] > tiers["slow"][1] > 0
+    assert re.search(r"class-subset compute vs the full model: min 0\.\d+", everything)
+    # every method ran; sub-models train less, send less and finish rounds sooner than full models
+    runs = {m: tuple(float(v) for v in rest) for m, *rest in re.findall(
+        r"^(FedAvg|HeteroFL|class subsets|FedMD)\s+accuracy ([0-9.]+), node compute ([0-9.]+) of the full model "
+        r"\(min [0-9.]+\), uplink ([0-9.]+) kB/round, ([0-9.]+) simulated s$", everything, re.M)}
+    assert set(runs) == {"FedAvg", "HeteroFL", "class subsets", "FedMD"}, everything
+    assert all(0.0 <= acc <= 1.0 for acc, *_ in runs.values())
+    full = runs["FedAvg"]
+    assert full[1] == 1.0
+    for name in ("HeteroFL", "class subsets"):
+        assert runs[name][1] < 1.0 and runs[name][2] < full[2], name
+    assert runs["HeteroFL"][3] < full[3]                   # narrow slow nodes: shorter rounds
+    assert runs["FedMD"][2] < runs["HeteroFL"][2]          # logits, not weights
+    assert "training GFLOPs" in everything and "each node's own model" in everything
+    assert _is_png(tmp_path / "submodels_accuracy.png")
