@@ -169,3 +169,37 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
     assert runs["FedMD"][2] < runs["HeteroFL"][2]          # logits, not weights
     assert "training GFLOPs" in everything and "each node's own model" in everything
     assert _is_png(tmp_path / "submodels_accuracy.png")
+
+
+def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp_path, monkeypatch):
+    # the kernel inherits this environment: XLA_FLAGS set inside the notebook must be what jax sees
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    texts = _execute("past_one_device.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20, clients=2000)
+    everything = "\n".join(texts)
+    assert "devices: 8 |" in everything and "already imported" not in everything, everything
+    # the sharded run equals the one-device run
+    diffs = dict(re.findall(r"^max difference, (final state|round metrics|evaluations): ([0-9.e+-]+)$", everything,
+                            re.M))
+    assert set(diffs) == {"final state", "round metrics", "evaluations"}, everything
+    assert all(float(d) < 1e-4 for d in diffs.values()), diffs
+    # 20 nodes stored as 24 rows split over 'nodes'; the test set and the server model replicated
+    assert "node data: logical (20, " in everything and "stored (24, " in everything
+    assert everything.count("spec P('nodes',)") == 2
+    assert "spec P(), replicated: True" in everything and "server model: (64, 32), replicated: True" in everything
+    assert "Results.final_state: ndarray (20, 64, 32)" in everything
+    # host-resident clients
+    assert "host-resident clients: 2000;" in everything
+    accuracy = re.search(r"FedAvg over 2000 host-resident clients, 16 a round, 3 rounds: test accuracy ([0-9.]+)",
+                         everything)
+    assert accuracy and 0.0 <= float(accuracy.group(1)) <= 1.0
+    # the pipeline's loss and gradients are the unpartitioned model's; the stage plans
+    pipeline = re.findall(r"^S=4, M=(\d): .* loss difference ([0-9.e+-]+), max gradient difference ([0-9.e+-]+)$",
+                          everything, re.M)
+    assert [m for m, _, _ in pipeline] == ["1", "4"], everything
+    assert all(float(loss) < 1e-5 and float(grad) < 1e-5 for _, loss, grad in pipeline), pipeline
+    plans = re.findall(r"^\s*(planned|by hand)\s+(\d)\s+\(([0-9, ]+)\)\s+([0-9.]+)\s+([0-9.]+)", everything, re.M)
+    assert [(s, m) for s, m, *_ in plans] == [("planned", "1"), ("planned", "2"), ("planned", "4"), ("planned", "8"),
+                                             ("by hand", "4")], everything
+    bubbles = {m: float(b) for s, m, _, _, b in plans if s == "planned"}
+    assert bubbles["1"] == 0.75 and bubbles["8"] == 0.273
+    assert float(plans[2][3]) <= float(plans[4][3])       # the plan's slowest stage beats the hand-made split
