@@ -120,3 +120,86 @@ def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
     for graph in gaps:
         assert f"| {graph} |" in everything
     assert _is_png(tmp_path / "gossip_accuracy.png")
+
+
+def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeypatch):
+    texts = _execute("asynchronous.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    everything = "\n".join(texts)
+    # the tiered population: every tier listed with its time per update
+    for tier in ("fast", "medium", "slow"):
+        assert re.search(rf"^{tier}\s+\d+\s+[0-9.]+\s+[0-9.]+", everything, re.M), everything
+    # every method applied the same 3 x 10 client updates; the synchronous one waited longest
+    runs = {m: (int(u), float(t), float(a)) for m, u, t, a in re.findall(
+        r"^(FedAvg|FedAsync|FedBuff)\s+(\d+) client updates in ([0-9.]+) simulated s, final test accuracy ([0-9.]+)",
+        everything, re.M)}
+    assert set(runs) == {"FedAvg", "FedAsync", "FedBuff"}, everything
+    assert all(u == 30 and 0.0 <= a <= 1.0 for u, _, a in runs.values())
+    assert runs["FedAvg"][1] > max(runs["FedAsync"][1], runs["FedBuff"][1])
+    assert "accuracy at" in everything and "mean staleness" in everything
+    # the event log's staleness: asynchronous updates are stale, none was dropped
+    staleness = dict(re.findall(r"^(FedAsync|FedBuff): mean staleness ([0-9.]+), max \d+, dropped as too stale 0$",
+                                everything, re.M))
+    assert set(staleness) == {"FedAsync", "FedBuff"}, everything
+    assert float(staleness["FedAsync"]) > 0
+    assert "staleness weight (s + 1)^-1/2: s=0: 1.00" in everything
+    for name in ("async_accuracy", "async_staleness"):
+        assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
+
+
+def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes(tmp_path, monkeypatch):
+    texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    everything = "\n".join(texts)
+    # one sub-model per device tier: the full model, half and a quarter width, each cheaper than the last
+    tiers = {t: (float(r), float(c)) for t, r, c in re.findall(
+        r"^(fast|medium|slow)\s+\d+\s+([0-9.]+)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)$", everything, re.M)}
+    assert tiers["fast"] == (1.0, 1.0) and tiers["medium"][0] == 0.5 and tiers["slow"][0] == 0.25, everything
+    assert 1.0 > tiers["medium"][1] > tiers["slow"][1] > 0
+    assert re.search(r"class-subset compute vs the full model: min 0\.\d+", everything)
+    # every method ran; sub-models train less, send less and finish rounds sooner than full models
+    runs = {m: tuple(float(v) for v in rest) for m, *rest in re.findall(
+        r"^(FedAvg|HeteroFL|class subsets|FedMD)\s+accuracy ([0-9.]+), node compute ([0-9.]+) of the full model "
+        r"\(min [0-9.]+\), uplink ([0-9.]+) kB/round, ([0-9.]+) simulated s$", everything, re.M)}
+    assert set(runs) == {"FedAvg", "HeteroFL", "class subsets", "FedMD"}, everything
+    assert all(0.0 <= acc <= 1.0 for acc, *_ in runs.values())
+    full = runs["FedAvg"]
+    assert full[1] == 1.0
+    for name in ("HeteroFL", "class subsets"):
+        assert runs[name][1] < 1.0 and runs[name][2] < full[2], name
+    assert runs["HeteroFL"][3] < full[3]                   # narrow slow nodes: shorter rounds
+    assert runs["FedMD"][2] < runs["HeteroFL"][2]          # logits, not weights
+    assert "training GFLOPs" in everything and "each node's own model" in everything
+    assert _is_png(tmp_path / "submodels_accuracy.png")
+
+
+def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp_path, monkeypatch):
+    # the kernel inherits this environment: XLA_FLAGS set inside the notebook must be what jax sees
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    texts = _execute("past_one_device.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20, clients=2000)
+    everything = "\n".join(texts)
+    assert "devices: 8 |" in everything and "already imported" not in everything, everything
+    # the sharded run equals the one-device run
+    diffs = dict(re.findall(r"^max difference, (final state|round metrics|evaluations): ([0-9.e+-]+)$", everything,
+                            re.M))
+    assert set(diffs) == {"final state", "round metrics", "evaluations"}, everything
+    assert all(float(d) < 1e-4 for d in diffs.values()), diffs
+    # 20 nodes stored as 24 rows split over 'nodes'; the test set and the server model replicated
+    assert "node data: logical (20, " in everything and "stored (24, " in everything
+    assert everything.count("spec P('nodes',)") == 2
+    assert "spec P(), replicated: True" in everything and "server model: (64, 32), replicated: True" in everything
+    assert "Results.final_state: ndarray (20, 64, 32)" in everything
+    # host-resident clients
+    assert "host-resident clients: 2000;" in everything
+    accuracy = re.search(r"FedAvg over 2000 host-resident clients, 16 a round, 3 rounds: test accuracy ([0-9.]+)",
+                         everything)
+    assert accuracy and 0.0 <= float(accuracy.group(1)) <= 1.0
+    # the pipeline's loss and gradients are the unpartitioned model's; the stage plans
+    pipeline = re.findall(r"^S=4, M=(\d): .* loss difference ([0-9.e+-]+), max gradient difference ([0-9.e+-]+)$",
+                          everything, re.M)
+    assert [m for m, _, _ in pipeline] == ["1", "4"], everything
+    assert all(float(loss) < 1e-5 and float(grad) < 1e-5 for _, loss, grad in pipeline), pipeline
+    plans = re.findall(r"^\s*(planned|by hand)\s+(\d)\s+\(([0-9, ]+)\)\s+([0-9.]+)\s+([0-9.]+)", everything, re.M)
+    assert [(s, m) for s, m, *_ in plans] == [("planned", "1"), ("planned", "2"), ("planned", "4"), ("planned", "8"),
+                                             ("by hand", "4")], everything
+    bubbles = {m: float(b) for s, m, _, _, b in plans if s == "planned"}
+    assert bubbles["1"] == 0.75 and bubbles["8"] == 0.273
+    assert float(plans[2][3]) <= float(plans[4][3])       # the plan's slowest stage beats the hand-made split

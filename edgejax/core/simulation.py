@@ -281,8 +281,10 @@ class Simulation:
                             f"it lacks {missing}")
 
         def body(st, i):
-            def skip(s):
-                return s, jax.tree_util.tree_map(lambda m: jnp.full(m.shape, jnp.nan, m.dtype), metric_shapes)
+            def skip(s):   # skipped rounds report NaN (-1 for integer metrics, e.g. log_events' node ids)
+                return s, jax.tree_util.tree_map(
+                    lambda m: jnp.full(m.shape, jnp.nan if jnp.issubdtype(m.dtype, jnp.inexact) else -1, m.dtype),
+                    metric_shapes)
 
             return jax.lax.cond(i < active_rounds, lambda s: self.round(s, data, hparams), skip, st)
 
