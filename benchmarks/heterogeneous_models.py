@@ -114,6 +114,7 @@ def _run(model, data, algorithm, rounds: int, eval_every: int, target: float,
            "test_accuracy": acc.tolist(), "final_accuracy": float(acc[-1]), "best_accuracy": float(acc.max()),
            "bytes_up_per_round": float(np.mean(r["bytes_up"])), "compute_ratio": float(flops.sum() / full.sum()),
            "tflops_total": float(flops.sum() / 1e12), "target": target, "rounds_to_target": first,
+           "tflops_at_eval": [float(flops[:a].sum() / 1e12) for a in at],
            "tflops_to_target": None if first is None else float(flops[:first].sum() / 1e12),
            "mb_up_to_target": None if first is None else float(np.sum(r["bytes_up"][:first]) / 1e6)}
     print(f"  {out['name']:<14} acc {out['final_accuracy']:.4f} (best {out['best_accuracy']:.4f})  "
@@ -320,10 +321,20 @@ def _class_subset_section(title: str, intro: str, section: dict, target: float) 
         else:
             cost = (f"reaches {target:.0%} with {r['tflops_to_target'] / fedavg['tflops_to_target']:.2f}x FedAvg's "
                     f"training FLOPs and {r['mb_up_to_target'] / fedavg['mb_up_to_target']:.2f}x its uplink")
+        acc = r["test_accuracy"]
+        trend = (f"; still rising at the end ({acc[-2]:.3f} -> {acc[-1]:.3f} over the last "
+                 f"{r['eval_rounds'][-1] - r['eval_rounds'][-2]} rounds)" if len(acc) > 1 and acc[-1] > acc[-2] else "")
+        equal = ""
+        if "tflops_at_eval" in r and "tflops_at_eval" in fedavg:   # reports measured before this had no such field
+            within = [i for i, t in enumerate(fedavg["tflops_at_eval"]) if t <= r["tflops_total"] * (1 + 1e-9)]
+            i = within[-1]
+            equal = (f"; with the same training FLOPs ({r['tflops_total']:.3f} TFLOPs) FedAvg was at "
+                     f"{fedavg['test_accuracy'][i]:.4f} (round {fedavg['eval_rounds'][i]})")
         findings.append(f"- depth {r['depth']}: the reassembled model ends {final:+.1f} points (best {best:+.1f}) "
                         f"against FedAvg; a node runs {r['node_compute'][0]:.3f} of the full model's forward FLOPs "
                         f"on average ({r['node_compute'][1]:.3f} - {r['node_compute'][2]:.3f}) and uploads "
-                        f"{r['bytes_up_per_round'] / fedavg['bytes_up_per_round']:.3f}x FedAvg's bytes; {cost}.")
+                        f"{r['bytes_up_per_round'] / fedavg['bytes_up_per_round']:.3f}x FedAvg's bytes; {cost}"
+                        f"{equal}{trend}.")
     return [*lines, "Against FedAvg (percentage points of test accuracy, final and best):", "", *findings, ""]
 
 
