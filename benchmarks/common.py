@@ -42,25 +42,31 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
+def report_paths(name: str, report: dict, out_dir: Path, quick: bool) -> tuple[Path, Path]:
+    """``out_dir / <name>-<device>[-quick].json`` and ``.md`` (where ``write_report`` writes)."""
+    stem = f"{name}-{report['device']['slug']}" + ("-quick" if quick else "")
+    return out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+
+
 def write_report(name: str, report: dict, markdown: Callable[[dict], str], out_dir: Path,
                  quick: bool) -> tuple[Path, Path]:
-    """Write ``<name>-<device>[-quick].json`` and ``.md`` into ``out_dir``."""
+    """Write ``<name>-<device>[-quick].json`` and ``.md`` into ``out_dir`` (``report_paths``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{report['device']['slug']}" + ("-quick" if quick else "")
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path, md_path = report_paths(name, report, out_dir, quick)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(markdown(report))
     return json_path, md_path
 
 
-def report_header(title: str, report: dict) -> list[str]:
-    """The Markdown title and the device / versions / load lines every report starts with."""
+def report_header(title: str, report: dict, measured: str = "Measured") -> list[str]:
+    """The Markdown title and the device / versions / load lines every report starts with
+    (``measured``: the words before the run's date)."""
     dev, load = report["device"], report["load_average_1min"]
     loads = ", ".join("n/a" if load[k] is None else f"{load[k]:.1f}" for k in ("start", "end"))
     return [f"# edgejax {title}: {dev['device_kind']} ({dev['backend']})", "",
             f"Device: {dev['device_kind']} x{dev['device_count']} ({dev['backend']}); host CPU: {dev['host_cpu']}, "
             f"{dev['host_cpu_count']} cores. jax {dev['versions']['jax']}, jaxlib {dev['versions']['jaxlib']}, "
-            f"edgejax {dev['versions']['edgejax']}. XLA_FLAGS={dev['xla_flags'] or '(none)'}. Measured "
+            f"edgejax {dev['versions']['edgejax']}. XLA_FLAGS={dev['xla_flags'] or '(none)'}. {measured} "
             f"{report['date']}; total wall time {report['total_wall_s'] / 60:.1f} min; host 1-min load average "
             f"{loads} (start, end).", "",
             f"Command: `{report['command']}`", ""]
