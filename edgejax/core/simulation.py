@@ -334,6 +334,8 @@ class Simulation:
         def stored_chunk(state, data, hparams, num_rounds, active_rounds):
             state = axis.constrain(axis.unpad(state, self.state_shape))
             data = axis.constrain(axis.unpad(data, self.data))
+            if hasattr(data.train, "on_mesh"):   # host-resident clients: each device fetches its own
+                data = data.replace(train=data.train.on_mesh(self.mesh))
             state, round_metrics, eval_metrics = self.run_chunk(state, data, hparams, num_rounds, active_rounds)
             return axis.pad(state), round_metrics, eval_metrics
 

@@ -32,7 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import PartitionSpec
+
 from edgejax.data.federated import FederatedData, NodeData, pad_test
+from edgejax.parallel.nodes import NODES
 
 
 class HostSamples:
@@ -83,15 +86,19 @@ class HostNodeData:
     a pytree with the device ``count [N]`` as its only leaf and the ``HostSamples`` as
     static data."""
 
-    def __init__(self, count: jax.Array, source: HostSamples):
-        self.count, self.source = count, source
+    def __init__(self, count: jax.Array, source: HostSamples, mesh=None):
+        self.count, self.source, self.mesh = count, source, mesh
 
     def tree_flatten(self):
-        return (self.count,), self.source
+        return (self.count,), (self.source, self.mesh)
 
     @classmethod
-    def tree_unflatten(cls, source, leaves):
-        return cls(leaves[0], source)
+    def tree_unflatten(cls, aux, leaves):
+        return cls(leaves[0], *aux)
+
+    def on_mesh(self, mesh) -> "HostNodeData":
+        """The same data, its cohorts gathered per device of ``mesh``'s ``nodes`` axis (``take``)."""
+        return HostNodeData(self.count, self.source, mesh)
 
     @property
     def num_nodes(self) -> int:
@@ -108,12 +115,23 @@ class HostNodeData:
                                              + self.source.pool_y.dtype.itemsize)
 
     def take(self, nodes: jax.Array) -> NodeData:
-        """The cohort's ``NodeData [K, M, ...]``, copied from the host inside the compiled program."""
+        """The cohort's ``NodeData [K, M, ...]``, copied from the host inside the compiled program;
+        with a node mesh (``on_mesh``) every device fetches its own share of the cohort (the
+        cohort padded to a multiple of the devices with node 0, sliced off after)."""
+        if self.mesh is None:
+            return NodeData(*self._fetch(nodes))
+        devices = self.mesh.shape[NODES]
+        k = nodes.shape[0]
+        padded = jnp.pad(nodes, (0, -k % devices))
+        fetch = jax.shard_map(self._fetch, mesh=self.mesh, in_specs=PartitionSpec(NODES),
+                              out_specs=PartitionSpec(NODES))
+        return NodeData(*(a[:k] for a in fetch(padded)))
+
+    def _fetch(self, nodes: jax.Array):
         k, m = nodes.shape[0], self.source.index.shape[1]
         shapes = (jax.ShapeDtypeStruct((k, m, *self.feature_shape), self.source.dtype),
                   jax.ShapeDtypeStruct((k, m), self.source.pool_y.dtype), jax.ShapeDtypeStruct((k,), jnp.int32))
-        x, y, count = jax.pure_callback(self.source.gather, shapes, nodes, vmap_method="sequential")
-        return NodeData(x, y, count)
+        return jax.pure_callback(self.source.gather, shapes, nodes, vmap_method="sequential")
 
 
 def cohort_data(train, nodes: jax.Array, full: bool):
