@@ -40,6 +40,7 @@ import numpy as np
 
 from edgejax.core.local import SubModelMask
 from edgejax.core.validation import check_choice
+from edgejax.data.host import HostNodeData
 from edgejax.models.base import Model
 from edgejax.models.layout import chain_mask, gemm_layout
 
@@ -49,7 +50,7 @@ OUTPUTS = ("restricted", "zero")
 def data_classes(data) -> tuple[tuple[int, ...], ...]:
     """The sorted labels of every node's training data (``FederatedData``; host-resident
     data, ``edgejax.data.host``, is read from its pool)."""
-    if hasattr(data.train, "source"):
+    if isinstance(data.train, HostNodeData):
         source = data.train.source
         y, count = source.pool_y[source.index], source.count
     else:

@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from edgejax.data.host import HostNodeData
 from edgejax.models.base import num_bytes
 
 _GIB = 2**30
@@ -39,10 +40,11 @@ def estimate(sim) -> dict[str, int]:
     width = sim.local.resolved_group_size(k) or k
     per_node = sim.execution
     train = sim.data.train
-    node_bytes = getattr(train, "node_bytes", None) or ((num_bytes(train) // n) if n else 0)
+    host = isinstance(train, HostNodeData)
+    node_bytes = train.node_bytes if host else ((num_bytes(train) // n) if n else 0)
     return {"simulation state": 2 * state,
             "per-node model copies": 4 * params * width if per_node != "shared_base" else 0,
-            "gathered cohort data": node_bytes * k if k < n or hasattr(train, "source") else 0}
+            "gathered cohort data": node_bytes * k if k < n or host else 0}
 
 
 def available_bytes() -> int | None:

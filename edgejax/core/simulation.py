@@ -24,6 +24,7 @@ from edgejax.core.local import LocalTraining
 from edgejax.core.results import Results
 from edgejax.core.state import RoundPlan, SimState
 from edgejax.data.federated import FederatedData
+from edgejax.data.host import HostNodeData
 from edgejax.core.preflight import preflight
 from edgejax.core.validation import check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
@@ -83,7 +84,7 @@ class Simulation:
         if traits.full_cohort and k is not None and k != n:
             raise ValueError(f"{self.algorithm.name} trains every node each round; use clients_per_round=None "
                              f"(got {k} of N={n})")
-        if hasattr(self.data.train, "source") and traits.full_cohort:
+        if isinstance(self.data.train, HostNodeData) and traits.full_cohort:
             raise ValueError(f"{self.algorithm.name} trains every node every round, which needs the node data on "
                              "the device; host-resident data (edgejax.data.host) streams a sampled cohort")
         if self.system.link_failures:
@@ -334,7 +335,7 @@ class Simulation:
         def stored_chunk(state, data, hparams, num_rounds, active_rounds):
             state = axis.constrain(axis.unpad(state, self.state_shape))
             data = axis.constrain(axis.unpad(data, self.data))
-            if hasattr(data.train, "on_mesh"):   # host-resident clients: each device fetches its own
+            if isinstance(data.train, HostNodeData):   # host-resident clients: each device fetches its own
                 data = data.replace(train=data.train.on_mesh(self.mesh))
             state, round_metrics, eval_metrics = self.run_chunk(state, data, hparams, num_rounds, active_rounds)
             return axis.pad(state), round_metrics, eval_metrics

@@ -9,10 +9,12 @@ import warnings
 
 import numpy as np
 
+from edgejax.data.host import HostNodeData
+
 
 def _real(split, node: bool):
     """Host copies of the real samples of a split: ``x [S, ...]``, ``y [S]``, and each sample's node (or None)."""
-    if hasattr(split, "source"):   # host-resident (edgejax.data.host): the pool rows the nodes own
+    if isinstance(split, HostNodeData):   # host-resident (edgejax.data.host): the pool rows the nodes own
         x, y = split.source.real_samples()
         return x, y, None
     x, y = np.asarray(split.x), np.asarray(split.y)
