@@ -34,6 +34,7 @@ import numpy as np
 
 from jax.sharding import PartitionSpec
 
+from edgejax.core.state import tree_take
 from edgejax.data.federated import FederatedData, NodeData, pad_test
 from edgejax.parallel.nodes import NODES
 
@@ -139,7 +140,7 @@ def cohort_data(train, nodes: jax.Array, full: bool):
     ``nodes`` otherwise; host data (``HostNodeData``) is always streamed."""
     if isinstance(train, HostNodeData):
         return train.take(nodes)
-    return train if full else jax.tree_util.tree_map(lambda a: a[nodes], train)
+    return train if full else tree_take(train, nodes)
 
 
 def host_federate(pool_x: np.ndarray, pool_y: np.ndarray, parts: Sequence[np.ndarray] | np.ndarray,
