@@ -32,11 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.sharding import PartitionSpec
-
 from edgejax.core.state import tree_take
 from edgejax.data.federated import FederatedData, NodeData, pad_test
-from edgejax.parallel.nodes import NODES
+from edgejax.parallel.nodes import shard_rows
 
 
 class HostSamples:
@@ -121,12 +119,7 @@ class HostNodeData:
         cohort padded to a multiple of the devices with node 0, sliced off after)."""
         if self.mesh is None:
             return NodeData(*self._fetch(nodes))
-        devices = self.mesh.shape[NODES]
-        k = nodes.shape[0]
-        padded = jnp.pad(nodes, (0, -k % devices))
-        fetch = jax.shard_map(self._fetch, mesh=self.mesh, in_specs=PartitionSpec(NODES),
-                              out_specs=PartitionSpec(NODES))
-        return NodeData(*(a[:k] for a in fetch(padded)))
+        return NodeData(*shard_rows(self._fetch, self.mesh, nodes))
 
     def _fetch(self, nodes: jax.Array):
         k, m = nodes.shape[0], self.source.index.shape[1]

@@ -130,26 +130,32 @@ class NodeAxis:
             lambda x: jax.lax.with_sharding_constraint(x, split) if self._per_node(x, self.num_nodes) else x, tree)
 
 
+def shard_rows(fn: Callable, mesh: Mesh, rows: Any, *replicated: Any) -> Any:
+    """``fn(*replicated, rows_d)`` on every device ``d`` of ``mesh``'s ``nodes`` axis, ``rows_d``
+    its block of ``rows`` (leading axis K), under ``shard_map``; K is padded with zero rows
+    to a multiple of the device count and the result sliced back to K rows."""
+    k = jax.tree_util.tree_leaves(rows)[0].shape[0]
+    padded = math.ceil(k / mesh.shape[NODES]) * mesh.shape[NODES]
+    rows = jax.tree_util.tree_map(lambda x: _pad_rows(x, padded), rows)
+    out = jax.shard_map(lambda args, *rest: fn(*rest, args), mesh=mesh,
+                        in_specs=(PartitionSpec(NODES),) + (PartitionSpec(),) * len(replicated),
+                        out_specs=PartitionSpec(NODES))(rows, *replicated)
+    return jax.tree_util.tree_map(lambda x: x[:k], out)
+
+
 def map_nodes_sharded(fn: Callable, shared: Any, node_args: Any, mesh: Mesh, group_size: int | None,
                       map_nodes: Callable) -> Any:
     """``fn(shared, node_args_i)`` for every row of ``node_args`` (leading axis K), each
-    device of ``mesh`` mapping its own rows with ``map_nodes(..., group_size)``.
+    device of ``mesh`` mapping its own rows with ``map_nodes(..., group_size)`` (``shard_rows``).
 
     ``shared`` (replicated; may be ``None``) is cast device-varying inside ``shard_map``
-    before ``fn`` sees it (see the module docstring).  K is padded with zero rows to a
-    multiple of the device count and the result sliced back, so ``fn`` must give finite
-    or discarded results for an all-zero row (a node with no data and step budget 0).
+    before ``fn`` sees it (see the module docstring).  The padding rows are all zero, so
+    ``fn`` must give finite or discarded results for them (a node with no data and step
+    budget 0).
     """
-    rows = jax.tree_util.tree_leaves(node_args)[0].shape[0]
-    devices = mesh.shape[NODES]
-    padded = math.ceil(rows / devices) * devices
-    node_args = jax.tree_util.tree_map(lambda x: _pad_rows(x, padded), node_args)
-
     def local(shared_, args):
         if shared_ is not None:
             shared_ = jax.tree_util.tree_map(lambda x: jax.lax.pcast(x, NODES, to="varying"), shared_)
         return map_nodes(lambda a: fn(shared_, a), args, group_size)
 
-    out = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(NODES)),
-                        out_specs=PartitionSpec(NODES))(shared, node_args)
-    return jax.tree_util.tree_map(lambda x: x[:rows], out)
+    return shard_rows(local, mesh, node_args, shared)
