@@ -8,8 +8,12 @@ finishes, with ``xhat_i`` the copy of its model it read when it started::
     x_i      <- x_i + (LocalUpdate(xhat_i) - xhat_i)      (x_i - lr grad F_i(xhat_i) for one SGD step)
 
 and starts again, reading ``xhat_i = x_i``.  Arrivals are applied one at a time in (finish
-time, id) order like the server-based asynchronous algorithms (``edgejax.system.events``).
-The partner is drawn from the ``Topology``'s neighbour table with the tick's key.  Staleness
+time, id) order like the server-based asynchronous algorithms (``edgejax.system.events``),
+a window of arrivals trained as one batch from their reads (``edgejax.core.event_loop``).
+With ``concurrency`` C < N only C nodes compute at once; a finished node's slot goes to a
+node drawn uniformly from the idle ones, which reads its own model when it starts.  The
+partner is drawn from the ``Topology``'s neighbour table with the tick's key (any
+neighbour, computing or idle: a node's model is always there to average with).  Staleness
 of an update is how many times ``x_i`` changed (its own updates and averagings in which it
 was the partner) between its read and its arrival.
 
@@ -24,12 +28,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from edgejax.algorithms.asynchronous import run_window, tick_slots, tick_sum, train_group_size
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import consensus_distance, node_mean
 from edgejax.algorithms.topology_spec import Topology
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_broadcast
-from edgejax.data.host import cohort_data
+from edgejax.core.state import NodeState, ServerState, SimState, tree_broadcast, tree_take
 from edgejax.models.base import num_bytes
 
 
@@ -52,11 +56,21 @@ def _set_rows(tree, i, values):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ADPSGD:
-    """AD-PSGD over ``topology`` (see the module docstring).  ``log_events`` adds each tick's
-    ``event_node``, ``event_partner`` and ``event_staleness`` ``[K]`` (-1 in unused slots)."""
+    """AD-PSGD over ``topology`` (see the module docstring).  ``concurrency``: nodes computing at
+    once (``None``: all); ``window``: the most arrivals trained in one batch (the results do not
+    depend on it).  ``log_events`` adds each tick's ``event_node``, ``event_partner`` and
+    ``event_staleness`` ``[K]`` (-1 in unused slots)."""
 
     topology: Topology = Topology()
+    concurrency: int | None = None
+    window: int = 64
     log_events: bool = False
+
+    def __post_init__(self):
+        if self.concurrency is not None and (not isinstance(self.concurrency, int) or self.concurrency < 1):
+            raise ValueError(f"concurrency must be None or a positive integer; got {self.concurrency!r}")
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window must be a positive integer; got {self.window!r}")
 
     @property
     def name(self) -> str:
@@ -75,6 +89,10 @@ class ADPSGD:
     def describe(self) -> dict:
         return describe_algorithm(self)
 
+    def slots(self, num_nodes: int) -> int:
+        """Nodes computing at once."""
+        return num_nodes if self.concurrency is None else self.concurrency
+
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         n = node_rng.shape[0]
         models = tree_broadcast(global_params, n)
@@ -85,52 +103,64 @@ class ADPSGD:
         """The node average and every node's own model."""
         return node_mean(state.nodes.params), state.nodes.params
 
-    def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
+    def window_step(self, ctx, state: SimState, data, win, hparams):
+        """Train the window's arrivals from their reads, apply them in order; ``(state, per-tick metrics)``."""
         snap = state.nodes.extra
-        cohort = cohort_data(data.train, plan.nodes, full=False)   # in arrival order, so always gathered
-        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
-        start = _rows(snap.xhat, plan.nodes)
-        trained = ctx.execution.train(start, cohort, keys, plan.step_budget, hparams)
-        delta = jax.tree_util.tree_map(jnp.subtract, trained.params, start)
         neighbours, edges = state.network.table
-        pick_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), 6)
+        events, ticks = win.node.shape[0], win.time.shape[0]
+        dtype = jnp.result_type(float)
 
-        def apply_one(carry, slot):
-            x, changes = carry
-            i, d, arrives, k = slot
+        def starts(carry):
+            return lambda rows: tree_take(carry[1], win.node[rows])
+
+        def apply_event(e, trained, carry):
+            x, xhat, changes, read, partner, staleness, distance = carry
+            i = win.node[e]
+            tick_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round + win.tick[e]), 6)
             logits = jnp.where(edges[i], 0.0, -jnp.inf)
-            j = neighbours[i, jax.random.categorical(jax.random.fold_in(pick_key, k), logits)]
+            j = neighbours[i, jax.random.categorical(jax.random.fold_in(tick_key, win.position[e]), logits)]
+            delta = jax.tree_util.tree_map(jnp.subtract, trained.params, trained.start)
             mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, _rows(x, i), _rows(x, j))
-            new_x = _set_rows(_set_rows(x, j, mean), i, jax.tree_util.tree_map(jnp.add, mean, d))
-            x = jax.tree_util.tree_map(lambda a, b: jnp.where(arrives, a, b), new_x, x)
-            staleness = changes[i] - snap.read[i]
-            changes = jnp.where(arrives, changes.at[i].add(1).at[j].add(1), changes)
-            return (x, changes), (jnp.where(arrives, j, -1), jnp.where(arrives, staleness, -1))
+            x = _set_rows(_set_rows(x, j, mean), i, jax.tree_util.tree_map(jnp.add, mean, delta))
+            staleness = staleness.at[e].set(changes[i] - read[i])
+            return x, xhat, changes.at[i].add(1).at[j].add(1), read, partner.at[e].set(j), staleness, distance
 
-        slots = (plan.nodes, delta, plan.active > 0, jnp.arange(plan.nodes.shape[0]))
-        (x, changes), (partner, staleness) = jax.lax.scan(apply_one, (state.nodes.params, snap.changes), slots)
-        restart = plan.restart
-        xhat = jax.tree_util.tree_map(lambda new, old: jnp.where(restart.reshape((-1,) + (1,) * (new.ndim - 1)),
-                                                                 new, old), x, snap.xhat)
-        nodes = state.nodes._replace(params=x, extra=Snapshot(xhat, changes, jnp.where(restart, changes, snap.read)))
-        return state._replace(nodes=nodes), self._metrics(ctx, plan, trained, x, partner, staleness)
+        def tick_end(t, carry):   # a node starting a job reads its own model
+            x, xhat, changes, read, partner, staleness, distance = carry
 
-    def _metrics(self, ctx, plan, trained, x, partner, staleness):
-        applied = plan.active > 0
-        dtype = trained.loss.dtype
-        count = jnp.sum(applied).astype(dtype)
+            def download(r, c):
+                xhat, read = c
+                i = win.restart_node[r]
+                return _set_rows(xhat, i, _rows(x, i)), read.at[i].set(changes[i])
+
+            xhat, read = jax.lax.fori_loop(jnp.where(t == 0, 0, win.restarts_end[t - 1]), win.restarts_end[t],
+                                           download, (xhat, read))
+            return x, xhat, changes, read, partner, staleness, distance.at[t].set(consensus_distance(x))
+
+        init = (state.nodes.params, snap.xhat, snap.changes, snap.read, jnp.full((events,), -1, jnp.int32),
+                jnp.full((events,), -1, jnp.int32), jnp.zeros((ticks,), dtype))
+        (x, xhat, changes, read, partner, staleness, distance), loss, steps = run_window(
+            ctx, data, state.nodes.rng, win, starts, hparams, train_group_size(ctx, self.window), apply_event,
+            tick_end, init)
+        nodes = state.nodes._replace(params=x, extra=Snapshot(xhat, changes, read))
+        arrived = jnp.arange(events) < win.n_events
+        count = tick_sum(arrived.astype(dtype), win, ticks)
         metrics = {
-            "train_loss": jnp.where(count > 0, jnp.sum(jnp.where(applied, trained.loss, 0)) / jnp.maximum(count, 1),
+            "train_loss": jnp.where(count > 0, tick_sum(loss, win, ticks) / jnp.maximum(count, 1),
                                     jnp.nan),
             "participants": count,
-            "local_steps": jnp.sum(jnp.where(applied, trained.steps, 0)),
+            "local_steps": tick_sum(steps.astype(dtype), win, ticks),
             "bytes_up": count * ctx.payload.up,
             "bytes_down": count * ctx.payload.down,
-            "staleness_mean": jnp.sum(jnp.where(applied, staleness, 0)).astype(dtype) / jnp.maximum(count, 1),
-            "staleness_max": jnp.max(jnp.where(applied, staleness, 0)).astype(dtype),
-            "consensus_distance": consensus_distance(x),
+            "staleness_mean": tick_sum(jnp.maximum(staleness, 0).astype(dtype), win, ticks) / jnp.maximum(count, 1),
+            "staleness_max": jnp.maximum(jax.ops.segment_max(jnp.where(arrived, staleness, 0),
+                                                             jnp.where(arrived, win.tick, ticks), num_segments=ticks),
+                                         0).astype(dtype),
+            "consensus_distance": distance,
         }
         if self.log_events:
-            metrics |= {"event_node": jnp.where(applied, plan.nodes, -1), "event_partner": partner,
-                        "event_staleness": staleness}
-        return metrics
+            k = ctx.cohort_size
+            metrics |= {"event_node": tick_slots(jnp.where(arrived, win.node, -1), win, ticks, k, -1),
+                        "event_partner": tick_slots(partner, win, ticks, k, -1),
+                        "event_staleness": tick_slots(staleness, win, ticks, k, -1)}
+        return state._replace(nodes=nodes), metrics

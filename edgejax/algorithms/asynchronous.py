@@ -1,22 +1,22 @@
 """Asynchronous training on a parameter server, inside the compiled program.
 
-Semantics (``edgejax.system.events``): every node downloads the current server model,
-computes for its duration, pushes its update; the server applies arrivals one at a time in
-finish-time order (ties in increasing node id), and all arrivals at a time are applied
-before any of those nodes downloads again.  Staleness = server version now - the version
-the update was computed from (the freshest update has staleness 0).
+Semantics (``edgejax.system.events``): every in-flight node downloads the current server
+model, computes for its job's duration, pushes its update; the server applies arrivals one
+at a time in finish-time order (ties in increasing node id), and all arrivals at a time
+are applied before any of those slots starts a new job.  Staleness = server version now -
+the version the update was computed from (the freshest update has staleness 0).
 
-Vectorised: a ``Simulation`` round is one tick of the event clock.  The server keeps a ring
-buffer ``history [D, ...]`` of its last D versions written at ``version % D`` (one shared
-write index); a tick gathers every arriving node's downloaded version from it, trains the
-arrivals from those stale models through the execution strategy (``per_node``, each from its
-own start), then applies the updates in order with a ``lax.scan`` (the version advances and
-is written to the buffer as it goes), and records the new version for the nodes that
-download.  An update whose staleness at application is D or more is dropped and counted in
-``dropped_stale`` (so an update is never computed from a version the buffer no longer holds).
+Vectorised, a window at a time (``edgejax.core.event_loop``): the event clock schedules a
+window of arrivals, every one of which downloaded before the window began; their local
+trainings run as one batch through the execution strategy (``per_node``, each from its own
+start), and the updates are then applied in order by a cheap loop that advances the server
+version and, at the end of each tick, stores the model the restarting slots download.
+Those *snapshots* are kept once per tick, shared by all the slots that downloaded them and
+freed when the last of those slots arrives, so memory is O(in-flight x model) and a tick
+costs O(arrivals x model), whatever the staleness.
 
-State: ``nodes.extra = Downloaded(version [N])``; ``server.extra = AsyncServer(version,
-history [D, ...], rule)`` with the rule's own state (FedBuff's buffer).
+State: ``server.extra = AsyncServer(version, snapshots, rule)`` with the rule's own state
+(FedBuff's buffer).
 
 Rules (``x``: server model, ``y_i``: node i's trained model, ``Delta_i = y_i - x_{v_i}``,
 ``s``: staleness at application):
@@ -26,19 +26,26 @@ Rules (``x``: server model, ``y_i``: node i's trained model, ``Delta_i = y_i - x
 * ``FedAsync`` (Xie et al. 2019): ``x <- (1 - a) x + a y_i``, ``a = alpha S(s)``, ``S`` constant,
   polynomial ``(s + 1)^-a`` or hinge (``1`` for ``s <= b``, else ``1 / (a (s - b) + 1)``); the local
   objective adds ``mu/2 ||w - x_{v_i}||^2``.
-* ``FedBuff`` (Nguyen et al. 2022): ``buf <- buf + (1 + s)^-1/2 Delta_i``; every ``buffer_size``
-  arrivals ``x <- x + eta buf / buffer_size`` (the paper's mean; ``aggregation="flsim"`` sums
-  and normalises the weight at ``s = 1`` as FLSim does, i.e. ``eta K sqrt(2)`` times the mean).
-  The server version advances once per flush.
+* ``FedBuff`` (Nguyen et al. 2022): the buffer keeps ``w(s) Delta_i`` with ``w(s) = (1 + s)^-e``
+  (traced ``staleness_exponent`` e, the paper's 1/2); every ``buffer_size`` arrivals the buffer
+  is flushed, ``x <- x + eta mean(buffer)`` (the paper's mean; ``aggregation="flsim"`` sums
+  and normalises the weight at ``s = 1`` as FLSim does, i.e. ``eta K 2^e`` times the mean).
+  The buffer holds the K weighted updates themselves, so the flush is one reduction over
+  them.  The server version advances once per flush.
 * ``DCASGD`` (Zheng et al. 2017): ``g = -Delta_i / lr`` (the gradient, exactly, for one local
   SGD step), ``x <- x - eta (g + lambda g * g * (x - x_{v_i}))``.
 
-``lag_tolerance`` (SAFA-style, Wu et al. 2021): an update staler than the tolerance is
-discarded (``forced_resync``) and its node downloads the latest model, as a SAFA node
-beyond the lag bound is forced to re-synchronise.  Every tick reports the staleness of the
-applied updates (``staleness_mean``, ``staleness_max``; a histogram with
-``staleness_bins``), the server version, and, like synchronous rounds, the simulated time,
-bytes and energy.
+Options shared by all rules: ``concurrency`` (how many nodes are in flight; ``None``: all
+N), ``window`` (the most arrivals trained in one batch; the results do not depend on it),
+``lag_tolerance`` (SAFA-style, Wu et al. 2021: an update staler than the tolerance is
+discarded, ``forced_resync``; the node downloads the latest model like every arriving
+node), ``buffer_depth`` (a server that keeps only its last D versions: an update computed
+from an older one is dropped, ``dropped_stale``; ``None``: nothing is dropped).  Every tick
+reports the staleness of the applied updates (``staleness_mean``, ``staleness_max``; a
+histogram with ``staleness_bins``), the server version, and, like synchronous rounds, the
+simulated time, bytes and energy; ``log_events`` adds each arrival's node, staleness,
+downloaded version and the staleness weight applied (``[K]`` per tick, -1 / NaN in unused
+slots).
 """
 from __future__ import annotations
 
@@ -47,32 +54,147 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
-from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_where
-from edgejax.data.host import cohort_data
+from edgejax.core.state import NodeState, ServerState, SimState, tree_take
 from edgejax.core.validation import check_choice
+from edgejax.data.host import cohort_data
 from edgejax.models.base import num_bytes
 
 STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 FEDBUFF_AGGREGATIONS = ("mean", "flsim")
 
 
-class Downloaded(NamedTuple):
-    """Asynchronous nodes' state: the server ``version [N]`` each node last downloaded."""
+class Snapshots(NamedTuple):
+    """The models in-flight jobs started from: ``models [C, ...]`` with the server ``version [C]``
+    each was taken at and how many slots still hold it (``holders [C]``), a stack of free
+    entries ``free [C]`` (the first ``n_free``), and every slot's entry ``slot_entry [C]``."""
 
+    models: Any
     version: jax.Array
+    holders: jax.Array
+    free: jax.Array
+    n_free: jax.Array
+    slot_entry: jax.Array
 
 
 class AsyncServer(NamedTuple):
-    """The server's ``version`` (int32), the ring buffer ``history [D, ...]`` of its last D
-    versions (version v at ``v % D``) and the rule's own state."""
+    """The server's ``version`` (int32), the ``Snapshots`` and the rule's own state."""
 
     version: jax.Array
-    history: Any
+    snapshots: Snapshots
     rule: Any = ()
+
+
+class Trained(NamedTuple):
+    """A group of arrivals' local trainings: their starts, trained models, losses and steps."""
+
+    start: Any
+    params: Any
+    loss: jax.Array
+    steps: jax.Array
+
+
+def init_snapshots(params, slots: int) -> Snapshots:
+    """Every slot holds entry 0, the initial model; the other entries are free."""
+    models = jax.tree_util.tree_map(lambda p: jnp.zeros((slots, *p.shape), p.dtype).at[0].set(p), params)
+    return Snapshots(models, jnp.zeros((slots,), jnp.int32), jnp.zeros((slots,), jnp.int32).at[0].set(slots),
+                     jnp.arange(slots - 1, -1, -1, dtype=jnp.int32), jnp.asarray(slots - 1, jnp.int32),
+                     jnp.zeros((slots,), jnp.int32))
+
+
+def release(snaps: Snapshots, entry) -> Snapshots:
+    """One slot stops holding ``entry``; an entry nobody holds goes back on the free stack."""
+    holders = snaps.holders[entry] - 1
+    free = jnp.where(holders == 0, snaps.free.at[snaps.n_free].set(entry), snaps.free)
+    return snaps._replace(holders=snaps.holders.at[entry].set(holders), free=free,
+                          n_free=snaps.n_free + (holders == 0).astype(jnp.int32))
+
+
+def store(snaps: Snapshots, params, version, slots, first, end) -> Snapshots:
+    """The slots ``slots[first:end]`` download ``params`` (at ``version``): one new entry."""
+    entry = snaps.free[snaps.n_free - 1]
+    models = jax.tree_util.tree_map(lambda m, p: m.at[entry].set(p), snaps.models, params)
+    slot_entry = jax.lax.fori_loop(first, end, lambda r, se: se.at[slots[r]].set(entry), snaps.slot_entry)
+    return Snapshots(models, snaps.version.at[entry].set(version), snaps.holders.at[entry].set(end - first),
+                     snaps.free, snaps.n_free - 1, slot_entry)
+
+
+def train_group_size(ctx, window: int) -> int:
+    """How many arrivals are trained together: ``LocalTraining.group_size`` when set, else 4 on
+    a CPU (per-node models stream through the cache; measured fastest for an MLP 784-200-200-10)
+    and the whole window on an accelerator."""
+    size = ctx.local.group_size
+    if size == "auto":
+        return 4 if jax.default_backend() == "cpu" else window
+    return window if size is None else min(size, window)
+
+
+def train_group(ctx, data, node_rng, win, starts, first, group: int, hparams) -> Trained:
+    """Train the window's arrivals ``first .. first + group - 1`` (those past ``n_events`` get no
+    steps) from ``starts(rows)``: node ``i``'s job ``j`` uses the key ``fold_in(node_rng[i], j)``."""
+    rows = first + jnp.arange(group)
+    safe = jnp.minimum(rows, win.node.shape[0] - 1)
+    ids = win.node[safe]
+    keys = jax.vmap(jax.random.fold_in)(node_rng[ids], win.job[safe])
+    budget = jnp.where(rows < win.n_events, ctx.local.node_steps(data.train.count[ids]), 0).astype(jnp.int32)
+    start = starts(safe)
+    result = ctx.execution.train(start, cohort_data(data.train, ids, full=False), keys, budget, hparams)
+    return Trained(start, result.params, result.loss, result.steps)
+
+
+def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_event, tick_end, carry):
+    """The window's arrivals in order: ``carry = apply_event(e, trained_e, carry)`` for each,
+    ``carry = tick_end(t, carry)`` after the last arrival of each tick (and for the ticks
+    without arrivals, which only end a window).  Arrivals are trained ``group`` at a time,
+    just before the first of the group is applied, from ``starts(carry)(rows)`` (no arrival's
+    start changes before it is applied).  Returns the carry and every arrival's loss and steps."""
+    events = win.node.shape[0]
+
+    def one_group(g, c):
+        carry, loss, steps = c
+        first = g * group
+        trained = train_group(ctx, data, node_rng, win, starts(carry), first, group, hparams)
+
+        def one_event(e, c):
+            carry, loss, steps = c
+            r = e - first
+            carry = apply_event(e, jax.tree_util.tree_map(lambda a: a[r], trained), carry)
+            tick = win.tick[e]
+            carry = jax.lax.cond(e + 1 == win.events_end[tick], lambda c: tick_end(tick, c), lambda c: c, carry)
+            return carry, loss.at[e].set(trained.loss[r]), steps.at[e].set(trained.steps[r])
+
+        return jax.lax.fori_loop(first, jnp.minimum(first + group, win.n_events), one_event, (carry, loss, steps))
+
+    init = (carry, jnp.zeros((events,), jnp.result_type(float)), jnp.zeros((events,), jnp.result_type(float)))
+    carry, loss, steps = jax.lax.fori_loop(0, (win.n_events + group - 1) // group, one_group, init)
+    with_events = jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
+    carry = jax.lax.fori_loop(with_events, win.n_ticks, tick_end, carry)
+    return carry, loss, steps
+
+
+def tick_sum(values, win, size):
+    """Per-tick sums of per-arrival ``values`` (arrivals past ``n_events`` ignored)."""
+    valid = jnp.arange(values.shape[0]) < win.n_events
+    return jax.ops.segment_sum(jnp.where(valid, values, 0), jnp.where(valid, win.tick, size), num_segments=size)
+
+
+def tick_slots(values, win, size, k, fill):
+    """Per-tick ``[size, K]`` table of per-arrival ``values`` at (tick, position); ``fill`` elsewhere."""
+    valid = jnp.arange(values.shape[0]) < win.n_events
+    table = jnp.full((size, k), fill, values.dtype)
+    return table.at[jnp.where(valid, win.tick, size), win.position].set(values, mode="drop")
+
+
+def tick_restart_sum(values, win, size):
+    """Per-tick sums of per-restart ``values``."""
+    r = jnp.arange(values.shape[0])
+    tick = jnp.searchsorted(win.restarts_end[:size], r, side="right")
+    valid = r < win.n_restarts
+    return jax.ops.segment_sum(jnp.where(valid, values, 0), jnp.where(valid, tick, size), num_segments=size)
 
 
 def _tree_add_scaled(x, delta, c):
@@ -81,16 +203,22 @@ def _tree_add_scaled(x, delta, c):
 
 @dataclasses.dataclass(frozen=True)
 class _AsyncServerAlgorithm:
-    """Shared machinery: the ring buffer, the tick, the metrics (see the module docstring)."""
+    """Shared machinery: snapshots, the window's application loop, the metrics (module docstring)."""
 
-    buffer_depth: int = 16
+    concurrency: int | None = None
+    window: int = 64
     lag_tolerance: int | None = None
+    buffer_depth: int | None = None
     staleness_bins: int = 0
     log_events: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.buffer_depth, int) or self.buffer_depth < 1:
-            raise ValueError(f"buffer_depth must be a positive integer; got {self.buffer_depth!r}")
+        for name in ("concurrency", "buffer_depth"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be None or a positive integer; got {value!r}")
+        if not isinstance(self.window, (int, np.integer)) or self.window < 1:
+            raise ValueError(f"window must be a positive integer; got {self.window!r}")
         if self.lag_tolerance is not None and (not isinstance(self.lag_tolerance, int) or self.lag_tolerance < 0):
             raise ValueError(f"lag_tolerance must be None or a non-negative integer; got {self.lag_tolerance!r}")
 
@@ -109,13 +237,14 @@ class _AsyncServerAlgorithm:
     def describe(self) -> dict:
         return describe_algorithm(self)
 
+    def slots(self, num_nodes: int) -> int:
+        """Nodes in flight at once."""
+        return num_nodes if self.concurrency is None else self.concurrency
+
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
-        n = node_rng.shape[0]
-        history = jax.tree_util.tree_map(
-            lambda p: jnp.zeros((self.buffer_depth, *p.shape), p.dtype).at[0].set(p), global_params)
-        server = AsyncServer(jnp.zeros((), jnp.int32), history, self.init_rule(global_params))
-        return (NodeState(rng=node_rng, extra=Downloaded(jnp.zeros((n,), jnp.int32))),
-                ServerState(global_params, (), server))
+        server = AsyncServer(jnp.zeros((), jnp.int32), init_snapshots(global_params, self.slots(node_rng.shape[0])),
+                             self.init_rule(global_params))
+        return NodeState(rng=node_rng), ServerState(global_params, (), server)
 
     def init_rule(self, params):
         return ()
@@ -125,64 +254,87 @@ class _AsyncServerAlgorithm:
 
     # ----- the rule: apply one update ----------------------------------------------------------
     def apply(self, x, y, start, staleness, rule, hparams):
-        """``(new x, whether the version advances, new rule state)`` for one arrival."""
+        """``(new x, whether the version advances, new rule state, staleness weight)`` for one arrival."""
         raise NotImplementedError
 
-    # ----- one tick ------------------------------------------------------------------------------
-    def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
-        server, depth = state.server.extra, self.buffer_depth
-        cohort = cohort_data(data.train, plan.nodes, full=False)   # in arrival order, so always gathered
-        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
-        downloaded = state.nodes.extra.version[plan.nodes]
-        in_buffer = server.version - downloaded < depth
-        start = jax.tree_util.tree_map(lambda h: jnp.take(h, downloaded % depth, axis=0), server.history)
-        budget = jnp.where(in_buffer, plan.step_budget, 0)
-        trained = ctx.execution.train(start, cohort, keys, budget, hparams)
-        arriving = (plan.active > 0) & in_buffer
+    # ----- one window ----------------------------------------------------------------------------
+    def window_step(self, ctx, state: SimState, data, win, hparams):
+        """Train the window's arrivals, apply them in order; ``(state, per-tick metrics)``."""
+        server = state.server.extra
+        entries = server.snapshots.slot_entry[win.slot]
+        downloaded = server.snapshots.version[entries]
+        events, ticks = win.node.shape[0], win.time.shape[0]
+        dtype = jnp.result_type(float)
 
-        def apply_one(carry, slot):
-            x, version, history, rule = carry
-            y, x0, v, arrives = slot
-            staleness = version - v
-            fresh = arrives & (staleness < depth)
+        def starts(carry):
+            return lambda rows: tree_take(carry[3].models, entries[rows])
+
+        def apply_event(e, trained, carry):
+            x, version, rule, snaps, out, versions = carry
+            staleness = version - downloaded[e]
+            fresh = jnp.asarray(True) if self.buffer_depth is None else staleness < self.buffer_depth
             applies = fresh if self.lag_tolerance is None else fresh & (staleness <= self.lag_tolerance)
-            new_x, advances, new_rule = self.apply(x, y, x0, staleness, rule, hparams)
-            x = tree_where(applies, new_x, x)
-            rule = tree_where(applies, new_rule, rule)
-            version = version + (applies & advances).astype(jnp.int32)
-            history = jax.tree_util.tree_map(lambda h, p: h.at[version % depth].set(p), history, x)
-            return (x, version, history, rule), (applies, fresh, jnp.where(applies, staleness, -1))
 
-        init = (state.server.params, server.version, server.history, server.rule)
-        (x, version, history, rule), (applied, fresh, staleness) = jax.lax.scan(
-            apply_one, init, (trained.params, start, downloaded, arriving))
-        nodes = state.nodes._replace(extra=Downloaded(jnp.where(plan.restart, version, state.nodes.extra.version)))
-        new_state = state._replace(nodes=nodes,
-                                   server=state.server._replace(params=x, extra=AsyncServer(version, history, rule)))
-        return new_state, self._metrics(ctx, plan, trained, applied, fresh, staleness, version)
+            def apply(args):
+                x, version, rule = args
+                new_x, advances, rule, weight = self.apply(x, trained.params, trained.start, staleness, rule, hparams)
+                return new_x, version + jnp.asarray(advances, jnp.int32), rule, jnp.asarray(weight, dtype)
 
-    def _metrics(self, ctx, plan, trained, applied, fresh, staleness, version):
-        count = jnp.sum(applied)
-        weights = applied.astype(trained.loss.dtype)
-        stale = jnp.where(applied, staleness, 0).astype(trained.loss.dtype)
-        arrived = jnp.sum(plan.active > 0)
+            x, version, rule, weight = jax.lax.cond(
+                applies, apply, lambda args: (*args, jnp.asarray(np.nan, dtype)), (x, version, rule))
+            out = {"applied": out["applied"].at[e].set(applies), "fresh": out["fresh"].at[e].set(fresh),
+                   "staleness": out["staleness"].at[e].set(staleness), "weight": out["weight"].at[e].set(weight)}
+            return x, version, rule, release(snaps, entries[e]), out, versions
+
+        def tick_end(t, carry):   # the slots restarting at the end of tick t download x
+            x, version, rule, snaps, out, versions = carry
+            r0, r1 = jnp.where(t == 0, 0, win.restarts_end[t - 1]), win.restarts_end[t]
+            snaps = jax.lax.cond(r1 > r0, lambda s: store(s, x, version, win.restart_slot, r0, r1), lambda s: s, snaps)
+            return x, version, rule, snaps, out, versions.at[t].set(version)
+
+        out0 = {"applied": jnp.zeros((events,), bool), "fresh": jnp.zeros((events,), bool),
+                "staleness": jnp.zeros((events,), jnp.int32), "weight": jnp.zeros((events,), dtype)}
+        carry = (state.server.params, server.version, server.rule, server.snapshots, out0,
+                 jnp.zeros((ticks,), jnp.int32))
+        (x, version, rule, snaps, out, versions), loss, steps = run_window(
+            ctx, data, state.nodes.rng, win, starts, hparams, train_group_size(ctx, self.window), apply_event,
+            tick_end, carry)
+        new_state = state._replace(server=state.server._replace(params=x, extra=AsyncServer(version, snaps, rule)))
+        return new_state, self._metrics(ctx, win, loss, steps, out, downloaded, versions)
+
+    def _metrics(self, ctx, win, loss, steps, out, downloaded, versions):
+        size, dtype = win.time.shape[0], loss.dtype
+        applied = out["applied"]
+        events = applied.shape[0]
+        count = tick_sum(applied.astype(dtype), win, size)
+        stale = jnp.where(applied, out["staleness"], 0)
+        arrived = jnp.arange(events) < win.n_events
+        up = jnp.broadcast_to(jnp.asarray(ctx.payload.take(win.node).up, dtype), (events,))
+        down = jnp.broadcast_to(jnp.asarray(ctx.payload.take(win.restart_node).down, dtype), win.restart_node.shape)
+        max_stale = jax.ops.segment_max(jnp.where(arrived, stale, 0), jnp.where(arrived, win.tick, size),
+                                        num_segments=size)
         metrics = {
-            "train_loss": jnp.where(count > 0, jnp.sum(weights * trained.loss) / jnp.maximum(count, 1), jnp.nan),
-            "participants": count.astype(trained.loss.dtype),
-            "local_steps": jnp.sum(weights * trained.steps),
-            "bytes_up": (arrived * ctx.payload.up).astype(trained.loss.dtype),
-            "bytes_down": (jnp.sum(plan.restart) * ctx.payload.down).astype(trained.loss.dtype),
-            "staleness_mean": jnp.sum(stale) / jnp.maximum(count, 1),
-            "staleness_max": jnp.max(jnp.where(applied, staleness, 0)).astype(trained.loss.dtype),
-            "dropped_stale": jnp.sum((plan.active > 0) & ~fresh).astype(trained.loss.dtype),
-            "forced_resync": jnp.sum(fresh & ~applied).astype(trained.loss.dtype),
-            "server_version": version.astype(trained.loss.dtype),
+            "train_loss": jnp.where(count > 0, tick_sum(jnp.where(applied, loss, 0), win, size)
+                                    / jnp.maximum(count, 1), jnp.nan),
+            "participants": count,
+            "local_steps": tick_sum(jnp.where(applied, steps, 0).astype(dtype), win, size),
+            "bytes_up": tick_sum(up, win, size),
+            "bytes_down": tick_restart_sum(down, win, size),
+            "staleness_mean": tick_sum(stale.astype(dtype), win, size) / jnp.maximum(count, 1),
+            "staleness_max": jnp.maximum(max_stale, 0).astype(dtype),
+            "dropped_stale": tick_sum((arrived & ~out["fresh"]).astype(dtype), win, size),
+            "forced_resync": tick_sum((out["fresh"] & ~applied).astype(dtype), win, size),
+            "server_version": versions.astype(dtype),
         }
         for b in range(self.staleness_bins):
-            top = staleness >= b if b == self.staleness_bins - 1 else staleness == b
-            metrics[f"staleness_hist_{b}"] = jnp.sum(applied & top).astype(trained.loss.dtype)
+            top = out["staleness"] >= b if b == self.staleness_bins - 1 else out["staleness"] == b
+            metrics[f"staleness_hist_{b}"] = tick_sum((applied & top).astype(dtype), win, size)
         if self.log_events:
-            metrics |= {"event_node": jnp.where(applied, plan.nodes, -1), "event_staleness": staleness}
+            k = ctx.cohort_size
+            metrics |= {"event_node": tick_slots(jnp.where(applied, win.node, -1), win, size, k, -1),
+                        "event_staleness": tick_slots(jnp.where(applied, out["staleness"], -1), win, size, k, -1),
+                        "event_download": tick_slots(jnp.where(arrived, downloaded, -1), win, size, k, -1),
+                        "event_weight": tick_slots(out["weight"], win, size, k, jnp.nan)}
         return metrics
 
 
@@ -214,10 +366,10 @@ class AsyncSGD(_AsyncServerAlgorithm):
         return {"server_lr": 1.0}
 
     def apply(self, x, y, start, staleness, rule, hparams):
-        c = hparams["server_lr"]
+        c = jnp.asarray(hparams["server_lr"], jnp.result_type(float))
         if self.staleness_aware:
             c = c / jnp.maximum(staleness, 1).astype(jnp.result_type(float))
-        return _tree_add_scaled(x, jax.tree_util.tree_map(jnp.subtract, y, start), c), True, rule
+        return _tree_add_scaled(x, jax.tree_util.tree_map(jnp.subtract, y, start), c), True, rule, c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +386,9 @@ class FedAsync(_AsyncServerAlgorithm):
     def __post_init__(self):
         super().__post_init__()
         check_choice("staleness function", self.staleness, STALENESS_FUNCTIONS)
+        if not isinstance(self.staleness_offset, (int, np.integer)) or self.staleness_offset < 0:
+            raise ValueError(f"staleness_offset must be a non-negative integer (0: the freshest update has "
+                             f"S(0); 1: Xie et al.'s indexing); got {self.staleness_offset!r}")
 
     @property
     def name(self) -> str:
@@ -252,20 +407,21 @@ class FedAsync(_AsyncServerAlgorithm):
 
     def apply(self, x, y, start, staleness, rule, hparams):
         a = hparams["alpha"] * staleness_weight(self.staleness, staleness + self.staleness_offset, hparams)
-        return jax.tree_util.tree_map(lambda u, v: (1 - a) * u + a * v, x, y), True, rule
+        return jax.tree_util.tree_map(lambda u, v: (1 - a) * u + a * v, x, y), True, rule, a
 
 
 class Buffer(NamedTuple):
-    """FedBuff's server buffer: the weighted sum of updates and how many it holds."""
+    """FedBuff's server buffer: the ``buffer_size`` weighted updates ``rows [K, ...]``, the
+    first ``count`` of them filled."""
 
-    total: Any
+    rows: Any
     count: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class FedBuff(_AsyncServerAlgorithm):
     """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous
-    Aggregation"): see the module docstring.  Traced ``server_lr``."""
+    Aggregation"): see the module docstring.  Traced ``server_lr`` and ``staleness_exponent``."""
 
     buffer_size: int = 10
     aggregation: str = "mean"
@@ -273,7 +429,7 @@ class FedBuff(_AsyncServerAlgorithm):
     def __post_init__(self):
         super().__post_init__()
         check_choice("aggregation", self.aggregation, FEDBUFF_AGGREGATIONS)
-        if not isinstance(self.buffer_size, int) or self.buffer_size < 1:
+        if not isinstance(self.buffer_size, (int, np.integer)) or self.buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive integer; got {self.buffer_size!r}")
 
     @property
@@ -281,22 +437,27 @@ class FedBuff(_AsyncServerAlgorithm):
         return f"fedbuff_{self.buffer_size}"
 
     def default_hparams(self) -> dict[str, float]:
-        return {"server_lr": 1.0}
+        return {"server_lr": 1.0, "staleness_exponent": 0.5}
 
     def init_rule(self, params):
-        return Buffer(jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+        rows = jax.tree_util.tree_map(lambda p: jnp.zeros((self.buffer_size, *p.shape), p.dtype), params)
+        return Buffer(rows, jnp.zeros((), jnp.int32))
+
+    def flush(self, x, rows, hparams):
+        """The server step from a full buffer: ``x + eta mean(rows)`` (``flsim``: the sum)."""
+        scale = hparams["server_lr"] / (self.buffer_size if self.aggregation == "mean" else 1)
+        return jax.tree_util.tree_map(lambda a, r: a + scale * jnp.sum(r, axis=0), x, rows)
 
     def apply(self, x, y, start, staleness, rule, hparams):
-        weight = (1.0 + staleness.astype(jnp.result_type(float))) ** -0.5
+        exponent = hparams["staleness_exponent"]
+        weight = (1.0 + staleness.astype(jnp.result_type(float))) ** -exponent
         if self.aggregation == "flsim":
-            weight = weight * jnp.sqrt(2.0)
-        total = _tree_add_scaled(rule.total, jax.tree_util.tree_map(jnp.subtract, y, start), weight)
+            weight = weight * 2.0 ** exponent
+        rows = jax.tree_util.tree_map(lambda r, a, b: r.at[rule.count].set(weight * (a - b)), rule.rows, y, start)
         count = rule.count + 1
         full = count == self.buffer_size
-        scale = hparams["server_lr"] / (self.buffer_size if self.aggregation == "mean" else 1)
-        new_x = tree_where(full, _tree_add_scaled(x, total, scale), x)
-        empty = jax.tree_util.tree_map(jnp.zeros_like, total)
-        return new_x, full, Buffer(tree_where(full, empty, total), jnp.where(full, 0, count))
+        x = jax.lax.cond(full, lambda a: self.flush(a, rows, hparams), lambda a: a, x)
+        return x, full, Buffer(rows, jnp.where(full, 0, count)), weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +466,7 @@ class DCASGD(_AsyncServerAlgorithm):
     ``lambda`` variant (traced ``dc_lambda``) with server step ``server_lr``.  The gradient is
     recovered from the update as ``g = (x_{v_i} - y_i) / client_lr``, exact for one local SGD
     step (``LocalTraining(steps=1, optimizer="sgd")``); with more steps it compensates the
-    accumulated update."""
+    accumulated update.  (It has no staleness weight: ``event_weight`` is 1.)"""
 
     @property
     def name(self) -> str:
@@ -321,4 +482,4 @@ class DCASGD(_AsyncServerAlgorithm):
             g = (w_bak - yi) / hparams["client_lr"]
             return w - lr * (g + lam * g * g * (w - w_bak))
 
-        return jax.tree_util.tree_map(step, x, y, start), True, rule
+        return jax.tree_util.tree_map(step, x, y, start), True, rule, 1.0

@@ -187,7 +187,7 @@ class RoundContext:
     ``payload``: the algorithm's bytes up and down per participating node
     (``Algorithm.payload``); ``params_shape``: one model's parameters as shape structs
     (e.g. for a compressed message's size); ``group_size``: how other node-wise work (evaluation) is mapped;
-    ``num_nodes``: N.
+    ``num_nodes``: N; ``cohort_size``: K (asynchronous training: the most arrivals in one tick).
     """
 
     execution: Any
@@ -197,3 +197,4 @@ class RoundContext:
     params_shape: Any
     group_size: int | None
     num_nodes: int
+    cohort_size: int

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from edgejax.core.evaluate import evaluate
+from edgejax.core.event_loop import run_ticks
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
 from edgejax.core.local import LocalTraining
 from edgejax.core.results import Results
@@ -35,6 +36,8 @@ from edgejax.system.model import SystemModel
 # the algorithm protocol (documented in edgejax.algorithms.base): its parts and the metrics every round reports
 ALGORITHM_PARTS = ("name", "traits", "payload", "default_hparams", "init", "round", "eval_models", "describe")
 REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
+# an asynchronous algorithm runs windows of the event clock (edgejax.core.event_loop) instead of rounds
+ASYNC_PARTS = ("slots", "window", "window_step")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,7 +70,9 @@ class Simulation:
     mesh: Mesh | None = None
 
     def __post_init__(self):
-        missing = [name for name in ALGORITHM_PARTS if not hasattr(self.algorithm, name)]
+        asynchronous = hasattr(self.algorithm, "traits") and self.algorithm.traits().asynchronous
+        parts = tuple(p for p in ALGORITHM_PARTS if p != "round") + ASYNC_PARTS if asynchronous else ALGORITHM_PARTS
+        missing = [name for name in parts if not hasattr(self.algorithm, name)]
         if missing:
             raise TypeError(f"{type(self.algorithm).__name__} is not an edgejax algorithm: it lacks {missing} "
                             "(see edgejax.algorithms.base)")
@@ -92,6 +97,8 @@ class Simulation:
                 raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
                                  f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
+        if traits.asynchronous and not 1 <= self.algorithm.slots(n) <= n:
+            raise ValueError(f"concurrency={self.algorithm.slots(n)!r} must be in [1, N={n}] (nodes in flight at once)")
         if self.mesh is not None:
             check_node_mesh(self.mesh)
         self.hparam_owners()
@@ -148,6 +155,7 @@ class Simulation:
             params_shape=self.params_shape,
             group_size=group_size,
             num_nodes=self.num_nodes,
+            cohort_size=self.cohort_size,
         )
 
     @functools.cached_property
@@ -207,15 +215,17 @@ class Simulation:
         system = self.system.init(k_system, self.num_nodes)
         if traits.asynchronous:
             system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
-                                              self.data.train.count, self.context.payload, hparams)
+                                              self.data.train.count, self.context.payload, hparams,
+                                              self.algorithm.concurrency, self.cohort_size)
         return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server, system=system,
                         network=network)
 
     def _plan(self, state: SimState, data: FederatedData, hparams: dict):
         key = jax.random.fold_in(state.rng, state.round)
         if self.algorithm.traits().asynchronous:
-            return self.system.plan_events(key, state.system, state.round, hparams, self.cohort_size, self.local,
-                                           data.train.count)
+            raise ValueError(f"{self.algorithm.name} is asynchronous: the event clock schedules its arrivals a window "
+                             "at a time (edgejax.system.events), not as a per-round plan; log_events=True reports "
+                             "every arrival, and SystemModel(durations=...) fixes every job's duration")
         links = state.network.table if self.system.link_failures else None
         return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
                                 data.train.count, self.context.payload, links)
@@ -253,18 +263,19 @@ class Simulation:
     def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
         """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
-        key = jax.random.fold_in(state.rng, state.round)
-        state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
         if self.algorithm.traits().asynchronous:
-            cost, system = self.system.charge_events(key, state.system, plan, self.local, data.train.count,
-                                                     self.context.payload, hparams)
-        else:
-            cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
+            self._plan(state, data, hparams)   # refused, with the reason
+        state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
+        cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
         state = state._replace(round=state.round + 1, system=system)
         return (state if self.mesh is None else self.node_axis.constrain(state)), {**metrics, **cost}
 
     def round(self, state: SimState, data: FederatedData, hparams: dict):
-        """One round: the system model draws a plan, the algorithm runs it, the clock charges it."""
+        """One round: the system model draws a plan, the algorithm runs it, the clock charges it
+        (asynchronous training: one tick of the event clock)."""
+        if self.algorithm.traits().asynchronous:
+            state, metrics = run_ticks(self, state, data, hparams, 1)
+            return state, jax.tree_util.tree_map(lambda m: m[0], metrics)
         plan, system = self._plan(state, data, hparams)
         return self.round_with_plan(state._replace(system=system), data, plan, hparams)
 
@@ -275,6 +286,8 @@ class Simulation:
         Returns the new state and the per-round metrics stacked on a leading axis.
         """
         active_rounds = num_rounds if active_rounds is None else active_rounds
+        if self.algorithm.traits().asynchronous:   # windows of ticks, same rows (edgejax.core.event_loop)
+            return run_ticks(self, state, data, hparams, num_rounds, active_rounds)
         metric_shapes = jax.eval_shape(self.round, state, data, hparams)[1]
         missing = [name for name in REQUIRED_METRICS if name not in metric_shapes]
         if missing:

@@ -32,13 +32,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from edgejax import topology as tp
 from edgejax.core.state import RoundPlan, default_float, tree_take
 from edgejax.core.validation import check_choice
 from edgejax.system.availability import Availability
 from edgejax.system.clock import POLICIES, deadline_plan, node_times, round_cost
-from edgejax.system.events import next_arrivals, node_durations
+from edgejax.system.events import EventState, base_durations, schedule_window, start_events
 from edgejax.system.profiles import DeviceProfiles, uniform_profiles
 from edgejax.system.selection import select_deadline_greedy, select_tier, select_uniform
 
@@ -49,13 +50,14 @@ STRAGGLERS = ("none", "drop", "partial_epochs")
 class SystemState(NamedTuple):
     """``profiles`` (per node), ``online`` (availability state [N]), ``clock`` (simulated
     seconds), ``busy_until [N]`` (simulated time at which each node finishes, or finished, its
-    work), ``waiting [N]`` (asynchronous training: arrived and not yet downloaded again)."""
+    work), ``events`` (asynchronous training: the event clock's slots and jobs,
+    ``edgejax.system.events.EventState``; ``()`` otherwise)."""
 
     profiles: DeviceProfiles
     online: jax.Array
     clock: jax.Array
     busy_until: jax.Array
-    waiting: jax.Array
+    events: EventState | tuple = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,9 +74,11 @@ class SystemModel:
       link_failures: links of the algorithm's graph fail each round with the traced
         probability ``link_failure`` (decentralized algorithms on a fixed graph with
         Metropolis-Hastings weights, which are rebuilt on the live links).
-      jitter: asynchronous training draws every update's duration as the profile's time
-        times mean-one lognormal noise of traced spread ``duration_jitter`` (see
-        ``edgejax.system.events``); without it durations are the profiles' times.
+      jitter: asynchronous training draws every job's duration as the profile's time (or the
+        ``durations`` trace's) times mean-one lognormal noise of traced spread
+        ``duration_jitter``, drawn per (node, job) (see ``edgejax.system.events``).
+      durations: asynchronous training: a user's trace of job durations ``[N, J]`` in seconds
+        (node i's job k lasts ``durations[i, k % J]``) instead of the profiles' times.
     """
 
     profiles: DeviceProfiles | None = None
@@ -85,8 +89,19 @@ class SystemModel:
     num_tiers: int = 3
     link_failures: bool = False
     jitter: bool = False
+    durations: np.ndarray | None = None
 
     def __post_init__(self):
+        if self.durations is not None:
+            trace = np.array(self.durations, dtype=float)
+            if trace.ndim != 2 or 0 in trace.shape:
+                raise ValueError(f"durations must be a non-empty [N, J] array of seconds; got shape {trace.shape}")
+            bad = np.argwhere(~(np.isfinite(trace) & (trace > 0)))
+            if bad.size:
+                i, k = bad[0]
+                raise ValueError(f"durations[{i}, {k}] = {trace[i, k]!r} must be finite and > 0 seconds")
+            trace.setflags(write=False)
+            object.__setattr__(self, "durations", trace)
         check_choice("selection", self.selection, SELECTIONS)
         check_choice("stragglers", self.stragglers, STRAGGLERS)
         check_choice("deadline_policy", self.deadline_policy, POLICIES)
@@ -109,7 +124,7 @@ class SystemModel:
         if profiles.speed.shape[0] != n:
             raise ValueError(f"the device profiles describe {profiles.speed.shape[0]} nodes but N={n}")
         return SystemState(profiles, self.availability.init(key, n), jnp.zeros((), default_float()),
-                           jnp.zeros((n,), default_float()), jnp.zeros((n,), bool))
+                           jnp.zeros((n,), default_float()))
 
     def plan(self, key, system: SystemState, round_, hparams, cohort_size: int, local, counts,
              payload, links: tp.NeighbourTable | None = None) -> tuple[RoundPlan, SystemState]:
@@ -171,40 +186,29 @@ class SystemModel:
         return metrics, system._replace(clock=clock, busy_until=system.busy_until.at[plan.nodes].set(finished))
 
     # ----- asynchronous training: the event clock (edgejax.system.events) --------------------
-    def _durations(self, key, system: SystemState, local, counts, payload, hparams):
-        jitter = hparams.get("duration_jitter", 0.0) if self.jitter else 0.0
-        return node_durations(system.profiles, local.node_steps(counts), local.batch_size, payload,
-                              key if self.jitter else None, jitter)
+    def _jitter(self, hparams):
+        return hparams["duration_jitter"] if self.jitter else None
 
-    def start_events(self, key, system: SystemState, local, counts, payload, hparams) -> SystemState:
-        """Every node downloads the initial model at time 0 and starts computing."""
-        return system._replace(busy_until=self._durations(key, system, local, counts, payload, hparams))
+    def start_events(self, key, system: SystemState, local, counts, payload, hparams, concurrency: int | None,
+                     cohort_size: int) -> SystemState:
+        """Every slot's first job starts at time 0 (``concurrency`` nodes in flight; ``None``: all)."""
+        n = counts.shape[0]
+        if self.durations is not None and self.durations.shape[0] != n:
+            raise ValueError(f"the durations trace describes {self.durations.shape[0]} nodes but N={n}")
+        base = base_durations(system.profiles, local.node_steps(counts), local.batch_size, payload)
+        events, busy = start_events(key, base, n, concurrency, cohort_size, self._jitter(hparams), self.durations)
+        return system._replace(busy_until=busy, events=events)
 
-    def plan_events(self, key, system: SystemState, round_, hparams, cohort_size: int, local, counts
-                    ) -> tuple[RoundPlan, SystemState]:
-        """The next tick of asynchronous training as a ``RoundPlan``: the cohort is the up to K
-        earliest finishers (``active``: those finishing at ``plan.time``), ``restart [N]`` the
-        nodes that download at the end of the tick (only online ones; the availability process
-        steps once per tick)."""
-        online, state = self.availability.step(jax.random.fold_in(key, 4), system.online, round_, hparams)
-        tick = next_arrivals(system.busy_until, system.waiting, system.clock, cohort_size)
-        budget = jnp.where(tick.active > 0, local.node_steps(counts[tick.nodes]), 0).astype(jnp.int32)
-        plan = RoundPlan(tick.nodes, tick.active, budget, restart=tick.restart & online, time=tick.time)
-        return plan, system._replace(online=state)
-
-    def charge_events(self, key, system: SystemState, plan: RoundPlan, local, counts, payload, hparams
-                      ) -> tuple[dict, SystemState]:
-        """Advance the clock to the tick's time, mark the arrived nodes waiting, restart the
-        ``plan.restart`` nodes with fresh durations; energy of the arrived nodes' work."""
-        steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
-        cohort = payload.take(plan.nodes)
-        cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
-                          cohort.down, cohort.up, cohort.compute)
-        clock = jnp.maximum(system.clock, plan.time)
-        arrived = jnp.zeros_like(system.waiting).at[plan.nodes].set(plan.active > 0)
-        durations = self._durations(jax.random.fold_in(key, 5), system, local, counts, payload, hparams)
-        busy = jnp.where(plan.restart, clock + durations, system.busy_until)
-        waiting = (system.waiting | arrived) & ~plan.restart
-        metrics = {"round_time_s": clock - system.clock, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
-        return metrics, system._replace(clock=clock, busy_until=busy, waiting=waiting)
-
+    def schedule_window(self, run_key, first_tick, ticks_left, system: SystemState, hparams, local, counts, payload,
+                        *, window: int, cohort_size: int, bounded: bool):
+        """The next window of arrivals (``edgejax.system.events.schedule_window``) and the new state:
+        the clock at the window's last tick, availability stepped once per tick, ``busy_until``
+        of the nodes that started a job."""
+        win, events, online, clock, (nodes, finish) = schedule_window(
+            run_key, first_tick, ticks_left, system.events, system.online, system.clock, system.profiles,
+            self.availability, hparams, window=window, cohort=cohort_size, bounded=bounded,
+            steps=local.node_steps(counts), batch_size=local.batch_size, payload=payload,
+            jitter=self._jitter(hparams), trace=self.durations)
+        started = jnp.where(jnp.arange(nodes.shape[0]) < win.n_restarts, nodes, counts.shape[0])
+        busy = system.busy_until.at[started].set(finish, mode="drop")
+        return win, system._replace(events=events, online=online, clock=clock, busy_until=busy)
