@@ -42,12 +42,17 @@ def _unflat(v, shape):
 def event_simulation(rule, x0, durations, xs, ys, until, depth=None):
     """The meaning, written as a plain sequential event loop (no vectorisation): nodes compute
     from the model they downloaded; arrivals in (finish time, id) order; every arrival at a time
-    T is applied before the nodes arrived at T download again.  Returns the event log
-    ``[(time, node, downloaded version, staleness)]`` and the server model after each time."""
+    T is applied before the nodes arrived at T download again.  ``durations``: one duration per
+    node ``[N]``, or node i's job k lasting ``durations[i, k % J]`` (``[N, J]``).  Returns the event
+    log ``[(time, node, downloaded version, staleness, dropped)]`` and the server model after each
+    time; ``.after_event[k]`` is the model after the first k events."""
     shape = (xs[0].shape[1], C)
-    versions, finish = {0: x0.copy()}, dict(enumerate(durations))
+    trace = np.asarray(durations, float).reshape(len(xs), -1)
+    jobs = {i: 1 for i in range(len(xs))}
+    versions, finish = {0: x0.copy()}, {i: trace[i, 0] for i in range(len(xs))}
     downloaded = {i: 0 for i in finish}
-    x, version, log, models, state = x0.copy(), 0, [], [], None
+    x, version, log, models, state = x0.copy(), 0, [], Models(), None
+    models.after_event.append(x0.copy())
     while len(log) < until:
         t = min(finish.values())
         arrived = sorted(i for i, f in finish.items() if f == t)
@@ -62,10 +67,20 @@ def event_simulation(rule, x0, durations, xs, ys, until, depth=None):
                 x, advanced, state = rule(x, y, start, staleness, state)
                 version += advanced
                 versions[version] = x.copy()
+            models.after_event.append(x.copy())
         for i in arrived:
-            downloaded[i], finish[i] = version, t + durations[i]
+            downloaded[i], finish[i] = version, t + trace[i, jobs[i] % trace.shape[1]]
+            jobs[i] += 1
         models.append((t, x.copy()))
     return log, models
+
+
+class Models(list):
+    """``[(time, model after every arrival at that time)]`` plus ``after_event``."""
+
+    def __init__(self):
+        super().__init__()
+        self.after_event = []
 
 
 def fedasync_rule(alpha, a):
@@ -75,10 +90,10 @@ def fedasync_rule(alpha, a):
     return rule
 
 
-def fedbuff_rule(k, lr):
+def fedbuff_rule(k, lr, exponent=0.5):
     def rule(x, y, start, s, state):
         total, count = state if state is not None else (np.zeros_like(x), 0)
-        total, count = total + (1 + s) ** -0.5 * (y - start), count + 1
+        total, count = total + (1 + s) ** -exponent * (y - start), count + 1
         if count == k:
             return x + lr * total / k, 1, (np.zeros_like(x), 0)
         return x, 0, (total, count)
@@ -277,3 +292,136 @@ def test_staleness_follows_the_configured_durations(x64):
     # its first update started with everyone at t = 0 and lands just before the fast nodes' tenth
     # (their link time accumulates): 9 x 5 updates; afterwards it always sees 10 x 5
     assert per_node[5][0] in (45, 50) and set(per_node[5][1:]) == {50}
+
+
+# ----- windows, per-job durations, bounded concurrency ------------------------------------------
+
+def _trace_sim(algorithm, trace, cohort=None, sizes=SIZES, **system):
+    data, xs, ys = make_data(sizes, seed=30)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=max(sizes), steps=STEPS),
+                        clients_per_round=cohort,
+                        system=SystemModel(profiles=_profiles([1.0] * len(sizes)), durations=trace, **system))
+    return sim, xs, ys
+
+
+def _events(metrics):
+    nodes, stale = np.asarray(metrics["event_node"]), np.asarray(metrics["event_staleness"])
+    return [(int(i), int(s)) for row_i, row_s in zip(nodes.reshape(-1, nodes.shape[-1]),
+                                                    stale.reshape(-1, stale.shape[-1]))
+            for i, s in zip(row_i, row_s) if i >= 0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_schedules_equal_the_sequential_event_simulation(x64, seed):
+    """Property test: random small populations, per-job duration traces with many ties (small
+    integers), random cohort caps, FedAsync or FedBuff, windows of 1, 3 or 64 arrivals: the
+    applied events and the server model equal the plain event loop's."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 8))
+    sizes = [int(v) for v in rng.integers(3, 7, size=n)]
+    trace = rng.integers(1, 5, size=(n, int(rng.integers(1, 4)))).astype(float)
+    cohort = int(rng.integers(1, n + 1))
+    window = [1, 3, 64][seed % 3]
+    k = int(rng.integers(1, n + 1))
+    algorithm = (ej.FedAsync(window=window, log_events=True) if seed % 2
+                 else ej.FedBuff(buffer_size=k, window=window, log_events=True))
+    sim, xs, ys = _trace_sim(algorithm, trace, cohort=cohort, sizes=sizes)
+    hp = sim.hparams({"client_lr": LR, **({"alpha": 0.7} if seed % 2 else {})})
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    rule = fedasync_rule(0.7, 0.5) if seed % 2 else fedbuff_rule(k, 1.0)
+    state, metrics = jax.jit(sim.run_rounds, static_argnums=3)(state, sim.data, hp, 25)
+    applied = int(np.sum(metrics["participants"]))
+    log, models = event_simulation(rule, _flat(sim.init(jax.random.PRNGKey(0), hp).server.params), trace, xs, ys,
+                                   until=applied + n)
+    assert applied >= 10
+    assert _events(metrics) == [(i, s) for _, i, _, s, _ in log[:applied]]
+    np.testing.assert_allclose(_flat(state.server.params), models.after_event[applied], rtol=1e-11, atol=1e-13)
+    times = np.asarray(metrics["sim_time_s"])
+    assert set(times.tolist()) <= {t for t, *_ in log}
+
+
+def test_windows_equal_one_tick_at_a_time_with_bounded_concurrency_markov_availability_and_jitter(x64):
+    """The same ticks, metrics and final state whether the ticks run one call each (one tick a
+    window) or 40 in one chunk of windows of up to 64 arrivals."""
+    n = 10
+    data, _, _ = make_data([5] * n, seed=33)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    system = SystemModel(profiles=ej.system.tiered_profiles(n, seed=1), jitter=True,
+                         availability=ej.Availability("markov", mean_on=4, mean_off=2))
+    for algorithm in (ej.FedBuff(buffer_size=3, concurrency=4, log_events=True, staleness_bins=3),
+                      ej.FedAsync(concurrency=6, lag_tolerance=5, log_events=True),
+                      ej.ADPSGD(ej.Topology("ring"), concurrency=5, log_events=True)):
+        sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=2, epochs=1), clients_per_round=2,
+                            system=system)
+        hp = sim.hparams({"client_lr": 0.2})
+        state0 = sim.init(jax.random.PRNGKey(4), hp)
+        chunk, metrics = jax.jit(sim.run_rounds, static_argnums=3)(state0, sim.data, hp, 40)
+        step, state, rows = jax.jit(sim.round), state0, []
+        for _ in range(40):
+            state, m = step(state, sim.data, hp)
+            rows.append(m)
+        for name in metrics:
+            np.testing.assert_allclose(np.asarray(metrics[name]), np.stack([np.asarray(r[name]) for r in rows]),
+                                       rtol=1e-13, atol=1e-15, err_msg=f"{algorithm.name} {name}")
+        for a, b in zip(jax.tree_util.tree_leaves(chunk), jax.tree_util.tree_leaves(state)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
+        assert np.sum(metrics["participants"]) >= 30
+
+
+def test_bounded_concurrency_keeps_that_many_nodes_in_flight_and_samples_every_node():
+    n, c = 12, 3
+    trace = np.random.default_rng(5).uniform(1.0, 9.0, size=(n, 7))   # distinct: no ties
+    sim, _, _ = _trace_sim(ej.FedAsync(concurrency=c, log_events=True), trace, cohort=1, sizes=[4] * n)
+    hp = sim.hparams({"client_lr": LR})
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    step, seen = jax.jit(sim.round), set()
+    for _ in range(150):
+        state, metrics = step(state, sim.data, hp)
+        assert int(np.sum(np.isfinite(np.asarray(state.system.events.finish)))) == c
+        seen |= {i for i, _ in _events(metrics)}
+        assert float(metrics["staleness_max"]) < 3 * c
+    assert seen == set(range(n))   # idle nodes are drawn into freed slots
+
+
+def test_fedbuff_staleness_exponent_is_traced_and_logged_with_downloads(x64):
+    trace = np.array([[1.0, 3.0], [2.0, 1.0], [3.0, 2.0], [1.5, 2.5], [2.5, 1.5], [4.0, 1.0]])
+    sim, xs, ys = _trace_sim(ej.FedBuff(buffer_size=2, log_events=True), trace)
+    hp = sim.hparams({"client_lr": LR, "staleness_exponent": 1.0})
+    state = sim.init(jax.random.PRNGKey(0), hp)
+    x0 = _flat(state.server.params)
+    state, metrics = jax.jit(sim.run_rounds, static_argnums=3)(state, sim.data, hp, 30)
+    applied = int(np.sum(metrics["participants"]))
+    log, models = event_simulation(fedbuff_rule(2, 1.0, exponent=1.0), x0, trace, xs, ys, until=applied + 6)
+    np.testing.assert_allclose(_flat(state.server.params), models.after_event[applied], rtol=1e-11, atol=1e-13)
+    got = [(int(d), float(w)) for d_row, w_row in zip(np.asarray(metrics["event_download"]),
+                                                       np.asarray(metrics["event_weight"]))
+           for d, w in zip(d_row, w_row) if d >= 0]
+    assert got == [(v, (1.0 + s) ** -1.0) for _, _, v, s, _ in log[:applied]]
+
+
+def test_memory_holds_one_snapshot_per_in_flight_slot_not_a_version_history():
+    sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=3, concurrency=4), np.ones((6, 1)) * np.arange(1, 7)[:, None])
+    state = sim.init(jax.random.PRNGKey(0), sim.hparams({}))
+    assert state.server.extra.snapshots.models["out"]["w"].shape[0] == 4
+    assert state.server.extra.rule.rows["out"]["w"].shape[0] == 3
+
+
+def test_asynchronous_options_are_checked_before_compute():
+    data, _, _ = make_data([4] * 5, seed=1)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    for bad, match in ((lambda: ej.FedBuff(concurrency=0), "concurrency"), (lambda: ej.FedAsync(window=0), "window"),
+                       (lambda: ej.FedAsync(staleness_offset=-2), "staleness_offset"),
+                       (lambda: ej.ADPSGD(concurrency=-1), "concurrency"),
+                       (lambda: SystemModel(durations=np.array([[1.0, -2.0]])), r"durations\[0, 1\] = -2.0"),
+                       (lambda: SystemModel(durations=np.ones(5)), r"\[N, J\]")):
+        with pytest.raises(ValueError, match=match):
+            bad()
+    with pytest.raises(ValueError, match="concurrency=9 must be in"):
+        ej.Simulation(model, data, ej.FedBuff(concurrency=9), ej.LocalTraining(batch_size=2))
+    with pytest.raises(ValueError, match="durations trace describes 4 nodes but N=5"):
+        ej.Simulation(model, data, ej.FedBuff(), ej.LocalTraining(batch_size=2),
+                      system=SystemModel(durations=np.ones((4, 2))))
+    sim = ej.Simulation(model, data, ej.FedBuff(), ej.LocalTraining(batch_size=2))
+    with pytest.raises(ValueError, match="asynchronous"):
+        sim.plan(sim.init(jax.random.PRNGKey(0), sim.hparams({})), sim.hparams({}))

@@ -213,7 +213,7 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
             job=jax.lax.dynamic_update_slice(win.job, st.slot_job[slots], (e0,)),
             tick=jax.lax.dynamic_update_slice(win.tick, jnp.full((k,), win.n_ticks, jnp.int32), (e0,)),
             position=jax.lax.dynamic_update_slice(win.position, j.astype(jnp.int32), (e0,)))
-        st = st._replace(finish=st.finish.at[slots].set(jnp.where(valid, inf, st.finish[slots])),
+        st = st._replace(finish=st.finish.at[jnp.where(valid, slots, c)].set(inf, mode="drop"),
                          pending=jax.lax.dynamic_update_slice(st.pending, slots, (st.n_pending,)),
                          n_pending=st.n_pending + a)
         if bounded:

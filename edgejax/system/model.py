@@ -99,7 +99,7 @@ class SystemModel:
             bad = np.argwhere(~(np.isfinite(trace) & (trace > 0)))
             if bad.size:
                 i, k = bad[0]
-                raise ValueError(f"durations[{i}, {k}] = {trace[i, k]!r} must be finite and > 0 seconds")
+                raise ValueError(f"durations[{i}, {k}] = {float(trace[i, k])!r} must be finite and > 0 seconds")
             trace.setflags(write=False)
             object.__setattr__(self, "durations", trace)
         check_choice("selection", self.selection, SELECTIONS)
