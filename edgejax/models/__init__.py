@@ -1,8 +1,9 @@
 """Models as init/apply pairs that vmap well over the node axis."""
 from edgejax.models.base import (CROSS_ENTROPY, SQUARED_ERROR, DenseLayer, Loss, Model, num_bytes, num_parameters,
                                  weighted_correct, weighted_cross_entropy, weighted_squared_error)
+from edgejax.models.flax_interop import from_flax
 from edgejax.models.zoo import MODELS, cnn, conv1d_net, get_model, linear_regression, logistic_regression, mlp
 
-__all__ = ["CROSS_ENTROPY", "DenseLayer", "Loss", "MODELS", "Model", "SQUARED_ERROR", "cnn", "conv1d_net", "get_model",
+__all__ = ["CROSS_ENTROPY", "DenseLayer", "Loss", "MODELS", "Model", "SQUARED_ERROR", "cnn", "conv1d_net", "from_flax", "get_model",
            "linear_regression", "logistic_regression", "mlp", "num_bytes", "num_parameters", "weighted_correct",
            "weighted_cross_entropy", "weighted_squared_error"]
