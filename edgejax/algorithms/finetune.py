@@ -26,6 +26,7 @@ from edgejax.algorithms.base import Traits, describe_algorithm
 from edgejax.algorithms.fedavg import FedAvg
 from edgejax.core.execution import Needs
 from edgejax.core.state import SimState, round_keys, tree_broadcast
+from edgejax.data.host import cohort_data
 
 _FINETUNE_STREAM = 0x46_54    # folded into each node's key: fine-tuning minibatches differ from training's
 
@@ -75,7 +76,8 @@ class FineTuned:
                           jnp.int32)
         # plain local steps: a FedProx base's pull toward x is switched off (mu = 0) while fine-tuning
         hp = {**hparams, "mu": jnp.zeros_like(hparams["mu"])} if self.base.prox else hparams
-        return ctx.execution.train(state.server.params, data.train, round_keys(rng, state.round), budget, hp).params
+        every = cohort_data(data.train, jnp.arange(n, dtype=jnp.int32), True)
+        return ctx.execution.train(state.server.params, every, round_keys(rng, state.round), budget, hp).params
 
     def round(self, ctx, state: SimState, data, plan, hparams):
         state, metrics = self.base.round(ctx, state, data, plan, hparams)
