@@ -137,6 +137,11 @@ def load_shakespeare(path: str | os.PathLike | None = None, *, train_fraction: f
 
     Returns a ``Dataset`` named ``shakespeare`` with 80 classes, ``x`` float32 ``[n, 80]`` of
     character indices and the role id as ``groups_train`` / ``groups_test`` (or ``(dataset, roles)``).
+
+    Size: on tinyshakespeare with ``stride=1`` this is 804,121 train and 201,166 test windows over
+    255 roles (257 MB of train features); ``federate`` pads every node to the largest role (30,026
+    train windows), about 2.5 GB on the device.  ``stride=8`` gives 100,508 train windows over 253
+    roles (0.3 GB padded); ``max_roles`` / ``min_samples`` bound it further.
     """
     path = Path(path) if path is not None else default_data_dir() / _TINYSHAKESPEARE
     if not path.is_file():
