@@ -82,9 +82,9 @@ class APFL:
         return {"name": self.name, "model": self.model.name, "adaptive": self.adaptive, "weighting": self.weighting}
 
     def init(self, ctx, global_params, node_rng, hparams):
-        if ctx.local.optimizer != "sgd":
-            raise ValueError(f"APFL's local steps are plain SGD (Deng et al. 2020); got LocalTraining(optimizer="
-                             f"{ctx.local.optimizer!r})")
+        if ctx.local.optimizer != "sgd" or ctx.local.weight_decay:
+            raise ValueError(f"APFL's local steps are plain SGD without weight decay (Deng et al. 2020); got "
+                             f"LocalTraining(optimizer={ctx.local.optimizer!r}, weight_decay={ctx.local.weight_decay!r})")
         n = node_rng.shape[0]
         alpha = jnp.full((n,), hparams["apfl_alpha"], jnp.result_type(float))
         return (NodeState(rng=node_rng, params=tree_broadcast(global_params, n), extra=Mixing(alpha)),

@@ -10,7 +10,9 @@ schedule, e.g. its epochs)::
 The fine-tuned models are never sent anywhere and never change ``x``.  They are kept in
 ``nodes.params [N, ...]`` so that ``eval_models`` returns them (``own_accuracy_*`` next to the
 global model's ``node_accuracy_*``).  Cost: the fine-tuning of all N nodes each round (trained
-with the same execution strategy as the cohort, which is ``per_node``, since the models are read);
+with the same execution strategy as the cohort, which is ``per_node``, since the models are read;
+it runs inside the local update's scan with the steps after the k-th masked, so each node costs a
+full local schedule whatever k is);
 the system model charges only the FedAvg part (fine-tuning is a local evaluation procedure).
 Fine-tuning uses the local optimizer and its hyper-parameters (``client_lr``) and a key folded
 from each node's key, so it draws other minibatches than the round's training.

@@ -19,7 +19,9 @@ adds the summary personalized FL papers report: the mean, the worst 10% and the 
 ``scan_minibatches`` is the on-device minibatch loop of ``edgejax.core.local`` (the same
 shuffles and batch positions) for algorithms whose local step is not one optimizer step on one
 loss (FedRep's frozen parts, APFL's coupled updates); it is mapped over the cohort with
-``map_nodes`` (``vmap`` or ``lax.map`` in groups), never a Python loop over nodes.
+``map_nodes`` (``vmap`` or ``lax.map`` in groups), never a Python loop over nodes.  These two
+algorithms do not go through ``ctx.execution``, so with a node mesh (``Simulation(mesh=...)``) their
+local loops are not split over the devices (same numbers, one device's worth of parallelism).
 """
 from __future__ import annotations
 
