@@ -55,27 +55,51 @@ def test_vocabulary_is_leafs_80_characters():
     assert codes[0] == shakespeare.LEAF_VOCAB.index("T")
 
 
+def _expected_windows(speech, windows="lines"):
+    """Every 81-character sample (window + label) of one role, written independently of the loader."""
+    if windows == "joined":
+        text = " ".join(speech.split("\n"))
+        while "  " in text:
+            text = text.replace("  ", " ")
+        text = text.replace("$", " ")
+        return [text[j:j + 81] for j in range(len(text) - 80)]
+    out = []
+    for line in speech.split("\n"):
+        while "  " in line:
+            line = line.replace("  ", " ")
+        padded = " " * 80 + line.replace("$", " ") + "\n"
+        out += [padded[j:j + 81] for j in range(len(padded) - 80)]
+    return out
+
+
+def _samples(data, gid, split="train"):
+    x, y, g = (getattr(data, f"{k}_{split}") for k in ("x", "y", "groups"))
+    return [shakespeare.decode(r) + shakespeare.LEAF_VOCAB[l] for r, l in zip(x[g == gid].astype(int), y[g == gid])]
+
+
 def test_roles_windows_and_leaf_split_on_a_generated_play(tmp_path):
     roles = shakespeare.parse_roles(PLAY)
-    assert sorted(roles) == ["GHOST", "HAMLET", "OPHELIA", "POLONIUS"]      # the empty 'First Player' adds nothing
+    assert sorted(roles) == ["FIRST PLAYER", "GHOST", "HAMLET", "OPHELIA", "POLONIUS"][1:]   # 'First Player' is empty
     assert roles["HAMLET"].endswith("And by opposing end them.")            # a block without a header continues
     data, names = ej.data.load_shakespeare(_play(tmp_path), train_fraction=0.8, seed=0, return_roles=True)
-    assert names == ["HAMLET", "OPHELIA", "POLONIUS"]                       # GHOST has < 2 windows of 81 chars
+    assert names == ["HAMLET", "OPHELIA"]                                   # POLONIUS and GHOST have 1 line (<= 2)
     assert data.num_classes == 80 and data.feature_shape == (80,)
     for gid, name in enumerate(names):
-        text = shakespeare.role_text(roles[name]).replace("$", " ")
-        n = len(text) - 80
-        n_train = 1 if n == 2 else max(1, int(0.8 * n))
-        xs = np.concatenate([data.x_train[data.groups_train == gid], data.x_test[data.groups_test == gid]])
-        ys = np.concatenate([data.y_train[data.groups_train == gid], data.y_test[data.groups_test == gid]])
-        assert (data.groups_train == gid).sum() == n_train and len(ys) == n
-        windows = sorted(shakespeare.decode(x) + shakespeare.LEAF_VOCAB[y] for x, y in zip(xs.astype(int), ys))
-        assert windows == sorted(text[j:j + 81] for j in range(n))
+        expected = _expected_windows(roles[name])
+        n = len(expected)
+        assert len(_samples(data, gid)) == (1 if n == 2 else max(1, int(0.8 * n)))
+        assert sorted(_samples(data, gid) + _samples(data, gid, "test")) == sorted(expected)
+    assert _expected_windows(roles["HAMLET"])[0] == " " * 80 + "T"          # LEAF pads every line with 80 spaces
     fed, _ = ej.federate(data, None, ej.data.Natural())
-    assert fed.num_nodes == 3
+    assert fed.num_nodes == 2
     np.testing.assert_array_equal(np.asarray(fed.local_test.count), np.bincount(data.groups_test))
-    fewer = ej.data.load_shakespeare(_play(tmp_path), min_samples=53)
-    assert len(np.unique(fewer.groups_train)) == 2                          # POLONIUS (10 windows) goes, OPHELIA (53) stays
+    n_ophelia = len(_expected_windows(roles["OPHELIA"]))
+    assert len(np.unique(ej.data.load_shakespeare(_play(tmp_path), min_samples=n_ophelia).groups_train)) == 2
+    assert len(np.unique(ej.data.load_shakespeare(_play(tmp_path), min_samples=n_ophelia + 1).groups_train)) == 1
+    joined, names = ej.data.load_shakespeare(_play(tmp_path), windows="joined", return_roles=True)
+    assert names == ["HAMLET", "OPHELIA"]
+    assert sorted(_samples(joined, 0) + _samples(joined, 0, "test")) == sorted(_expected_windows(roles["HAMLET"],
+                                                                                                 "joined"))
 
 
 def test_contiguous_split_shares_no_text(tmp_path):
@@ -84,16 +108,20 @@ def test_contiguous_split_shares_no_text(tmp_path):
     lines = [" ".join(words[i:i + 6]) + "," for i in range(0, 300, 6)]
     path = tmp_path / "king.txt"
     path.write_text("KING:\n" + "\n".join(lines) + "\n")
-    text = shakespeare.role_text("\n".join(lines))
-    n = len(text) - 80
+    expected = _expected_windows("\n".join(lines))
+    n = len(expected)
     data = ej.data.load_shakespeare(path, split="contiguous")
-    train, test = data.x_train.astype(int), data.x_test.astype(int)
     n_train = int(0.8 * n)
-    assert len(train) == n_train and len(test) == n - (n_train + 80)
-    assert shakespeare.decode(train[-1]) + shakespeare.LEAF_VOCAB[data.y_train[-1]] == text[n_train - 1:n_train + 80]
-    assert shakespeare.decode(test[0]) == text[n_train + 80:n_train + 160]      # starts past the last train label
+    assert _samples(data, 0) == expected[:n_train]
+    assert _samples(data, 0, "test") == expected[n_train + 80:]           # past the last train window and label
+    every3 = expected[::3]
+    strided = ej.data.load_shakespeare(path, stride=3, split="contiguous")
+    assert _samples(strided, 0) == every3[:int(0.8 * len(every3))]
+    assert _samples(strided, 0, "test") == every3[int(0.8 * len(every3)) + 80 // 3:]
     with pytest.raises(ValueError, match="split must be"):
         ej.data.load_shakespeare(path, split="by_user")
+    with pytest.raises(ValueError, match="windows must be"):
+        ej.data.load_shakespeare(path, windows="words")
 
 
 def _lstm_reference(p, xs):
@@ -151,10 +179,7 @@ def test_fedavg_on_the_generated_play_lowers_the_loss(tmp_path):
 def test_real_tinyshakespeare():
     data, roles = ej.data.load_shakespeare(REAL, stride=80, return_roles=True)
     assert 150 < len(roles) < 320 and "ROMEO" in roles and "JULIET" in roles
-    speech = shakespeare.role_text(shakespeare.parse_roles(open(REAL).read())["ROMEO"]).replace("$", " ")
+    speech = shakespeare.parse_roles(open(REAL).read())["ROMEO"]
     romeo = roles.index("ROMEO")
-    for x, y in zip(data.x_train[data.groups_train == romeo][:20].astype(int), data.y_train[data.groups_train == romeo]):
-        window = shakespeare.decode(x) + shakespeare.LEAF_VOCAB[y]
-        j = speech.find(window)
-        assert j >= 0 and j % 80 == 0
+    assert sorted(_samples(data, romeo) + _samples(data, romeo, "test")) == sorted(_expected_windows(speech)[::80])
     assert np.array_equal(np.unique(data.groups_train), np.arange(len(roles)))

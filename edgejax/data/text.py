@@ -19,12 +19,16 @@ Rules (stated, since tinyshakespeare is not LEAF's source file):
   its other lines are the speech.  Blocks without such a header (a speech that continues after a
   blank line) are appended to the previous turn; a header with no speech adds nothing.
 - **Roles.** tinyshakespeare concatenates plays without titles, so plays cannot be told apart
-  reliably; a role is therefore a speaker **name as written** (case-sensitive, across the whole
-  file: ``GLOUCESTER`` of several histories is one role).  LEAF's roles are ``PLAY_NAME`` pairs.
-- **Samples** (LEAF's ``txt_to_data``): a role's speech lines joined with newlines, every newline
-  replaced by a space and runs of spaces collapsed to one; sample ``j`` is the 80 characters
-  ``text[j : j + 80]`` and its label ``text[j + 80]`` (``stride`` 1, as LEAF; a larger ``stride``
-  keeps every ``stride``-th window).
+  reliably; a role is therefore a speaker **name**, upper-cased as LEAF does (``All`` and ``ALL``
+  are one role), across the whole file (``GLOUCESTER`` of several histories is one role).  LEAF's
+  roles are ``PLAY_NAME`` pairs.  As in LEAF's preprocessing, roles with at most 2 lines are dropped.
+- **Samples**, ``windows="lines"`` (LEAF's ``data/shakespeare/preprocess/shake_utils.py``): every
+  speech line, with runs of two or more spaces collapsed to one and its newline kept, is prefixed
+  with 80 spaces; each of its characters (the newline included) is the label of the 80 characters
+  before it, so a line of ``L`` characters gives ``L`` samples and no window crosses a line.
+  ``windows="joined"`` (the variant of several re-implementations): the role's lines joined with
+  spaces, runs of spaces collapsed, and every 80-character window of that text labelled with the
+  next character.  ``stride`` 1 keeps every sample, as LEAF; a larger ``stride`` every ``stride``-th.
 - **Vocabulary** (LEAF's ``models/utils/language_utils.py``, 80 symbols)::
 
       "\\n !\\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
@@ -37,12 +41,13 @@ Rules (stated, since tinyshakespeare is not LEAF's source file):
   ``n == 2``) train and the rest test.  ``split="random"`` (LEAF) draws the train samples at random
   (seeded), so test windows overlap train windows' text; ``split="contiguous"`` keeps the first
   train samples and starts the test samples past the last train window's 81 characters (its label
-  included), so no character is in both splits (fewer test samples; a role left without any is dropped).  LEAF's Shakespeare runs use ``train_fraction=0.8``.
+  included), so no character is in both splits (fewer test samples; a role left without any is
+  dropped).  LEAF's Shakespeare runs use ``train_fraction=0.8``.
 
 Features are the 80 character indices as float32 ``[n, 80]`` (the ``Dataset`` convention); the
 zoo's ``char_lstm`` embeds them.  ``groups_train`` / ``groups_test`` hold the role id (roles in
-sorted name order, ``dataset.roles``), so ``Natural()`` gives one node per role and each node's
-local test split is its role's own test samples.
+sorted name order; ``return_roles=True`` returns the names), so ``Natural()`` gives one node per
+role and each node's local test split is its role's own test samples.
 """
 from __future__ import annotations
 
@@ -57,6 +62,8 @@ from edgejax.data.datasets import Dataset, default_data_dir
 LEAF_VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 SEQ_LENGTH = 80
 SPLITS = ("random", "contiguous")
+WINDOWS = ("lines", "joined")
+MIN_LINES = 3
 _TINYSHAKESPEARE = "tinyshakespeare.txt"
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z' ,.&\-]*):$")
 _LOOKUP = np.full(256, LEAF_VOCAB.index(" "), np.int32)
@@ -85,7 +92,7 @@ def parse_roles(text: str) -> dict[str, str]:
             continue
         header = _HEADER.match(lines[0].strip())
         if header:
-            current, lines = header.group(1), lines[1:]
+            current, lines = header.group(1).upper(), lines[1:]
         if current is None:
             continue
         if lines:
@@ -94,17 +101,30 @@ def parse_roles(text: str) -> dict[str, str]:
 
 
 def role_text(speech: str) -> str:
-    """LEAF's ``txt_to_data`` clean-up: newlines to spaces, runs of spaces to one."""
+    """The ``joined`` clean-up: newlines to spaces, runs of spaces to one."""
     return re.sub(r" {2,}", " ", speech.replace("\n", " "))
 
 
-def _windows(codes: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(codes) - SEQ_LENGTH
-    if n <= 0:
-        return np.zeros((0, SEQ_LENGTH), np.int32), np.zeros((0,), np.int32)
-    starts = np.arange(0, n, stride)
-    x = codes[starts[:, None] + np.arange(SEQ_LENGTH)]
-    return x, codes[starts + SEQ_LENGTH]
+def role_lines(speech: str) -> list[str]:
+    """LEAF's line clean-up: each line with runs of two or more spaces collapsed and its newline kept."""
+    return [re.sub(r" {2,}", " ", line) + "\n" for line in speech.split("\n")]
+
+
+def _windows(speech: str, windows: str, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(x [n, 80], y [n])`` character indices of one role's samples (see the module docstring)."""
+    if windows == "joined":
+        codes = encode(role_text(speech))
+        starts = np.arange(0, max(len(codes) - SEQ_LENGTH, 0))
+    else:
+        lines = role_lines(speech)
+        codes = encode("".join(" " * SEQ_LENGTH + line for line in lines))
+        lengths = np.array([len(line) for line in lines])
+        # sample j of line k starts at that line's padding: offset_k + j, j < len(line_k)
+        offsets = np.concatenate([[0], np.cumsum(lengths + SEQ_LENGTH)[:-1]])
+        firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        starts = np.repeat(offsets - firsts, lengths) + np.arange(lengths.sum())
+    starts = starts[::stride]
+    return codes[starts[:, None] + np.arange(SEQ_LENGTH)], codes[starts + SEQ_LENGTH]
 
 
 def _split(n: int, train_fraction: float, split: str, stride: int, rng: np.random.Generator):
@@ -119,8 +139,8 @@ def _split(n: int, train_fraction: float, split: str, stride: int, rng: np.rando
 
 
 def load_shakespeare(path: str | os.PathLike | None = None, *, train_fraction: float = 0.8, min_samples: int = 0,
-                     split: str = "random", stride: int = 1, max_roles: int | None = None, seed: int = 0,
-                     return_roles: bool = False):
+                     split: str = "random", windows: str = "lines", stride: int = 1, max_roles: int | None = None,
+                     seed: int = 0, return_roles: bool = False):
     """LEAF's Shakespeare task (next character after an 80-character window, one node per role)
     from a plain text in the tinyshakespeare layout; see the module docstring for every rule.
 
@@ -130,6 +150,7 @@ def load_shakespeare(path: str | os.PathLike | None = None, *, train_fraction: f
       min_samples: roles with fewer samples are dropped (LEAF's ``-k``; roles below 2 always are).
       split: ``random`` (LEAF) or ``contiguous`` (no test window shares text with a train window;
         a role left without test samples is dropped).
+      windows: ``lines`` (LEAF: windows within each line, left-padded with spaces) or ``joined``.
       stride: keep every ``stride``-th window (1 = LEAF; larger values make a smaller set).
       max_roles: keep only this many roles, those with the most samples (``None``: all).
       seed: the random split's seed.
@@ -138,10 +159,10 @@ def load_shakespeare(path: str | os.PathLike | None = None, *, train_fraction: f
     Returns a ``Dataset`` named ``shakespeare`` with 80 classes, ``x`` float32 ``[n, 80]`` of
     character indices and the role id as ``groups_train`` / ``groups_test`` (or ``(dataset, roles)``).
 
-    Size: on tinyshakespeare with ``stride=1`` this is 804,121 train and 201,166 test windows over
-    255 roles (257 MB of train features); ``federate`` pads every node to the largest role (30,026
-    train windows), about 2.5 GB on the device.  ``stride=8`` gives 100,508 train windows over 253
-    roles (0.3 GB padded); ``max_roles`` / ``min_samples`` bound it further.
+    Size: on tinyshakespeare (``windows="lines"``, ``stride=1``) this is 820,624 train and 205,284 test
+    samples over 251 roles (263 MB of train features); ``federate`` pads every node to the largest
+    role (30,091 train samples), about 2.4 GB on the device.  ``stride=8`` gives 102,574 train
+    samples (0.3 GB padded); ``max_roles`` / ``min_samples`` bound it further.
     """
     path = Path(path) if path is not None else default_data_dir() / _TINYSHAKESPEARE
     if not path.is_file():
@@ -151,6 +172,8 @@ def load_shakespeare(path: str | os.PathLike | None = None, *, train_fraction: f
         raise ValueError(f"load_shakespeare: train_fraction must be in (0, 1), got {train_fraction}")
     if split not in SPLITS:
         raise ValueError(f"load_shakespeare: split must be one of {SPLITS}, got {split!r}")
+    if windows not in WINDOWS:
+        raise ValueError(f"load_shakespeare: windows must be one of {WINDOWS}, got {windows!r}")
     for field, value, low in (("stride", stride, 1), ("min_samples", min_samples, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"load_shakespeare: {field} must be an integer >= {low}, got {value!r}")
@@ -159,22 +182,24 @@ def load_shakespeare(path: str | os.PathLike | None = None, *, train_fraction: f
     roles = parse_roles(path.read_text(encoding="utf-8", errors="replace"))
     if not roles:
         raise ValueError(f"{path}: no speaker turns found (expected 'NAME:' header lines followed by speech)")
-    windows = []
+    samples = []
     for name in sorted(roles):
-        x, y = _windows(encode(role_text(roles[name])), stride)
+        if roles[name].count("\n") + 1 < MIN_LINES:
+            continue
+        x, y = _windows(roles[name], windows, stride)
         if len(y) >= max(2, min_samples):
-            windows.append((name, x, y))
+            samples.append((name, x, y))
     if max_roles is not None:
-        windows = sorted(sorted(windows, key=lambda r: -len(r[2]))[:max_roles], key=lambda r: r[0])
+        samples = sorted(sorted(samples, key=lambda r: -len(r[2]))[:max_roles], key=lambda r: r[0])
     rng = np.random.default_rng(seed)
     kept = []
-    for name, x, y in windows:
+    for name, x, y in samples:
         train, test = _split(len(y), train_fraction, split, stride, rng)
         if len(test):
             kept.append((name, x[train], y[train], x[test], y[test]))
     if not kept:
-        raise ValueError(f"{path}: no role has at least {max(2, min_samples)} samples of {SEQ_LENGTH + 1} characters "
-                         "and a test sample")
+        raise ValueError(f"{path}: no role has {MIN_LINES} lines, at least {max(2, min_samples)} samples and a test "
+                         "sample")
 
     def cat(i, dtype):
         return np.concatenate([role[i] for role in kept]).astype(dtype)
