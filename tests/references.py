@@ -125,3 +125,51 @@ def fedmd_round(models, public, node_data, active, num_classes, kind, distill_lr
         x, y = node_data[i]
         new[i] = local_gd(w, b, x, y, num_classes, lr, local_steps)
     return new
+
+
+# --------------------------------------------------------------------------------------
+# Personalized FL (logistic regression nodes (W, b); full-batch local steps)
+# --------------------------------------------------------------------------------------
+
+
+def ditto_personal(v, w, x, y, num_classes, lr, lam, steps):
+    """Ditto's personal update (Li et al. 2021, Algorithm 1): ``steps`` gradient steps on
+    ``F_i(v) + lam/2 ||v - w||^2`` from ``v``, with ``w`` the round's global model."""
+    (vw, vb), (ww, wb) = v, w
+    for _ in range(steps):
+        _, gw, gb = logreg_loss_grad(vw, vb, x, y, num_classes)
+        vw, vb = vw - lr * (gw + lam * (vw - ww)), vb - lr * (gb + lam * (vb - wb))
+    return vw, vb
+
+
+def apfl_node(w, v, alpha, x, y, num_classes, lr, steps, alpha_lr=None):
+    """APFL's local steps (Deng et al. 2020, Algorithm 1) from the global ``w`` and the node's ``v``,
+    ``alpha``: ``vbar = alpha v + (1 - alpha) w``; ``w -= lr grad f(w)``; ``v -= lr alpha grad f(vbar)``;
+    with ``alpha_lr``: ``alpha = clip(alpha - alpha_lr <v - w, grad f(vbar)>, 0, 1)`` (old values throughout)."""
+    (ww, wb), (vw, vb) = w, v
+    for _ in range(steps):
+        mw, mb = alpha * vw + (1 - alpha) * ww, alpha * vb + (1 - alpha) * wb
+        _, gw, gb = logreg_loss_grad(ww, wb, x, y, num_classes)
+        _, hw, hb = logreg_loss_grad(mw, mb, x, y, num_classes)
+        new_alpha = alpha
+        if alpha_lr is not None:
+            inner = np.sum((vw - ww) * hw) + np.sum((vb - wb) * hb)
+            new_alpha = float(np.clip(alpha - alpha_lr * inner, 0.0, 1.0))
+        ww, wb = ww - lr * gw, wb - lr * gb
+        vw, vb = vw - lr * alpha * hw, vb - lr * alpha * hb
+        alpha = new_alpha
+    return (ww, wb), (vw, vb), alpha
+
+
+def fedrep_node(body, head, x, y, num_classes, lr, head_steps, body_steps):
+    """FedRep's local update (Collins et al. 2021, Algorithm 1) for the one-hidden-layer ReLU MLP
+    (body ``[W0, b0]``, head ``[W1, b1]``): ``head_steps`` gradient steps on the head with the body
+    fixed, then ``body_steps`` on the body with the new head fixed (full batch)."""
+    ones = [np.ones_like(p) for p in (*body, *head)]
+    for _ in range(head_steps):
+        _, g = masked_mlp_loss_grad([*body, *head], ones, x, y, num_classes)
+        head = [p - lr * gi for p, gi in zip(head, g[2:])]
+    for _ in range(body_steps):
+        _, g = masked_mlp_loss_grad([*body, *head], ones, x, y, num_classes)
+        body = [p - lr * gi for p, gi in zip(body, g[:2])]
+    return body, head

@@ -10,21 +10,29 @@ Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, 
 Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
 FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models; ``FedMD`` (federated distillation:
 nodes keep their own models and exchange logits on a public set, optionally over sub-models).
+Personalized (each node's own model, judged on its own data): ``FineTuned`` (FedAvg + local
+fine-tuning), ``Ditto``, ``FedRep``, ``APFL``; ``personalized_report`` (mean, worst 10%, spread).
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
+from edgejax.algorithms.apfl import APFL
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
 from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.distillation import FedMD
+from edgejax.algorithms.ditto import Ditto
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.class_subsets import ClassSubsets
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg, LowRank
 from edgejax.algorithms.feddyn import FedDyn
+from edgejax.algorithms.fedrep import FedRep
+from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
-from edgejax.algorithms.registry import ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, get_algorithm, parse_compressor
+from edgejax.algorithms.personalized import personalized_report
+from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, PERSONALIZED, get_algorithm,
+                                         parse_compressor)
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
 from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
@@ -36,4 +44,5 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits",
            "WidthScaled", "consensus_distance", "describe_algorithm", "get_algorithm", "linear",
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
-           "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight"]
+           "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
+           "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report"]

@@ -4,11 +4,15 @@ from __future__ import annotations
 from edgejax import compression
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
+from edgejax.algorithms.apfl import APFL
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg
+from edgejax.algorithms.ditto import Ditto
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddyn import FedDyn
+from edgejax.algorithms.fedrep import FedRep
+from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 
@@ -19,6 +23,9 @@ ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
 # built from Python objects (a sub-model scheme over a model, a compressor, a public set), so not among the
 # CLI's ALGORITHMS
 PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg, "fedmd": FedMD}
+# personalized FL (each node's own model judged on its own data): Python API only for now (FedRep and APFL are
+# built over a model; the CLI's option checks do not know these algorithms)
+PERSONALIZED = {"finetune": FineTuned, "ditto": Ditto, "fedrep": FedRep, "apfl": APFL}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -30,7 +37,9 @@ def get_algorithm(name: str, **options):
     one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous), ``submodels``
     (``SubmodelFedAvg``: give ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg``
     (``CompressedFedAvg``: give ``compressor=...``) or ``fedmd`` (``FedMD``: give ``model=...``,
-    ``public_x=...``); ``options`` are the dataclass's fields
+    ``public_x=...``); a personalized one: ``finetune`` (``FineTuned``: FedAvg then local fine-tuning; give
+    ``base=FedAvg(...)``, ``finetune_steps=k``), ``ditto`` (``Ditto``), ``fedrep`` (``FedRep``: give ``model=...``,
+    ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
@@ -42,7 +51,9 @@ def get_algorithm(name: str, **options):
         return DECENTRALIZED[name](**options)
     if name in PYTHON_ONLY:
         return PYTHON_ONLY[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY)}")
+    if name in PERSONALIZED:
+        return PERSONALIZED[name](**options)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED)}")
 
 
 def parse_compressor(spec: str) -> compression.Compressor:
