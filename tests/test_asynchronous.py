@@ -425,3 +425,28 @@ def test_asynchronous_options_are_checked_before_compute():
     sim = ej.Simulation(model, data, ej.FedBuff(), ej.LocalTraining(batch_size=2))
     with pytest.raises(ValueError, match="asynchronous"):
         sim.plan(sim.init(jax.random.PRNGKey(0), sim.hparams({})), sim.hparams({}))
+
+
+@pytest.mark.parametrize("algorithm", [ej.FedAsync(concurrency=5), ej.FedBuff(buffer_size=3), ej.ADPSGD(ej.Topology("ring"))],
+                         ids=lambda a: a.name)
+def test_factor_form_from_own_starts_equals_per_node_training(x64, algorithm):
+    """shared_base's per-node factor form (each arrival from its own downloaded model, no
+    per-node weight written per step) gives per_node's models: an MLP, momentum-free SGD,
+    FedAsync's proximal pull included."""
+    data, _, _ = make_data([6, 5, 7, 6, 4, 6, 5, 6], dim=6, seed=34)
+    model = ej.models.mlp(data.feature_shape, data.num_classes, hidden=(7,))
+    system = SystemModel(durations=np.random.default_rng(2).uniform(1, 3, size=(8, 4)))
+    runs = {}
+    for execution in ("per_node", "shared_base"):
+        sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=2, steps=3, execution=execution),
+                            clients_per_round=2, system=system)
+        assert sim.execution == execution
+        hp = sim.hparams({"client_lr": 0.3, **({"mu": 0.5} if algorithm.name.startswith("fedasync") else {})})
+        state, metrics = jax.jit(sim.run_rounds, static_argnums=3)(sim.init(jax.random.PRNGKey(1), hp), sim.data, hp, 30)
+        runs[execution] = (state, metrics)
+    (a, ma), (b, mb) = runs["per_node"], runs["shared_base"]
+    for x, y in zip(jax.tree_util.tree_leaves((a.server.params, a.nodes.params)),
+                    jax.tree_util.tree_leaves((b.server.params, b.nodes.params))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(ma["train_loss"], mb["train_loss"], rtol=1e-11)
+    assert np.sum(ma["participants"]) >= 30

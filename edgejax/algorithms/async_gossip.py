@@ -77,7 +77,8 @@ class ADPSGD:
         return "adpsgd"
 
     def traits(self) -> Traits:
-        return Traits(asynchronous=True, topology=self.topology, needs=Needs(start="own", output="models"))
+        return Traits(asynchronous=True, topology=self.topology, needs=Needs(start="own", output="models",
+                                                                                 factor_starts=True))
 
     def payload(self, params, num_nodes: int) -> Payload:
         """One model each way with the partner per update."""

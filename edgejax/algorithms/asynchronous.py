@@ -228,7 +228,8 @@ class _AsyncServerAlgorithm:
 
     def traits(self) -> Traits:
         """Every arrival trains from its own (stale) start; the rule reads each trained model."""
-        return Traits(asynchronous=True, needs=Needs(terms=self.terms(), start="own", output="models"))
+        return Traits(asynchronous=True, needs=Needs(terms=self.terms(), start="own", output="models",
+                                                    factor_starts=True))
 
     def payload(self, params, num_nodes: int) -> Payload:
         """One model down at each download, one update up at each arrival."""

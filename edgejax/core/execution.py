@@ -64,6 +64,9 @@ class Needs:
         at the start of every round).
       masked: every node trains a sub-model given by its own ``SubModelMask`` over the
         full-size parameter layout (``edgejax.core.local``), passed as ``mask``.
+      factor_starts: with ``start="own"``, ``shared_base`` may train the nodes in its per-node
+        factor form (``edgejax.core.shared_base``, ``own_starts``) and return their models
+        (asynchronous arrivals; the decentralized algorithms keep ``per_node``).
     """
 
     terms: tuple[LocalTerm, ...] = ()
@@ -71,6 +74,7 @@ class Needs:
     output: str = "delta"
     keep_optimizer: bool = False
     masked: bool = False
+    factor_starts: bool = False
 
     def __post_init__(self):
         check_choice("start", self.start, STARTS)
@@ -110,14 +114,20 @@ class PerNode:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SharedBase:
-    """The ``shared_base`` strategy (``edgejax.core.shared_base``): ``delta`` only."""
+    """The ``shared_base`` strategy (``edgejax.core.shared_base``): ``delta`` from a shared start,
+    and ``train`` from every node's own start where the algorithm allows it (``Needs.factor_starts``:
+    the per-node factor form, each model formed once at the end)."""
 
-    local_delta: Callable
+    local_delta: Callable | None
+    own_deltas: Callable | None = None
     name: str = "shared_base"
 
-    def train(self, *args, **kwargs):
-        raise NotImplementedError("shared_base forms no per-node models; build_execution never selects it "
-                                  "for an algorithm that reads them")
+    def train(self, start, cohort, keys, budget, hparams, node_args=None, opt_state=None, mask=None) -> LocalResult:
+        if self.own_deltas is None:
+            raise NotImplementedError("shared_base forms no per-node models here; build_execution never selects "
+                                      "it for an algorithm that reads them without Needs(factor_starts=True)")
+        delta, loss, steps = self.own_deltas(start, cohort, keys, budget, None, hparams)
+        return LocalResult(jax.tree_util.tree_map(jax.numpy.add, start, delta), (), loss, steps)
 
     def delta(self, x, cohort, keys, budget, p, hparams, node_args=None, mask=None):
         if mask is not None:
@@ -128,9 +138,9 @@ class SharedBase:
 
 def shared_base_reason(model: Model, spec: LocalTraining, needs: Needs) -> str | None:
     """Why ``shared_base`` cannot be exact for this model, local training and algorithm, or ``None``."""
-    if needs.start == "own":
+    if needs.start == "own" and not needs.factor_starts:
         return "every node starts from its own model (decentralized training); shared_base needs one shared start"
-    if needs.output == "models":
+    if needs.output == "models" and not needs.factor_starts:
         return "the algorithm reads every node's trained model, which shared_base never forms"
     if needs.masked:
         return ("every node trains its own sub-model (a per-node parameter mask), while shared_base's "
@@ -173,6 +183,9 @@ def build_execution(model: Model, spec: LocalTraining, max_steps: int, shuffles:
                              "Simulation without mesh= (a node mesh is for the per_node and shared_base executions)")
         return spec.execution.build(model, spec, max_steps, shuffles, group_size, needs)
     if resolve_execution(model, spec, max_steps, needs) == "shared_base":
+        if needs.start == "own":
+            return SharedBase(None, make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms,
+                                                           own_starts=True))
         return SharedBase(make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms))
     update = make_local_update(model, spec, max_steps, shuffles, needs.terms)
     return PerNode(update, group_size, shared_start=needs.start == "shared", mesh=mesh)

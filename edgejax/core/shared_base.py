@@ -151,11 +151,14 @@ def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, e=None) 
 
 
 def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
-                           sample_space: bool | None = None, terms: tuple[LocalTerm, ...] = ()) -> Callable:
+                           sample_space: bool | None = None, terms: tuple[LocalTerm, ...] = (),
+                           own_starts: bool = False) -> Callable:
     """The ``shared_base`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
 
     Returns ``(sum_i p_i (x_i - x), loss [K], steps [K])`` like ``make_per_node_delta``,
     computed as in the module docstring.  Raises ``ValueError`` where that is not exact.
+    ``own_starts``: ``x`` holds every node's own start ``[K, ...]`` and the result is every
+    node's own change ``[K, ...]`` (``p`` is ignored).
 
     ``sample_space``: for the first layer, whose inputs are the node's own samples, keep
     the history as sample slots and precompute ``X_i W`` and the Gram ``X_i X_i^T`` over
@@ -179,6 +182,19 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         W = [x[layer.name]["w"] for layer in stack]
         bias = [x[layer.name]["b"] for layer in stack]
         lr = jnp.asarray(hparams["client_lr"], dtype)
+        if own_starts:
+            bias = [b[:, None, :] for b in bias]   # [K, 1, d_out]
+
+        def times(a, l):   # [K, R, d_in] @ W_l (one GEMM over all rows, or each node's own W)
+            if own_starts:
+                return jnp.einsum("krd,kde->kre", a, W[l])
+            return (a.reshape(-1, a.shape[-1]) @ W[l]).reshape(a.shape[0], -1, W[l].shape[1])
+
+        def times_t(g, l):   # [K, R, d_out] @ W_l^T
+            if own_starts:
+                return jnp.einsum("kre,kde->krd", g, W[l])
+            return (g.reshape(-1, g.shape[-1]) @ W[l].T).reshape(g.shape[0], -1, W[l].shape[0])
+
         e, lam, mu = _decay(spec, terms, hparams, dtype)
         coef = _step_coefficients(spec.optimizer, hparams, S, dtype, e)
         K = cohort.x.shape[0]
@@ -191,7 +207,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         samples = (M <= S * B) if sample_space is None else sample_space
         if samples:  # first layer in sample space: X W and X X^T once per round
             X = flat_x.astype(dtype)
-            xw0 = (X.reshape(K * M, stack[0].d_in) @ W[0]).reshape(K, M, stack[0].d_out)
+            xw0 = times(X, 0)
             gram0 = jnp.einsum("kmd,knd->kmn", X, X)
 
         def gram_apply(h_left, h_right, q, cs, plus_one):
@@ -217,7 +233,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
                     gram = jax.vmap(lambda r, h: r[:, h])(rows, hist_a[0]) + 1  # [K, B, S, B]
                     z = shared - lr * jnp.einsum("kbtc,ktce->kbe", gram * cs[None, None, :, None], hist_g[0])
                 else:
-                    shared = beta * ((a.reshape(K * B, layer.d_in) @ W[l]).reshape(K, B, layer.d_out) + bias[l])
+                    shared = beta * (times(a, l) + bias[l])
                     z = shared - lr * gram_apply(hist_a[l], hist_g[l], a, cs, True)
                 pre.append(z)
                 a = z if layer.activation is None else ACTIVATIONS[layer.activation](z)
@@ -235,7 +251,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
                     new_a[l] = hist_a[l].at[:, s].set(jnp.where(mask, inputs[l], 0))
                 new_g[l] = hist_g[l].at[:, s].set(jnp.where(mask, g, 0))
                 if l > 0:
-                    shared = beta * (g.reshape(K * B, layer.d_out) @ W[l].T).reshape(K, B, layer.d_in)
+                    shared = beta * times_t(g, l)
                     g = shared - lr * gram_apply(hist_g[l], hist_a[l], g, cs, False)
             loss_sum = loss_sum + jnp.where(active, loss, 0.0)
             return (tuple(new_a), tuple(new_g), loss_sum), None
@@ -248,25 +264,34 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         (hist_a, hist_g, loss_sum), _ = jax.lax.scan(step, init, jnp.arange(S))
 
         # aggregation: -lr sum_i p_i sum_t c(n_i - t) A_{i,t}^T G_{i,t}, one GEMM per layer
+        # (own starts: each node's own -lr sum_t c(n_i - t) A_{i,t}^T G_{i,t}, with p_i = 1)
         final = coef[jnp.clip(n_steps[:, None] - jnp.arange(S)[None, :], 0, S)]  # [K, S]
-        present = p > 0
-        scale = jnp.where(present[:, None], p[:, None].astype(dtype) * final, 0)[:, :, None, None]
+        present = (p > 0) if not own_starts else jnp.ones((K,), bool)
+        weight = p.astype(dtype) if not own_starts else jnp.ones((K,), dtype)
+        scale = jnp.where(present[:, None], weight[:, None] * final, 0)[:, :, None, None]
         # the shared part: sum_i p_i (beta(n_i) - 1) W (zero without weight decay)
-        shrink = jnp.sum(jnp.where(present, p.astype(dtype) * (_base_scale(e, lam, mu, n_steps.astype(dtype)) - 1), 0))
+        shrinks = jnp.where(present, weight * (_base_scale(e, lam, mu, n_steps.astype(dtype)) - 1), 0)
+        if own_starts:
+            combine = lambda ga, gg: jnp.einsum("krd,kre->kde", ga, gg)  # noqa: E731
+            shrink = lambda w: shrinks.reshape((K,) + (1,) * (w.ndim - 1)) * w  # noqa: E731
+            total = lambda g: jnp.sum(g, axis=1)  # noqa: E731
+        else:
+            combine = lambda ga, gg: ga.reshape(-1, ga.shape[-1]).T @ gg.reshape(-1, gg.shape[-1])  # noqa: E731
+            shrink = lambda w: jnp.sum(shrinks) * w  # noqa: E731
+            total = lambda g: jnp.sum(g.reshape(-1, g.shape[-1]), axis=0)  # noqa: E731
         delta = {}
         for l, layer in enumerate(stack):
+            b = bias[l][:, 0] if own_starts else bias[l]
             if l == 0 and samples:  # X^T (G scattered onto the sample slots), over K*M rows
                 onehot = jax.nn.one_hot(hist_a[0].reshape(K, S * B), M, dtype=dtype)
                 gs = (hist_g[0] * scale).reshape(K, S * B, layer.d_out)
                 gsum = jnp.where(present[:, None, None], jnp.einsum("kjm,kje->kme", onehot, gs), 0)
                 xm = jnp.where(present[:, None, None], X, 0)
-                gsum = gsum.reshape(K * M, layer.d_out)
-                delta[layer.name] = {"w": shrink * W[0] - lr * (xm.reshape(K * M, layer.d_in).T @ gsum),
-                                     "b": shrink * bias[0] - lr * jnp.sum(gsum, axis=0)}
+                delta[layer.name] = {"w": shrink(W[0]) - lr * combine(xm, gsum), "b": shrink(b) - lr * total(gsum)}
                 continue
-            ga = jnp.where(present[:, None, None, None], hist_a[l], 0).reshape(K * S * B, layer.d_in)
-            gg = jnp.where(present[:, None, None, None], hist_g[l] * scale, 0).reshape(K * S * B, layer.d_out)
-            delta[layer.name] = {"w": shrink * W[l] - lr * (ga.T @ gg), "b": shrink * bias[l] - lr * jnp.sum(gg, axis=0)}
+            ga = jnp.where(present[:, None, None, None], hist_a[l], 0).reshape(K, S * B, layer.d_in)
+            gg = jnp.where(present[:, None, None, None], hist_g[l] * scale, 0).reshape(K, S * B, layer.d_out)
+            delta[layer.name] = {"w": shrink(W[l]) - lr * combine(ga, gg), "b": shrink(b) - lr * total(gg)}
         steps = n_steps.astype(jnp.float32)
         return delta, loss_sum / jnp.maximum(steps, 1.0), steps
 
