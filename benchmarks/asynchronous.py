@@ -1,4 +1,4 @@
-"""Asynchronous training: convergence on a tiered population, and the kernel's throughput.
+"""Asynchronous training: convergence on a tiered population, and the kernel's speed per client update.
 
 1. **Convergence** (the FedBuff paper's comparison, Nguyen et al. 2022, at this CPU's
    scale): digits, Dirichlet(0.5, min_size=5) over 100 nodes, an MLP (64-32-10), local SGD
@@ -18,21 +18,24 @@
    more update-efficient than FedAsync and about 3x than synchronous FedAvgM), whatever
    they come out to here.
 
-2. **Throughput**: simulated updates per second of the asynchronous kernel (FedAsync,
-   logistic regression, 4 samples per node, one local step of batch 4; one compiled chunk of
-   ticks) for N = 100 ... 4096 nodes, next to a plain Python event loop (heapq + NumPy)
-   applying the same kind of updates one at a time, the way event-loop simulators run it.
+2. **Speed per client update** (``benchmarks/async_workers.py``): the W2 population (MNIST,
+   MLP 784-200-200-10, 4 local steps of batch 4, durations from U(5, 1000) s) at N = 10^2 ..
+   10^5 clients with 100 or 1,000 in flight, FedBuff (K = 10) and FedAsync, the kernel against
+   a plain heapq event loop in NumPy training the same clients on the same kind of schedule,
+   each side a fresh process pinned to one core, alternating.
 
 Results: ``benchmarks/results/asynchronous-<device>.json`` / ``.md``.  Run::
 
-    python benchmarks/asynchronous.py            # about 5-10 min on a 2-core CPU
+    python benchmarks/asynchronous.py            # about 10 min on a 2-core CPU
     python benchmarks/asynchronous.py --quick    # a smoke run (*-quick files)
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import heapq
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -64,10 +67,10 @@ def methods(deadline: float) -> dict:
         "FedAvg (drop late)": (ej.FedAvg(), sync, {"deadline_policy": "drop_late"}, {"deadline": deadline}),
     }
     for kind in ("constant", "polynomial", "hinge"):
-        out[f"FedAsync ({kind})"] = (ej.FedAsync(staleness=kind, buffer_depth=2048), {"clients": 1}, {"jitter": True},
+        out[f"FedAsync ({kind})"] = (ej.FedAsync(staleness=kind), {"clients": 1}, {"jitter": True},
                                      {"alpha": 0.6, "duration_jitter": 0.3})
     for k in (5, 10, 20):
-        out[f"FedBuff (K={k})"] = (ej.FedBuff(buffer_size=k, buffer_depth=2048), {"clients": 1}, {"jitter": True},
+        out[f"FedBuff (K={k})"] = (ej.FedBuff(buffer_size=k), {"clients": 1}, {"jitter": True},
                                    {"duration_jitter": 0.3})
     return out
 
@@ -114,69 +117,42 @@ def convergence(updates_budget: int, eval_updates: int, target: float, seed: int
     return out
 
 
-def _numpy_event_loop(xs, ys, durations, updates: int, lr: float, alpha: float, num_classes: int) -> float:
-    """Seconds for a plain Python event loop to apply ``updates`` FedAsync updates (one local
-    step of logistic regression per update, versions kept in a dict), as event-loop simulators do."""
-    d = xs.shape[-1]
-    w = np.zeros((d, num_classes))
-    versions, downloaded, version = {0: w}, {}, 0
-    heap = [(float(t), i) for i, t in enumerate(durations)]
-    heapq.heapify(heap)
-    for i in range(len(durations)):
-        downloaded[i] = 0
-    start = time.perf_counter()
-    for _ in range(updates):
-        t, i = heapq.heappop(heap)
-        stale_w = versions[downloaded[i]]
-        z = xs[i] @ stale_w
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(len(ys[i])), ys[i]] -= 1
-        y = stale_w - lr * xs[i].T @ p / len(ys[i])
-        s = version - downloaded[i]
-        a = alpha * (s + 1.0) ** -0.5
-        w = (1 - a) * w + a * y
-        version += 1
-        versions[version] = w
-        downloaded[i] = version
-        heapq.heappush(heap, (t + float(durations[i]), i))
-    return time.perf_counter() - start
+SPEED_GRID = ((100, 100), (1000, 100), (1000, 1000), (10_000, 100), (10_000, 1000), (100_000, 100), (100_000, 1000))
+QUICK_GRID = ((100, 100), (1000, 100))
+TARGETS = ((1000, 1000), (10_000, 1000))   # measured a second time (A B A B)
 
 
-def throughput(sizes: Sequence[int], ticks: int, seed: int) -> list[dict]:
+def _side(side: str, nodes: int, concurrency: int, rule: str, updates: int, seed: int) -> dict:
+    """One side in a fresh process pinned to core 1 (``benchmarks/async_workers.py``)."""
+    command = ["taskset", "-c", "1", sys.executable, str(Path(__file__).with_name("async_workers.py")), side,
+               "--nodes", str(nodes), "--concurrency", str(concurrency), "--rule", rule, "--updates", str(updates),
+               "--seed", str(seed)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def speed(grid, updates: int, seed: int) -> list[dict]:
+    """ms per client update of the kernel and of the NumPy event loop, side by side (A B per
+    configuration, and A B again for ``TARGETS``)."""
     rows = []
-    rng = np.random.default_rng(seed)
-    for n in sizes:
-        x = rng.normal(size=(4 * n + 200, 32)).astype(np.float32)
-        y = rng.integers(0, 10, size=len(x)).astype(np.int32)
-        dataset = ej.data.from_arrays(x[: 4 * n], y[: 4 * n], x_test=x[4 * n:], y_test=y[4 * n:], num_classes=10)
-        data, _ = ej.federate(dataset, n, ej.data.IID(), seed=seed, local_test_fraction=0.0)
-        model = ej.models.logistic_regression((32,), 10)
-        speeds = rng.uniform(50, 200, size=n)
-        profiles = profiles_from_arrays(speeds, np.full(n, 1e6), np.full(n, 1e7), latency=0.01,
-                                        energy_per_sample=1e-3, energy_per_byte=1e-8)
-        # every node computes at once, so staleness reaches about N: keep 4N versions (no update dropped)
-        sim = ej.Simulation(model, data, ej.FedAsync(buffer_depth=4 * n), ej.LocalTraining(batch_size=4, steps=1),
-                            clients_per_round=1, system=SystemModel(profiles=profiles))
-        hp = sim.hparams({"client_lr": 0.1})
-        chunk = jax.jit(sim.run_rounds, static_argnums=3)
-        state = sim.init(jax.random.PRNGKey(seed), hp)
-        state, _ = jax.block_until_ready(chunk(state, sim.data, hp, ticks))   # compile + warm-up
-        start = time.perf_counter()
-        state, metrics = jax.block_until_ready(chunk(state, sim.data, hp, ticks))
-        kernel_s = time.perf_counter() - start
-        applied = float(np.sum(metrics["participants"]))
-        assert float(np.sum(metrics["dropped_stale"])) == 0
-        xs = np.asarray(data.train.x)[:, :4]
-        ys = np.asarray(data.train.y)[:, :4]
-        loop_updates = min(ticks, 2000)
-        loop_s = _numpy_event_loop(xs, ys, np.asarray(sim.init(jax.random.PRNGKey(seed), hp).system.busy_until),
-                                   loop_updates, 0.1, 0.6, 10)
-        row = {"nodes": n, "kernel_updates_per_s": applied / kernel_s, "loop_updates_per_s": loop_updates / loop_s}
-        row["ratio"] = row["kernel_updates_per_s"] / row["loop_updates_per_s"]
-        rows.append(row)
-        print(f"  N={n:>5}: kernel {row['kernel_updates_per_s']:,.0f} updates/s, Python event loop "
-              f"{row['loop_updates_per_s']:,.0f} updates/s ({row['ratio']:.2f}x)", flush=True)
+    for nodes, concurrency in grid:
+        for rule in ("fedbuff", "fedasync"):
+            reps = 2 if (nodes, concurrency) in TARGETS else 1
+            kernel, loop = [], []
+            for _ in range(reps):
+                kernel.append(_side("kernel", nodes, concurrency, rule, updates, seed))
+                loop.append(_side("loop", nodes, concurrency, rule, updates, seed))
+            k_ms = [r["ms_per_update"] for r in kernel]
+            l_ms = [r["ms_per_update"] for r in loop]
+            row = {"nodes": nodes, "concurrency": min(concurrency, nodes), "rule": rule, "kernel_ms": k_ms,
+                   "loop_ms": l_ms, "ratio": float(np.median(l_ms) / np.median(k_ms)),
+                   "kernel_first_chunk_s": kernel[0]["first_chunk_s"], "execution": kernel[0]["execution"],
+                   "kernel_staleness": kernel[0]["mean_staleness"], "loop_staleness": loop[0]["mean_staleness"],
+                   "kernel_test_accuracy": kernel[0]["test_accuracy"]}
+            rows.append(row)
+            print(f"  N={nodes:>6} C={row['concurrency']:>5} {rule:<8}: kernel {np.median(k_ms):.3f} ms/update, "
+                  f"NumPy loop {np.median(l_ms):.3f} ms/update ({row['ratio']:.2f}x); mean staleness "
+                  f"{row['kernel_staleness']:.1f} / {row['loop_staleness']:.1f}", flush=True)
     return rows
 
 
@@ -196,11 +172,16 @@ def markdown(report: dict) -> str:
               "for synchronous FedAvgM, relative to FedBuff):", ""]
     for name, value in report["ratios"].items():
         lines.append(f"- {name}: {'n/a (a method did not reach the target)' if value is None else f'{value:.2f}x'}")
-    lines += ["", "## Throughput of the asynchronous kernel", "",
-              "| N | kernel updates/s | Python event loop updates/s | ratio |", "| --- | --- | --- | --- |"]
-    for r in report["throughput"]:
-        lines.append(f"| {r['nodes']} | {r['kernel_updates_per_s']:,.0f} | {r['loop_updates_per_s']:,.0f} | "
-                     f"{r['ratio']:.2f}x |")
+    lines += ["", "## Speed per client update: the kernel against a plain event loop, side by side", "",
+              report["speed_setting"], "",
+              "| N | in flight | rule | edgejax ms/update | NumPy loop ms/update | loop / edgejax | first chunk s "
+              "(compile + first chunk) | mean staleness (edgejax / loop) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["speed"]:
+        ms = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
+        lines.append(f"| {r['nodes']:,} | {r['concurrency']:,} | {r['rule']} | {ms(r['kernel_ms'])} | "
+                     f"{ms(r['loop_ms'])} | {r['ratio']:.2f}x | {r['kernel_first_chunk_s']:.1f} | "
+                     f"{r['kernel_staleness']:.1f} / {r['loop_staleness']:.1f} |")
     lines += ["", report["notes"], ""]
     return "\n".join(lines)
 
@@ -221,21 +202,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     wall = time.perf_counter()
     load_start = load_average()
-    budget, every, sizes, ticks = (400, 100, (100, 400), 200) if args.quick else (4000, 200, (100, 400, 1600, 4096),
-                                                                                  2000)
+    budget, every, grid, updates = (400, 100, QUICK_GRID, 200) if args.quick else (4000, 200, SPEED_GRID, 1000)
     print("convergence:", flush=True)
     conv = convergence(budget, every, target=0.85, seed=args.seed)
-    print("throughput:", flush=True)
-    rows = throughput(sizes, ticks, args.seed)
+    print("speed:", flush=True)
+    rows = speed(grid, updates, args.seed)
     report = {"date": datetime.date.today().isoformat(), "device": device_info(),
               "command": "python benchmarks/asynchronous.py" + (" --quick" if args.quick else ""),
               "setting": (f"digits, Dirichlet(0.5, min 5) over 100 nodes, MLP 64-32-10, 1 local epoch of batch 10, "
                           f"lr 0.1, {budget} client updates per method, evaluated every {every} updates, seed "
                           f"{args.seed}"),
-              "convergence": conv, "ratios": ratios(conv), "throughput": rows,
-              "notes": ("One seed; the asynchronous runs apply one arrival per tick. The throughput rows time one "
-                        f"compiled chunk of {ticks} ticks after a warm-up chunk; the Python loop applies up to 2,000 "
-                        "updates with NumPy. This CPU is shared by other processes: see the load averages.")}
+              "convergence": conv, "ratios": ratios(conv), "speed": rows,
+              "speed_setting": (f"W2 population (benchmarks/async_workers.py): MNIST t10k, 8 images per client, MLP "
+                                f"784-200-200-10, 4 local SGD steps of batch 4, every client's duration fixed from "
+                                f"U(5, 1000) s, all in-flight clients starting at t = 0, freed slots filled by a "
+                                f"uniformly drawn idle client; FedBuff K = 10 or FedAsync (alpha 0.6, polynomial "
+                                f"a = 0.5). Each side is a fresh process pinned to core 1 (taskset -c 1), the sides "
+                                f"alternating; edgejax times its second compiled chunk of {updates} ticks (one arrival "
+                                f"each), the loop {updates} updates after 50 warm-up updates. The loop is NumPy (no "
+                                f"torch on this machine). Two values: the configuration was measured twice, A B A B."),
+              "notes": ("One seed. The convergence runs apply one arrival per tick. This CPU may be shared by other "
+                        "processes: see the load averages; compare the ratios, measured side by side, not the "
+                        "absolute times.")}
     finish_report("asynchronous", report, markdown, RESULTS_DIR, args.quick, wall, load_start)
     print(markdown(report))
     return report
