@@ -450,3 +450,15 @@ def test_factor_form_from_own_starts_equals_per_node_training(x64, algorithm):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(ma["train_loss"], mb["train_loss"], rtol=1e-11)
     assert np.sum(ma["participants"]) >= 30
+
+
+def test_values_an_asynchronous_run_would_accept_silently_are_refused_or_said():
+    data, _, _ = make_data([4] * 5, seed=1)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, ej.FedAsync(), ej.LocalTraining(batch_size=2))
+    with pytest.raises(ValueError, match=r"alpha=5 .*\(0, 1\]"):
+        sim.hparams({"alpha": 5.0})
+    feddyn = ej.Simulation(model, data, ej.FedDyn(), ej.LocalTraining(batch_size=2))
+    assert float(feddyn.hparams({"alpha": 5.0})["alpha"]) == 5.0     # FedDyn's alpha is not a mixing weight
+    with pytest.warns(UserWarning, match=r"buffer_size=50\) with at most 5 nodes in flight"):
+        ej.Simulation(model, data, ej.FedBuff(buffer_size=50), ej.LocalTraining(batch_size=2))

@@ -50,6 +50,7 @@ slots).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -60,7 +61,7 @@ from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, ServerState, SimState, tree_take
-from edgejax.core.validation import check_choice
+from edgejax.core.validation import Range, check_choice
 from edgejax.data.host import cohort_data
 from edgejax.models.base import num_bytes
 
@@ -229,7 +230,11 @@ class _AsyncServerAlgorithm:
     def traits(self) -> Traits:
         """Every arrival trains from its own (stale) start; the rule reads each trained model."""
         return Traits(asynchronous=True, needs=Needs(terms=self.terms(), start="own", output="models",
-                                                    factor_starts=True))
+                                                    factor_starts=True), ranges=self.ranges())
+
+    def ranges(self) -> tuple:
+        """The rule's own hyper-parameter ranges (``Traits.ranges``)."""
+        return ()
 
     def payload(self, params, num_nodes: int) -> Payload:
         """One model down at each download, one update up at each arrival."""
@@ -398,6 +403,10 @@ class FedAsync(_AsyncServerAlgorithm):
     def terms(self) -> tuple:
         return (proximal("mu"),)
 
+    def ranges(self) -> tuple:
+        """The mixing weight ``alpha`` is a convex weight: (0, 1]."""
+        return (("alpha", Range(0.0, 1.0, closed_low=False)),)
+
     def default_hparams(self) -> dict[str, float]:
         hp = {"alpha": 0.6, "mu": 0.0}
         if self.staleness != "constant":
@@ -439,6 +448,14 @@ class FedBuff(_AsyncServerAlgorithm):
 
     def default_hparams(self) -> dict[str, float]:
         return {"server_lr": 1.0, "staleness_exponent": 0.5}
+
+    def slots(self, num_nodes: int) -> int:
+        """Nodes in flight at once; a buffer larger than that is allowed but said."""
+        slots = super().slots(num_nodes)
+        if self.buffer_size > slots:
+            warnings.warn(f"FedBuff(buffer_size={self.buffer_size}) with at most {slots} nodes in flight: every "
+                          "flush averages several updates of the same nodes", UserWarning, stacklevel=2)
+        return slots
 
     def init_rule(self, params):
         rows = jax.tree_util.tree_map(lambda p: jnp.zeros((self.buffer_size, *p.shape), p.dtype), params)

@@ -13,7 +13,9 @@ algorithm are interchangeable.
     trains every round: decentralized training, ``clients_per_round`` must be ``None``),
     ``topology`` (the communication graph, whose arrays go to ``SimState.network`` and whose
     links the system model may fail; ``None`` without one), ``asynchronous`` (a round is a
-    tick of the event clock, ``edgejax.system.events``: the plan is the next arrivals) and
+    tick of the event clock, ``edgejax.system.events``: the plan is the next arrivals),
+    ``ranges`` (``(name, Range)`` pairs for the algorithm's own hyper-parameters where the
+    shared table ``edgejax.core.validation.HPARAM_RANGES`` is too wide for it) and
     ``needs`` (what local execution must support: the ``LocalTerm``s added to the
     local objective, where nodes start, whether each node's model is read back, whether
     the local optimizer state persists; see ``edgejax.core.execution.Needs``).
@@ -69,6 +71,7 @@ class Traits(NamedTuple):
     needs: Needs = Needs()
     topology: Any = None
     asynchronous: bool = False
+    ranges: tuple = ()
 
 
 @runtime_checkable

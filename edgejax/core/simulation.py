@@ -199,7 +199,7 @@ class Simulation:
             raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(hp)}")
         for name, value in overrides.items():
             hp[name] = jnp.asarray(value, dtype=hp[name].dtype)
-        check_hparams(hp, self.cohort_size)
+        check_hparams(hp, self.cohort_size, ranges=dict(self.algorithm.traits().ranges))
         return hp
 
     # ----- pure functions ---------------------------------------------------------------
@@ -333,7 +333,8 @@ class Simulation:
         if self.mesh is not None:
             raise ValueError("sweep() maps points on one device; a simulation with a node mesh runs with run() "
                              "(build the sweep's Simulation without mesh=)")
-        check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size)
+        check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size,
+                      ranges=dict(self.algorithm.traits().ranges))
         return sweep_arrays(self, rounds, hparams, seeds)
 
     @functools.cached_property

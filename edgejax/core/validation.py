@@ -68,7 +68,7 @@ HPARAM_RANGES: dict[str, Range] = {
     "client_decay": _DECAY,
     "client_eps": _RATE, "server_tau": _RATE,
     "client_weight_decay": _NONNEGATIVE, "mu": _NONNEGATIVE,
-    "alpha": _RATE,  # FedDyn's regularisation (the server divides by it), FedAsync's mixing weight
+    "alpha": _RATE,  # FedDyn's regularisation (the server divides by it); FedAsync narrows it (Traits.ranges)
     "staleness_a": _NONNEGATIVE, "staleness_b": _NONNEGATIVE, "dc_lambda": _NONNEGATIVE,
     "duration_jitter": _NONNEGATIVE,
     "dropout": _PROBABILITY, "straggler_fraction": _PROBABILITY, "link_failure": _PROBABILITY,
@@ -78,9 +78,10 @@ HPARAM_RANGES: dict[str, Range] = {
 }
 
 
-def check_hparams(hparams: Mapping, cohort_size: int | None = None, points: int | None = None) -> None:
+def check_hparams(hparams: Mapping, cohort_size: int | None = None, points: int | None = None,
+                  ranges: Mapping[str, Range] | None = None) -> None:
     """``ValueError`` naming the hyper-parameter, its value and its valid range, for the first one
-    out of range (``HPARAM_RANGES``) or not finite.
+    out of range (``ranges``, the owner's own, else ``HPARAM_RANGES``) or not finite.
 
     Values are scalars, or one value per sweep point (then the error names the point index);
     with ``points`` each value must be a scalar or have exactly ``points`` entries.
@@ -90,7 +91,7 @@ def check_hparams(hparams: Mapping, cohort_size: int | None = None, points: int 
         if points is not None and values.shape not in ((), (points,)):
             raise ValueError(f"hyper-parameter {name} has {values.size} values (shape {values.shape}) "
                              f"but the sweep has {points} points")
-        rule = HPARAM_RANGES.get(name)
+        rule = (ranges or {}).get(name, HPARAM_RANGES.get(name))
         bad = ~np.isfinite(values)
         if rule is not None:
             bad |= rule.bad(values, cohort_size)
