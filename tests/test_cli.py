@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -10,6 +11,12 @@ from edgejax.cli import DEFAULTS, main, resolve_options
 
 SMALL_GOSSIP = ["--nodes", "20", "--rounds", "4", "--eval-every", "2", "--no-progress"]
 SMALL = [*SMALL_GOSSIP, "--clients-per-round", "5"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_defaults_are_the_documented_embedded_run():
@@ -95,3 +102,17 @@ def test_help_documents_every_option(capsys):
 def test_multi_host_flags_without_a_coordinator_are_rejected(tmp_path, capsys):
     assert main(["run", *SMALL, "--num-processes", "2", "--out", str(tmp_path / "o")]) != 0
     assert "give --coordinator too" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["a" * 300, "/".join(["b" * 200] * 25)])
+def test_an_out_name_too_long_exits_2_with_a_message(out, tmp_path, capsys):
+    assert main(["run", *SMALL, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert "File name too long" in err and "characters)" in err and "Traceback" not in err
+
+
+def test_results_are_readable_per_the_umask(tmp_path, capsys):
+    assert main(["run", *SMALL, "--rounds", "2", "--out", str(tmp_path)]) == 0
+    mode = 0o666 & ~_current_umask()  # what open() gives; mkstemp's 0o600 only under umask 0o066 or stricter
+    for name in ("run.json", "metrics.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
