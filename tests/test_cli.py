@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import pandas as pd
 import pytest
@@ -116,3 +117,23 @@ def test_results_are_readable_per_the_umask(tmp_path, capsys):
     mode = 0o666 & ~_current_umask()  # what open() gives; mkstemp's 0o600 only under umask 0o066 or stricter
     for name in ("run.json", "metrics.csv"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+@pytest.mark.parametrize("coordinator, message", [("not_a_host", "HOST:PORT"), ("localhost:99999", "99999"),
+                                                  ("no-such-host.invalid:1234", "cannot resolve")])
+def test_a_bad_coordinator_address_is_named(coordinator, message, tmp_path, capsys):
+    args = ["--coordinator", coordinator, "--num-processes", "1", "--process-id", "0"]
+    assert main(["run", *SMALL, *args, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_process_waiting_for_an_absent_coordinator_times_out(tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", "1", "--join-timeout", "1"]
+    assert main(["run", *SMALL, *args, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "waiting up to 1 s" in err
+    assert f"waited 1 s for process 0 (the coordinator) to listen at localhost:{port}" in err
+    assert not (tmp_path / "o").exists()

@@ -27,6 +27,7 @@ _APPLIES = {
     "weighting": (lambda o: not _decentralized(o) and o["algorithm"] not in _asynchronous(),
                   "synchronous server-based algorithms"),
     "server_lr": (lambda o: not _decentralized(o), "server-based algorithms"),
+    "join_timeout": (lambda o: o["coordinator"] is not None, "multi-host runs (--coordinator)"),
 }
 
 

@@ -29,10 +29,10 @@ DEFAULTS = {
     "deadline_policy": "wait_all",
     "hparam": [], "seed": 0, "eval_every": 10, "out": None, "overwrite": False, "checkpoint_every": None,
     "keep_checkpoints": 2, "progress": True,
-    "shard_nodes": False, "coordinator": None, "num_processes": None, "process_id": None,
+    "shard_nodes": False, "coordinator": None, "num_processes": None, "process_id": None, "join_timeout": 300,
 }
 # options that do not change a run's results (the processes of a multi-host run are where it ran)
-NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id")
+NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id", "join_timeout")
 
 
 class _RealDefaults(argparse.HelpFormatter):
@@ -123,6 +123,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "--shard-nodes, only process 0 writes --out")
     g.add_argument("--num-processes", type=int, help="processes of the multi-host run (with --coordinator)")
     g.add_argument("--process-id", type=int, help="this process's rank, 0 .. num-processes - 1 (with --coordinator)")
+    g.add_argument("--join-timeout", type=int, metavar="SECONDS", help="how long a process waits for the "
+                   "others (process 0's coordinator, then every process) before it gives up")
     return p
 
 
@@ -332,8 +334,11 @@ def _join_processes(o: dict) -> bool:
         return True
     from edgejax.parallel import initialize, is_main_process
 
-    auto = o["coordinator"] == "auto"
-    initialize(None if auto else o["coordinator"], o["num_processes"], o["process_id"])
+    address = None if o["coordinator"] == "auto" else o["coordinator"]
+    who = "" if o["process_id"] is None else f" as process {o['process_id']}"
+    print(f"edgejax: joining the multi-host run at {o['coordinator']}{who}; waiting up to {o['join_timeout']} s "
+          "for the other processes", file=sys.stderr, flush=True)
+    initialize(address, o["num_processes"], o["process_id"], timeout_s=o["join_timeout"])
     return is_main_process()
 
 
