@@ -291,7 +291,7 @@ def build(o: dict):
 def run(o: dict) -> int:
     from edgejax.cli.compile_cache import enable_compilation_cache
     from edgejax.core.rundir import default_out, prepare
-    from edgejax.core.runner import DivergenceError, RunInterrupted
+    from edgejax.core.runner import DivergenceError, RunFailed, RunInterrupted
 
     main = _join_processes(o)
     out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume"))) \
@@ -316,6 +316,10 @@ def run(o: dict) -> int:
         hint = f"; continue with: edgejax run --resume {out}" if o["checkpoint_every"] else ""
         print(f"edgejax: {err}; results so far in {out}{hint}", file=sys.stderr)
         return 128 + signal.Signals[err.signal].value
+    except RunFailed as err:
+        print(f"edgejax: {err}; results so far in {out}; once the disk has space (or is writable again), "
+              f"continue with: edgejax run --resume {out}", file=sys.stderr)
+        return 1
     if not main:
         return 0
     print(results.summary())
