@@ -78,6 +78,7 @@ def test_system_model_options(tmp_path):
     (["--hparam", "server_lr"], "NAME=VALUE"),
     (["--hparam", "momentum=0.9"], "momentum"),
     (["--group-size", "many"], "many"),
+    (["--keep-checkpoints", "3"], "--keep-checkpoints 3 does nothing without --checkpoint-every"),
 ])
 def test_bad_options_exit_2_with_the_value_named(args, message, capsys, tmp_path):
     assert main(["run", *SMALL_GOSSIP, "--out", str(tmp_path), *args]) == 2

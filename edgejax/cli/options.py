@@ -65,6 +65,9 @@ def check_applicable(options: dict, given: set) -> None:
     if options["topology"] == "schedule":
         raise ValueError("--topology schedule needs a sequence of graphs; build Topology('schedule', ...) "
                          "in Python instead")
+    if "keep_checkpoints" in given and options["checkpoint_every"] is None:
+        raise ValueError(f"--keep-checkpoints {options['keep_checkpoints']} does nothing without --checkpoint-every "
+                         "(no checkpoints are saved); give --checkpoint-every K or drop it")
     for name in sorted(given & set(_APPLIES)):
         applies, where = _APPLIES[name]
         if not applies(options):
