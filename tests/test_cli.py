@@ -138,3 +138,45 @@ def test_a_process_waiting_for_an_absent_coordinator_times_out(tmp_path, capsys)
     assert "waiting up to 1 s" in err
     assert f"waited 1 s for process 0 (the coordinator) to listen at localhost:{port}" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_binary_config_is_named_and_a_byte_order_mark_is_accepted(tmp_path, capsys):
+    binary = tmp_path / "model.toml"
+    binary.write_bytes(b"rounds = 2\n\x89PNG\r\n\x1a\n\xff\xfe")
+    assert main(["run", "--config", str(binary)]) == 2
+    assert f"--config {binary} is not UTF-8 text" in capsys.readouterr().err
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeffrounds = 7\nmodel = 'logreg'\n".encode())
+    o = resolve_options(["run", "--config", str(bom)])
+    assert (o["rounds"], o["model"]) == (7, "logreg")
+
+
+def test_a_data_path_that_is_not_npz_is_named(tmp_path, capsys):
+    text = tmp_path / "data.npz"
+    text.write_text("x,y\n1,2\n")
+    assert main(["run", *SMALL, "--dataset", "npz", "--data-path", str(text), "--out", str(tmp_path / "o")]) == 2
+    assert f"{text} is not an .npz file" in capsys.readouterr().err
+
+
+def test_missing_mnist_files_point_to_data_path(tmp_path, capsys):
+    assert main(["run", *SMALL, "--dataset", "mnist", "--data-path", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} lacks ['mnist-t10k-images-idx3-ubyte.gz'" in err and "pass --data-path" in err
+    assert "images_path" not in err
+
+
+def test_a_damaged_run_json_or_checkpoint_is_named_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--model", "logreg", "--checkpoint-every", "2", "--out", str(out)]) == 0
+    state = out / "checkpoints" / "4" / "state"
+    for chunk in state.rglob("ocdbt.process_0/d/*"):
+        chunk.write_bytes(b"\0" * 8)
+    assert main(["run", "--resume", str(out)]) == 2
+    assert f"the checkpoint {state.parent} is damaged" in capsys.readouterr().err
+    metrics = out / "checkpoints" / "4" / "metrics" / "metrics"
+    metrics.write_text('{"rounds": ')
+    assert main(["run", "--resume", str(out)]) == 2
+    assert f"{metrics} is damaged" in capsys.readouterr().err
+    (out / "run.json").write_bytes(b'{"status": "runn')
+    assert main(["run", "--resume", str(out)]) == 2
+    assert f"{out / 'run.json'} is damaged" in capsys.readouterr().err

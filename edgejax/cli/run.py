@@ -157,10 +157,13 @@ def options_from_args(args: dict) -> dict:
 def _read_config(path: Path) -> dict:
     """The options of a TOML config file, names normalised and types checked."""
     try:
-        with open(path, "rb") as f:
-            config = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+        text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is allowed
+        config = {k.replace("-", "_"): v for k, v in tomllib.loads(text).items()}
     except OSError as err:
         raise ValueError(f"cannot read --config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                         "a config is a TOML text file") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"--config {path} is not valid TOML: {err}") from None
     unknown = sorted(set(config) - set(DEFAULTS))
@@ -218,12 +221,25 @@ def _load_data(o: dict):
         kwargs = {"alpha": o["alpha"], "beta": o["beta"]}
     if o["dataset"] == "npz":
         kwargs["path"] = o["data_path"]
-    if o["dataset"] == "mnist" and o["data_path"]:
-        folder = Path(o["data_path"])
-        kwargs = {"images_path": folder / "mnist-t10k-images-idx3-ubyte.gz",
-                  "labels_path": folder / "mnist-t10k-labels-idx1-ubyte.gz"}
+    if o["dataset"] == "mnist":
+        kwargs = _mnist_files(o["data_path"])
     kwargs["seed"] = o["seed"]
     return load_dataset(o["dataset"], **kwargs)
+
+
+def _mnist_files(data_path: str | None) -> dict[str, Path]:
+    """The t10k IDX files in ``--data-path`` (default: ``$EDGEJAX_DATA`` or ../shared/data);
+    ``FileNotFoundError`` naming the folder and the missing files."""
+    from edgejax.data.datasets import default_data_dir
+
+    folder = Path(data_path) if data_path else default_data_dir()
+    files = {"images_path": folder / "mnist-t10k-images-idx3-ubyte.gz",
+             "labels_path": folder / "mnist-t10k-labels-idx1-ubyte.gz"}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--dataset mnist reads the IDX files from --data-path FOLDER; {folder} lacks "
+                                f"{missing} (pass --data-path, or set EDGEJAX_DATA)")
+    return files
 
 
 def _algorithm(o: dict):

@@ -11,6 +11,7 @@ permission raises ``OSError`` with the file system's error code.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,12 @@ class Checkpoints:
         for unfinished in directory.glob("*.orbax-checkpoint-tmp*"):  # left by a save that was killed
             shutil.rmtree(unfinished)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
-        self.manager = ocp.CheckpointManager(directory, options=options)
+        try:
+            self.manager = ocp.CheckpointManager(directory, options=options)
+        except ValueError as err:  # orbax reads every checkpoint's metrics item here
+            damaged = _damaged_metrics(directory) or f"a checkpoint in {directory}"
+            raise ValueError(f"{damaged} is damaged ({_first_line(err)}); delete its checkpoint folder to resume "
+                             "from the one before") from err
 
     def latest(self) -> int | None:
         """The round of the newest complete checkpoint, or ``None``."""
@@ -46,16 +52,37 @@ class Checkpoints:
             code = re.search(r"os_error_code='(\d+)'", str(err))
             if code is None:
                 raise
-            raise OSError(int(code[1]), f"{os.strerror(int(code[1]))} (saving the checkpoint of round {round_})") from err
+            number = int(code[1])
+            raise OSError(number, f"{os.strerror(number)} (saving the checkpoint of round {round_})") from err
 
     def restore(self, template: Any) -> tuple[int, Any, dict]:
-        """``(round, state, metrics)`` of the newest checkpoint; ``template`` gives the state's structure."""
+        """``(round, state, metrics)`` of the newest checkpoint; ``template`` gives the state's structure.
+        ``ValueError`` naming the checkpoint's folder when it cannot be read back."""
         round_ = self.latest()
         if round_ is None:
             raise ValueError(f"no checkpoint to resume from in {self.manager.directory}")
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), metrics=ocp.args.JsonRestore())
-        restored = self.manager.restore(round_, args=args)
+        try:
+            restored = self.manager.restore(round_, args=args)
+        except Exception as err:  # orbax, tensorstore and json each raise their own kind
+            folder = Path(self.manager.directory) / str(round_)
+            raise ValueError(f"the checkpoint {folder} is damaged ({_first_line(err)}); delete that folder to "
+                             "resume from the checkpoint before it") from err
         return round_, restored.state, restored.metrics
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+def _damaged_metrics(directory: Path) -> Path | None:
+    """The first checkpoint's metrics file in ``directory`` that is not JSON, if any."""
+    for path in sorted(directory.glob("*/metrics/metrics")):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError:
+            return path
+    return None

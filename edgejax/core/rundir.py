@@ -85,11 +85,17 @@ def as_json(value):
 
 
 def read_info(out: Path) -> dict:
-    """``run.json`` of the run in ``out`` (``ValueError`` when missing)."""
+    """``run.json`` of the run in ``out`` (``ValueError`` when missing or damaged)."""
     path = Path(out) / INFO
     if not path.is_file():
         raise ValueError(f"{out} holds no run to resume ({INFO} is missing)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path} is damaged ({err}); it cannot be resumed") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise ValueError(f"{path} is damaged (it holds no run configuration); it cannot be resumed")
+    return info
 
 
 def default_out(root: str | Path = "runs", name: str = "edgejax") -> Path:
