@@ -1,7 +1,9 @@
 """Checks of resolved ``edgejax run`` options before any compute: each TOML value's type,
 flags that do not apply to the chosen algorithm / dataset / model, and values the
-argument parser cannot check (MLP widths)."""
+argument parser cannot check (MLP widths); the help formatter of ``sweep``, ``table``, ``plot``."""
 from __future__ import annotations
+
+import argparse
 
 # option -> accepted Python types where the default does not tell (None, or an int that a
 # float may replace); every other option takes the type of its default (a float also an int)
@@ -87,3 +89,16 @@ def parse_hidden(value) -> tuple[int, ...]:
         raise ValueError(f"--hidden widths must be positive integers; got {value!r}")
     return widths
 
+
+
+class ShowDefaults(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with each option's default, except flags, ``None`` defaults and help that
+    already says its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in text or not action.option_strings:
+            return text
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown})"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``edgejax plot`` on the top-level subparsers."""
+    from edgejax.cli.options import ShowDefaults
     from edgejax.sweep.plots import BANDS, X_AXES
 
     p = sub.add_parser("plot", help="plot run/sweep folders (PNG and PDF, a band over seeds)",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__, formatter_class=ShowDefaults)
     p.add_argument("dirs", nargs="+", type=Path, help="folders written by edgejax run or edgejax sweep")
     p.add_argument("--metric", nargs="+", default=["test_accuracy", "test_loss"], help="evaluation metrics")
     p.add_argument("--x", nargs="+", default=list(X_AXES), choices=list(X_AXES), help="x axes")

@@ -143,14 +143,20 @@ def options_from_args(args: dict) -> dict:
     if args.get("resume"):
         named = set(given) | ({"config"} if args.get("config") else set())
         return _resumed_options(args["resume"], named, given.get("progress", True))
-    options = dict(DEFAULTS)
     if args.get("config"):
         config = _read_config(Path(args["config"]))
         given = {**config, **given}
-    options.update(given)
-    if options["local_steps"] is not None and "local_epochs" not in given:
-        options["local_epochs"] = None  # steps replace the default epochs; giving both is an error
+    options = with_defaults(given)
     check_applicable(options, set(given))
+    return options
+
+
+def with_defaults(given: dict) -> dict:
+    """``DEFAULTS`` updated with the ``given`` options, where given local steps replace the
+    default epochs (giving both is an error later)."""
+    options = {**DEFAULTS, **given}
+    if options["local_steps"] is not None and "local_epochs" not in given:
+        options["local_epochs"] = None
     return options
 
 
