@@ -170,3 +170,21 @@ def test_digits_are_read_without_importing_scikit_learn():
             "_sklearn_digits(); assert 'sklearn' not in sys.modules; from sklearn.datasets import load_digits; "
             "b = load_digits(); assert np.array_equal(images, b.images) and np.array_equal(target, b.target)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sweep_folders_tables_and_plot_legends_name_runs_alike(spec, tmp_path, capsys):
+    gossip = SMALL_SPEC.replace("clients_per_round = 3\n", "")
+    gossip += 'algorithm = "dpsgd"\n[grid]\ntopology = ["torus", "ring"]\n'
+    assert _sweep(gossip, tmp_path) == 0
+    printed = capsys.readouterr().out
+    folders = sorted((tmp_path / "out").iterdir())
+    assert [f.name for f in folders] == ["topology=ring", "topology=torus"]
+    assert main(["table", *map(str, folders)]) == 0
+    table = capsys.readouterr().out
+    rows = [line.split(" | ")[0] for line in table.splitlines()[2:]]
+    assert rows == ["| topology=ring", "| topology=torus"] and table in printed
+    from edgejax.sweep import load
+    from edgejax.sweep.plots import plot
+
+    legend = plot(load(folders)).get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["topology=ring", "topology=torus"]

@@ -151,7 +151,8 @@ def execute(args: dict) -> int:
               f"{len(points)} point(s) x {len(seeds)} seed(s), {o['rounds']} rounds")
         results = sweep(sim, o["rounds"], points, seeds, eval_every=o["eval_every"],
                         strategy=args["strategy"], chunk_size=args["chunk_size"], progress=args["progress"])
+        results.options = static
         folders.append(results.save(_folder(out, static, len(statics) > 1)))
-    print(to_markdown(summarize(load(folders))))
+    print(to_markdown(summarize(load(sorted(folders)))))  # in the order of `edgejax table OUT/*`
     print(f"results in {', '.join(map(str, folders))} (evals.csv, rounds.csv, sweep.json)")
     return 0

@@ -20,7 +20,9 @@ class SweepResults:
     hyper-parameters; ``runs``: ``(point index,
     seed)`` of run ``r``; ``rounds[k] [R, rounds]`` and ``evals[k] [R, E]``: round and
     evaluation metrics of run ``r`` (evaluations after rounds ``eval_rounds``);
-    ``config``: the static configuration (``Simulation.describe()`` and the sweep's own).
+    ``config``: the static configuration (``Simulation.describe()`` and the sweep's own);
+    ``options``: the ``edgejax sweep`` options that set it (they name its folder and, in
+    tables and plots, its runs).
     """
 
     points: list[dict]
@@ -31,6 +33,7 @@ class SweepResults:
     eval_rounds: list[int]
     config: dict[str, Any]
     wall_time_s: float = 0.0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def _run_columns(self) -> pd.DataFrame:
         names = sorted({k for p in self.points for k in p})
@@ -69,7 +72,7 @@ class SweepResults:
         out.mkdir(parents=True, exist_ok=True)
         self.to_dataframe().to_csv(out / EVALS_CSV, index=False)
         self.rounds_dataframe().to_csv(out / ROUNDS_CSV, index=False)
-        info = {"config": self.config, "points": self.points, "hparams": self.hparams, "runs": self.runs,
+        info = {"config": self.config, "options": self.options, "points": self.points, "hparams": self.hparams, "runs": self.runs,
                 "wall_time_s": round(self.wall_time_s, 3), **environment()}
         (out / SWEEP_JSON).write_text(json.dumps(info, indent=2, default=str))
         return out
