@@ -30,6 +30,8 @@ def _run_folder(folder: Path) -> tuple[pd.DataFrame, list[dict]]:
     rows = pd.read_csv(folder / "metrics.csv")
     sent = rows.get("bytes_up", 0.0) + rows.get("bytes_down", 0.0)
     rows["bytes"] = np.cumsum(np.nan_to_num(np.asarray(sent, dtype=float)))
+    if "participants" in rows:
+        rows["updates"] = np.cumsum(np.nan_to_num(rows["participants"].to_numpy(dtype=float)))
     if "sim_time_s" in rows:
         rows["sim_time_s"] = rows["sim_time_s"].fillna(0.0)
     evals = rows[rows["test_accuracy"].notna()].reset_index(drop=True)
@@ -101,4 +103,10 @@ def _display_names(keys: list[str]) -> dict[str, str]:
 
 
 def _short(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A setting's value: floats as their shortest repr, float32 ones (hyper-parameters) as float32's."""
+    if not isinstance(value, float):
+        return str(value)
+    if value.is_integer():
+        return str(int(value))
+    single = np.float32(value)
+    return str(single) if float(single) == value else repr(value)
