@@ -5,6 +5,7 @@ import json
 import os
 import socket
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -180,3 +181,24 @@ def test_a_damaged_run_json_or_checkpoint_is_named_on_resume(tmp_path, capsys):
     (out / "run.json").write_bytes(b'{"status": "runn')
     assert main(["run", "--resume", str(out)]) == 2
     assert f"{out / 'run.json'} is damaged" in capsys.readouterr().err
+
+
+def test_device_tiers_and_the_fedbuff_buffer_from_the_cli():
+    from edgejax.cli.run import _algorithm, _system
+
+    o = resolve_options(["run", "--profiles", "tiered", "--tiers", "0.9:1,0.1:0.1", "--seed", "3"])
+    speed = np.asarray(_system(o, 20).profiles.speed)
+    assert sorted(speed.tolist()) == [40.0] * 2 + [400.0] * 18  # 10% of the devices 10x slower
+    o = resolve_options(["run", "--algorithm", "fedbuff", "--buffer-size", "3"])
+    assert _algorithm(o).buffer_size == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profiles", "tiered", "--tiers", "0.9"], "--tiers expects SHARE:SPEED"),
+    (["--profiles", "tiered", "--tiers", "0.9:1,0.2:0.1"], "must sum to 1; got '0.9:1,0.2:0.1'"),
+    (["--tiers", "0.9:1,0.1:0.1"], "--tiers does not apply"),
+    (["--buffer-size", "3"], "--buffer-size does not apply"),
+])
+def test_bad_tiers_and_buffer_sizes_are_named(args, message, tmp_path, capsys):
+    assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err

@@ -25,7 +25,7 @@ DEFAULTS = {
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "group_size": "auto",
     "execution": "auto", "weight_decay": False,
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
-    "profiles": "uniform", "availability": "always", "selection": "uniform", "stragglers": "none",
+    "profiles": "uniform", "tiers": None, "buffer_size": None, "availability": "always", "selection": "uniform", "stragglers": "none",
     "deadline_policy": "wait_all",
     "hparam": [], "seed": 0, "eval_every": 10, "out": None, "overwrite": False, "checkpoint_every": None,
     "keep_checkpoints": 2, "progress": True,
@@ -62,6 +62,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--algorithm", choices=ALGORITHMS, help="server-side algorithm")
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
+    g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
+                   "steps (default: 10)")
     g = p.add_argument_group("decentralized (dpsgd, pushsum, choco, pairwise: every node trains every round)")
     g.add_argument("--topology", choices=[name for name in GRAPHS if name not in ("adjacency", "schedule")],
                    help="communication graph")
@@ -72,6 +74,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "probability given by --hparam link_failure=P (Metropolis weights rebuilt on the live graph)")
     g = p.add_argument_group("system model (traced values via --hparam: dropout, straggler_fraction, deadline)")
     g.add_argument("--profiles", choices=("uniform", "lognormal", "tiered"), help="device speeds and bandwidths")
+    g.add_argument("--tiers", metavar="SHARE:SPEED,...", help="--profiles tiered: each tier's share of the nodes "
+                   "and compute speed relative to the fastest, e.g. 0.9:1,0.1:0.1 (10%% of devices 10x slower; "
+                   "links as the fastest tier's) (default: 0.2:1,0.5:0.25,0.3:0.05 with slower links too)")
     g.add_argument("--availability", choices=("always", "bernoulli", "markov"), help="who is online each round")
     g.add_argument("--selection", choices=SELECTIONS, help="how the cohort is chosen among online nodes")
     g.add_argument("--stragglers", choices=STRAGGLERS, help="FedProx-paper stragglers: dropped, or random epochs")
@@ -254,7 +259,7 @@ def _algorithm(o: dict):
 
     name = o["algorithm"]
     if name in ASYNCHRONOUS:
-        return get_algorithm(name)
+        return get_algorithm(name, **({} if o["buffer_size"] is None else {"buffer_size": o["buffer_size"]}))
     if name not in DECENTRALIZED:
         return get_algorithm(name, weighting=o["weighting"])
     push = name == "pushsum"
@@ -272,12 +277,28 @@ def _system(o: dict, num_nodes: int):
     """The ``SystemModel`` from resolved options."""
     from edgejax import system
 
+    tiers = {} if o["tiers"] is None else parse_tiers(o["tiers"])
     profiles = {"uniform": lambda: None,
                 "lognormal": lambda: system.lognormal_profiles(num_nodes, seed=o["seed"]),
-                "tiered": lambda: system.tiered_profiles(num_nodes, seed=o["seed"])}[o["profiles"]]()
+                "tiered": lambda: system.tiered_profiles(num_nodes, seed=o["seed"], **tiers)}[o["profiles"]]()
     return system.SystemModel(profiles=profiles, availability=system.Availability(o["availability"]),
                               selection=o["selection"], stragglers=o["stragglers"],
                               deadline_policy=o["deadline_policy"], link_failures=bool(o["link_failures"]))
+
+
+def parse_tiers(text: str) -> dict:
+    """``tiered_profiles`` arguments from ``"0.9:1,0.1:0.1"``: each tier's share of the nodes and
+    speed relative to the fastest tier (400 samples/s); every tier gets the fastest's links."""
+    try:
+        pairs = [tuple(float(v) for v in part.split(":")) for part in str(text).split(",")]
+    except ValueError:
+        pairs = [()]
+    if not all(len(p) == 2 and p[0] >= 0 and p[1] > 0 for p in pairs):
+        raise ValueError(f"--tiers expects SHARE:SPEED,... with shares >= 0 and speeds > 0; got {text!r}")
+    if abs(sum(share for share, _ in pairs) - 1) > 1e-6:
+        raise ValueError(f"--tiers shares must sum to 1; got {text!r}")
+    return {"fractions": [share for share, _ in pairs], "speeds": [400.0 * speed for _, speed in pairs],
+            "up_bandwidths": [4e6] * len(pairs)}
 
 
 def build(o: dict):
