@@ -66,6 +66,7 @@ def _execute(name: str, tmp_path: Path, monkeypatch, **settings) -> list[str]:
 
     texts = ["\n".join(_text(o) for o in cell.get("outputs", [])) for cell in nb.cells if cell.cell_type == "code"]
     assert f"KERNEL_PYTHON={sys.executable}" in texts[0], f"the kernel ran another Python: {texts[0]!r}"
+    assert texts[1] == "edgejax is importable: nothing to install\n", f"the install cell printed {texts[1]!r}"
     assert "Traceback" not in "\n".join(texts)
     return texts
 
