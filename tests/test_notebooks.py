@@ -75,6 +75,7 @@ def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.notebook
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     texts = _execute("quickstart.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
     everything = "\n".join(texts)
@@ -94,14 +95,11 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert everything.count("no recompilation") == 3
     assert "cohort nodes:" in everything and "global model after 3 rounds" in everything
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
-    for name in ("fedavg_accuracy", "server_optimizers"):
+    for name in ("fedavg_accuracy", "server_optimizers"):  # matplotlib is a dependency: the plots must exist
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
 
 
+@pytest.mark.notebook
 def test_sweep_notebook_ends_in_a_table_and_plots(tmp_path, monkeypatch):
     texts = _execute("sweeps_tables_plots.ipynb", tmp_path, monkeypatch, rounds=2, nodes=12, seeds=2)
     everything = "\n".join(texts)
@@ -112,6 +110,7 @@ def test_sweep_notebook_ends_in_a_table_and_plots(tmp_path, monkeypatch):
     assert len(list((tmp_path / "sweep_plots").glob("*.pdf"))) == 6
 
 
+@pytest.mark.notebook
 def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
     texts = _execute("gossip_topologies.ipynb", tmp_path, monkeypatch, rounds=2, nodes=9, seeds=2)
     everything = "\n".join(texts)
@@ -123,6 +122,7 @@ def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
     assert _is_png(tmp_path / "gossip_accuracy.png")
 
 
+@pytest.mark.notebook
 def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeypatch):
     texts = _execute("asynchronous.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
     everything = "\n".join(texts)
@@ -147,6 +147,7 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
 
 
+@pytest.mark.notebook
 def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes(tmp_path, monkeypatch):
     texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
     everything = "\n".join(texts)
@@ -172,6 +173,8 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
     assert _is_png(tmp_path / "submodels_accuracy.png")
 
 
+@pytest.mark.notebook
+@pytest.mark.multidevice
 def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp_path, monkeypatch):
     # the kernel inherits this environment: XLA_FLAGS set inside the notebook must be what jax sees
     monkeypatch.delenv("XLA_FLAGS", raising=False)

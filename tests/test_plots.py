@@ -4,9 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from edgejax.sweep.plots import curves, plot, save_plots  # noqa: E402
+from edgejax.sweep.plots import curves, plot, save_plots
 
 
 def _evals():
