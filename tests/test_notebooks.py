@@ -89,8 +89,12 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     # the three algorithms ran and learned something in 3 rounds (chance is 0.1)
     accuracy = dict(re.findall(r"^(fed\w+)\s+final test accuracy ([0-9.]+)", everything, re.M))
     assert set(accuracy) == {"fedavg", "fedadam", "fedyogi"}, everything
-    assert all(0.0 <= float(a) <= 1.0 for a in accuracy.values())
-    assert float(accuracy["fedavg"]) > 0.2
+    assert float(accuracy["fedavg"]) > 0.3
+    # one FedAvg run three ways, one model: Simulation.run, the sweep's CLIENT_LR point, the pure round loop
+    swept = dict(re.findall(r"^client_lr=([0-9.]+)\s+test accuracy ([0-9.]+)", everything, re.M))
+    assert swept["0.1"] == accuracy["fedavg"], everything
+    pure = re.search(r"global model after 3 rounds: .*'test_accuracy': ([0-9.]+)", everything)
+    assert pure and abs(float(pure.group(1)) - float(accuracy["fedavg"])) <= 6e-4, everything
     # the learning-rate sweep and the pure-function rounds
     assert everything.count("no recompilation") == 3
     assert "cohort nodes:" in everything and "global model after 3 rounds" in everything
@@ -134,7 +138,11 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
         r"^(FedAvg|FedAsync|FedBuff)\s+(\d+) client updates in ([0-9.]+) simulated s, final test accuracy ([0-9.]+)",
         everything, re.M)}
     assert set(runs) == {"FedAvg", "FedAsync", "FedBuff"}, everything
-    assert all(u == 30 and 0.0 <= a <= 1.0 for u, _, a in runs.values())
+    assert all(u == 30 for u, _, _ in runs.values())
+    # at the asynchronous runs' simulated time FedAvg still waits for slow devices: both are ahead of it
+    at = {m: float(a) for m, a in re.findall(
+        r"^\s*(FedAvg|FedAsync|FedBuff)\s+30\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)\s+[0-9.]+$", everything, re.M)}
+    assert set(at) == set(runs) and min(at["FedAsync"], at["FedBuff"]) > at["FedAvg"] + 0.05, everything
     assert runs["FedAvg"][1] > max(runs["FedAsync"][1], runs["FedBuff"][1])
     assert "accuracy at" in everything and "mean staleness" in everything
     # the event log's staleness: asynchronous updates are stale, none was dropped
