@@ -81,3 +81,19 @@ def test_a_run_without_a_complete_checkpoint_resumes_from_round_0(reference, tmp
         assert main(["run", "--resume", str(out)]) == 0
     assert not leftover.exists()
     assert _info(out)["status"] == "finished" and (out / "metrics.csv").read_bytes() == reference
+
+
+def test_a_resume_on_a_still_full_disk_keeps_run_json_and_a_later_one_finishes(reference, tmp_path, monkeypatch,
+                                                                               capsys):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _fail_from_call(patch, rundir.MetricsFile, "append", 2)
+        assert main(["run", *FLAGS, "--out", str(out)]) == 1
+    before = _info(out)
+    with monkeypatch.context() as patch:
+        _fail_from_call(patch, rundir.MetricsFile, "reset", 1)  # resuming rewrites metrics.csv first
+        assert main(["run", "--resume", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert _info(out) == before  # rounds 1-2 and their evaluation are still described
+    assert main(["run", "--resume", str(out)]) == 0
+    assert (out / "metrics.csv").read_bytes() == reference

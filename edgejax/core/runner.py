@@ -183,10 +183,12 @@ class _Run:
         return self.log.results(self.config, self.wall_time(), status, state, self.started)
 
     def failed(self, err: OSError) -> RunFailed:
-        """``RunFailed`` for a write that raised ``err``; ``run.json`` says so if it can still be written."""
+        """``RunFailed`` for a write that raised ``err``; ``run.json`` says so if it can still be
+        written (and is left as it was when resuming failed before any round: it knows more)."""
         status = f"failed: cannot write to {self.output.out}: {err.strerror or err}"
         try:
-            self.output.write_info(self.log, status, self.started, self.wall_time())
+            if self.log.num_rounds:
+                self.output.write_info(self.log, status, self.started, self.wall_time())
         except OSError:
             pass  # the disk refuses run.json too: it keeps its last status
         return RunFailed(f"run {status} (after round {self.log.num_rounds})", self.results(status))
