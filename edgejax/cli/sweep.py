@@ -1,12 +1,13 @@
 """``edgejax sweep``: a grid or list of settings from a TOML file, every point with every seed.
 
-The file takes any ``edgejax run`` option as a fixed setting, ``seeds = [...]`` (the run
-keys: model initialisation, sampling; the partition keeps the ``seed`` option), and
-``[grid]`` (every combination) and/or ``[list]`` (lists of one length, point ``p`` takes
-entry ``p`` of each) tables.  Their keys are ``edgejax run`` options (``lr`` and
-``server_lr`` are traced; ``algorithm``, ``nodes``, ``model``... are static and each value
-gets its own compiled program) or traced hyper-parameters such as ``mu`` or
-``server_momentum``.  Example::
+The file takes any ``edgejax run`` option or traced hyper-parameter as a fixed setting,
+``seeds = [...]`` (the run keys: model initialisation, sampling; the partition keeps the
+``seed`` option), and ``[grid]`` (every combination) and/or ``[list]`` (lists of one length,
+point ``p`` takes entry ``p`` of each) tables.  Their keys are the same: ``edgejax run``
+options (``lr`` and ``server_lr`` are traced; ``algorithm``, ``nodes``, ``model``... are
+static and each value gets its own compiled program) or traced hyper-parameters such as
+``mu`` or ``server_momentum``, which go to the configurations that take them (FedAvg runs
+once in a grid over FedProx's ``mu``).  Example::
 
     rounds = 50
     seeds = [0, 1, 2, 3]
@@ -14,7 +15,8 @@ gets its own compiled program) or traced hyper-parameters such as ``mu`` or
     algorithm = ["fedavg", "fedadam"]
     lr = [0.03, 0.1, 0.3]
 
-Results go to ``--out``: ``evals.csv`` (one row per point, seed and evaluation round),
+Results go to ``--out`` (a fresh ``runs/sweep-<time>`` by default; a folder holding a sweep
+is refused): ``evals.csv`` (one row per point, seed and evaluation round),
 ``rounds.csv`` and ``sweep.json``; with several static configurations, one such folder
 each, named by its settings.
 """
