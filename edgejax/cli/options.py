@@ -7,7 +7,8 @@ import argparse
 
 # option -> accepted Python types where the default does not tell (None, or an int that a
 # float may replace); every other option takes the type of its default (a float also an int)
-_TYPES = {"data_path": (str,), "tiers": (str,), "buffer_size": (int,), "local_steps": (int,), "local_epochs": (int,), "server_lr": (float, int),
+_TYPES = {"data_path": (str,), "tiers": (str,), "buffer_size": (int,), "local_steps": (int,), "local_epochs": (int,),
+          "server_lr": (float, int),
           "alpha": (float, int), "beta": (float, int), "lr": (float, int), "local_test_fraction": (float, int),
           "hidden": (str, int, list), "group_size": (str, int), "out": (str,), "checkpoint_every": (int,),
           "hparam": (list,), "coordinator": (str,), "num_processes": (int,), "process_id": (int,)}

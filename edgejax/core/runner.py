@@ -61,7 +61,8 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     the chunk that reaches each multiple of k rounds (the last ``keep_checkpoints`` are
     kept, in ``out_dir/checkpoints``), and at the end of the first chunk; ``resume=True``
     continues the run in ``out_dir`` from its newest checkpoint (from round 0, with a
-    warning, when a run with ``checkpoint_every`` has none yet), with the same arguments, and gives bit-identical results.
+    warning, when a run with ``checkpoint_every`` has none yet), with the same arguments,
+    and gives bit-identical results.
     A failed write (disk full, read-only) stops the run, marks ``run.json`` ``failed: ...``
     when it still can and raises ``RunFailed``; resume it once the disk is fixed.
     A NaN/inf training loss stops the run at the end of its chunk and raises
@@ -208,7 +209,8 @@ class _Output:
             self.checkpoints = Checkpoints(self.out / rundir.CHECKPOINTS, keep)
 
     def checkpoint_due(self, before: int, after: int) -> bool:
-        """At the first chunk (a kill never costs more than the rounds since) and at each multiple of k."""
+        """At the end of the first chunk (so that a run killed before round k resumes from it) and
+        of the chunk reaching each multiple of k."""
         return bool(self.every) and (before == 0 or after // self.every > before // self.every)
 
     def record(self, log: "_MetricLog", status: str, started: str, wall_time: float, state=None):
