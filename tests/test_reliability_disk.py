@@ -39,14 +39,16 @@ def _info(out) -> dict:
     return json.loads((out / "run.json").read_text())
 
 
-@pytest.mark.parametrize("owner, name, code", [(rundir.MetricsFile, "append", errno.ENOSPC),
-                                               (checkpoint.Checkpoints, "save", errno.ENOSPC),
-                                               (checkpoint.Checkpoints, "save", errno.EROFS)])
-def test_a_failed_write_marks_the_run_failed_and_resume_finishes_it(owner, name, code, reference, tmp_path,
+# the writes of a run: run.json after the initial evaluation, then metrics.csv and run.json after
+# each chunk, a checkpoint after the first chunk (rounds 1-2) and at round 4
+@pytest.mark.parametrize("owner, name, call, code", [(rundir.MetricsFile, "append", 2, errno.ENOSPC),
+                                                     (checkpoint.Checkpoints, "save", 2, errno.ENOSPC),
+                                                     (checkpoint.Checkpoints, "save", 2, errno.EROFS)])
+def test_a_failed_write_marks_the_run_failed_and_resume_finishes_it(owner, name, call, code, reference, tmp_path,
                                                                      monkeypatch, capsys):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        _fail_from_call(patch, owner, name, 2, code)   # the first chunk (rounds 1-2) is written and checkpointed
+        _fail_from_call(patch, owner, name, call, code)   # fails after the first chunk is written and checkpointed
         assert main(["run", *FLAGS, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     reason = "No space left on device" if code == errno.ENOSPC else "Read-only file system"
@@ -60,7 +62,7 @@ def test_a_failed_write_marks_the_run_failed_and_resume_finishes_it(owner, name,
 def test_a_failed_run_json_keeps_its_last_status_and_resume_finishes_it(reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        _fail_from_call(patch, rundir, "write_info", 2)  # the failure cannot be written either
+        _fail_from_call(patch, rundir, "write_info", 3)  # after the first chunk; the failure cannot be written
         assert main(["run", *FLAGS, "--out", str(out)]) == 1
     assert "No space left on device" in capsys.readouterr().err
     info = _info(out)

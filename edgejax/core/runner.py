@@ -105,6 +105,7 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
     else:
         done = 0   # the initial evaluation: the chunk's program with no active round (one program to compile)
         run_.log.add_eval(0, sim._jit_chunk(state, sim.stored_data, hp, chunk, 0)[2])
+        run_.claim()
     bar = _progress(rounds, done, progress)
     with _StopSignals() as stop:
         try:
@@ -173,6 +174,12 @@ class _Run:
 
     def checkpoint_due(self, before: int, after: int) -> bool:
         return self.output is not None and self.output.checkpoint_due(before, after)
+
+    def claim(self):
+        """Write ``run.json`` (status ``running``, no round yet), so that a run killed right after
+        its first checkpoint can be resumed; ``metrics.csv`` waits for the first chunk's columns."""
+        if self.output is not None:
+            self.output.write_info(self.log, "running", self.started, self.wall_time())
 
     def record(self, status: str, state=None):
         """Write the results so far, and a checkpoint of ``state`` when checkpointing, if there is a folder."""
