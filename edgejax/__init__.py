@@ -9,7 +9,7 @@ from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.local import LocalTerm, LocalTraining
 from edgejax.data.federated import FederatedData, NodeData, TestData, federate
 from edgejax.core.results import Results
-from edgejax.core.runner import DivergenceError, RunInterrupted
+from edgejax.core.runner import DivergenceError, RunFailed, RunInterrupted
 from edgejax.core.simulation import Simulation
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.system import Availability, SystemModel
@@ -27,6 +27,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["ADPSGD", "Availability", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
-           "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunInterrupted", "SCAFFOLD",
+           "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunFailed", "RunInterrupted", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
            "compression", "data", "federate", "get_algorithm", "models", "sweep", "system", "topology"]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -10,6 +13,12 @@ from edgejax.cli import DEFAULTS, main, resolve_options
 
 SMALL_GOSSIP = ["--nodes", "20", "--rounds", "4", "--eval-every", "2", "--no-progress"]
 SMALL = [*SMALL_GOSSIP, "--clients-per-round", "5"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_defaults_are_the_documented_embedded_run():
@@ -70,6 +79,7 @@ def test_system_model_options(tmp_path):
     (["--hparam", "server_lr"], "NAME=VALUE"),
     (["--hparam", "momentum=0.9"], "momentum"),
     (["--group-size", "many"], "many"),
+    (["--keep-checkpoints", "3"], "--keep-checkpoints 3 does nothing without --checkpoint-every"),
 ])
 def test_bad_options_exit_2_with_the_value_named(args, message, capsys, tmp_path):
     assert main(["run", *SMALL_GOSSIP, "--out", str(tmp_path), *args]) == 2
@@ -95,3 +105,100 @@ def test_help_documents_every_option(capsys):
 def test_multi_host_flags_without_a_coordinator_are_rejected(tmp_path, capsys):
     assert main(["run", *SMALL, "--num-processes", "2", "--out", str(tmp_path / "o")]) != 0
     assert "give --coordinator too" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["a" * 300, "/".join(["b" * 200] * 25)])
+def test_an_out_name_too_long_exits_2_with_a_message(out, tmp_path, capsys):
+    assert main(["run", *SMALL, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert "File name too long" in err and "characters)" in err and "Traceback" not in err
+
+
+def test_results_are_readable_per_the_umask(tmp_path, capsys):
+    assert main(["run", *SMALL, "--rounds", "2", "--out", str(tmp_path)]) == 0
+    mode = 0o666 & ~_current_umask()  # what open() gives; mkstemp's 0o600 only under umask 0o066 or stricter
+    for name in ("run.json", "metrics.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+@pytest.mark.parametrize("coordinator, message", [("not_a_host", "HOST:PORT"), ("localhost:99999", "99999"),
+                                                  ("no-such-host.invalid:1234", "cannot resolve")])
+def test_a_bad_coordinator_address_is_named(coordinator, message, tmp_path, capsys):
+    args = ["--coordinator", coordinator, "--num-processes", "1", "--process-id", "0"]
+    assert main(["run", *SMALL, *args, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_process_waiting_for_an_absent_coordinator_times_out(tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", "1", "--join-timeout", "1"]
+    assert main(["run", *SMALL, *args, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "waiting up to 1 s" in err
+    assert f"waited 1 s for process 0 (the coordinator) to listen at localhost:{port}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_binary_config_is_named_and_a_byte_order_mark_is_accepted(tmp_path, capsys):
+    binary = tmp_path / "model.toml"
+    binary.write_bytes(b"rounds = 2\n\x89PNG\r\n\x1a\n\xff\xfe")
+    assert main(["run", "--config", str(binary)]) == 2
+    assert f"--config {binary} is not UTF-8 text" in capsys.readouterr().err
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeffrounds = 7\nmodel = 'logreg'\n".encode())
+    o = resolve_options(["run", "--config", str(bom)])
+    assert (o["rounds"], o["model"]) == (7, "logreg")
+
+
+def test_a_data_path_that_is_not_npz_is_named(tmp_path, capsys):
+    text = tmp_path / "data.npz"
+    text.write_text("x,y\n1,2\n")
+    assert main(["run", *SMALL, "--dataset", "npz", "--data-path", str(text), "--out", str(tmp_path / "o")]) == 2
+    assert f"{text} is not an .npz file" in capsys.readouterr().err
+
+
+def test_missing_mnist_files_point_to_data_path(tmp_path, capsys):
+    assert main(["run", *SMALL, "--dataset", "mnist", "--data-path", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} lacks ['mnist-t10k-images-idx3-ubyte.gz'" in err and "pass --data-path" in err
+    assert "images_path" not in err
+
+
+def test_a_damaged_run_json_or_checkpoint_is_named_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--model", "logreg", "--checkpoint-every", "2", "--out", str(out)]) == 0
+    state = out / "checkpoints" / "4" / "state"
+    for chunk in state.rglob("ocdbt.process_0/d/*"):
+        chunk.write_bytes(b"\0" * 8)
+    assert main(["run", "--resume", str(out)]) == 2
+    assert f"the checkpoint {state.parent} is damaged" in capsys.readouterr().err
+    metrics = out / "checkpoints" / "4" / "metrics" / "metrics"
+    metrics.write_text('{"rounds": ')
+    assert main(["run", "--resume", str(out)]) == 2
+    assert f"{metrics} is damaged" in capsys.readouterr().err
+    (out / "run.json").write_bytes(b'{"status": "runn')
+    assert main(["run", "--resume", str(out)]) == 2
+    assert f"{out / 'run.json'} is damaged" in capsys.readouterr().err
+
+
+def test_device_tiers_and_the_fedbuff_buffer_from_the_cli():
+    from edgejax.cli.run import _algorithm, _system
+
+    o = resolve_options(["run", "--profiles", "tiered", "--tiers", "0.9:1,0.1:0.1", "--seed", "3"])
+    speed = np.asarray(_system(o, 20).profiles.speed)
+    assert sorted(speed.tolist()) == [40.0] * 2 + [400.0] * 18  # 10% of the devices 10x slower
+    o = resolve_options(["run", "--algorithm", "fedbuff", "--buffer-size", "3"])
+    assert _algorithm(o).buffer_size == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profiles", "tiered", "--tiers", "0.9"], "--tiers expects SHARE:SPEED"),
+    (["--profiles", "tiered", "--tiers", "0.9:1,0.2:0.1"], "must sum to 1; got '0.9:1,0.2:0.1'"),
+    (["--tiers", "0.9:1,0.1:0.1"], "--tiers does not apply"),
+    (["--buffer-size", "3"], "--buffer-size does not apply"),
+])
+def test_bad_tiers_and_buffer_sizes_are_named(args, message, tmp_path, capsys):
+    assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err

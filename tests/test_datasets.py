@@ -174,7 +174,7 @@ def test_digits():
 
 
 def test_mnist1d_generates_offline_and_keeps_global_rng(monkeypatch, tmp_path):
-    pytest.importorskip("mnist1d")
+    pytest.importorskip("mnist1d", reason="mnist1d is not installed (pip install 'edgejax[datasets]')")
     import requests
 
     def no_network(*args, **kwargs):

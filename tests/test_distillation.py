@@ -104,12 +104,20 @@ def test_width_scaled_nodes_distill_only_their_own_entries():
     state = sim.init(jax.random.PRNGKey(0), hp)
     new = state
     for _ in range(2):
-        new, metrics = jax.jit(sim.round)(new, data, hp)
+        new, _ = jax.jit(sim.round)(new, data, hp)
     old, now = state.nodes.params["dense_0"], new.nodes.params["dense_0"]
     np.testing.assert_array_equal(now["w"][1][:, 3:], old["w"][1][:, 3:])      # node 1 holds 3 of 6 units
     np.testing.assert_array_equal(new.nodes.params["dense_1"]["w"][1][3:], state.nodes.params["dense_1"]["w"][1][3:])
     assert not np.allclose(now["w"][0][:, 3:], old["w"][0][:, 3:])
-    assert float(metrics["distill_loss"]) > 0
+    # one digest step: its loss is the start's distance to the consensus; every node starts from the
+    # same model, so all-ones masks give (float-rounding) zero, node 1's half width does not
+    first = {}
+    for widths in ((1.0, 1.0, 1.0), (1.0, 0.5, 1.0)):
+        one_step = ej.Simulation(model, data, FedMD(model, public, distill_steps=1, scheme=WidthScaled(model, widths)),
+                                 local)
+        _, m = jax.jit(one_step.round)(one_step.init(jax.random.PRNGKey(0), hp), data, hp)
+        first[widths[1]] = float(m["distill_loss"])
+    assert first[1.0] < 1e-6 and first[0.5] > 1e-3, first
     # the clock charges node 1 its sub-model's compute; the bytes are logits whatever the width
     np.testing.assert_allclose(sim.payload.compute, [1.0, (5 * 3 + 3 * 3) / (5 * 6 + 6 * 3), 1.0], rtol=1e-12)
     assert sim.payload.up == sim.payload.down == 8 * C * 4

@@ -66,6 +66,7 @@ def _execute(name: str, tmp_path: Path, monkeypatch, **settings) -> list[str]:
 
     texts = ["\n".join(_text(o) for o in cell.get("outputs", [])) for cell in nb.cells if cell.cell_type == "code"]
     assert f"KERNEL_PYTHON={sys.executable}" in texts[0], f"the kernel ran another Python: {texts[0]!r}"
+    assert texts[1] == "edgejax is importable: nothing to install\n", f"the install cell printed {texts[1]!r}"
     assert "Traceback" not in "\n".join(texts)
     return texts
 
@@ -74,6 +75,7 @@ def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.notebook
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     texts = _execute("quickstart.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
     everything = "\n".join(texts)
@@ -87,20 +89,21 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     # the three algorithms ran and learned something in 3 rounds (chance is 0.1)
     accuracy = dict(re.findall(r"^(fed\w+)\s+final test accuracy ([0-9.]+)", everything, re.M))
     assert set(accuracy) == {"fedavg", "fedadam", "fedyogi"}, everything
-    assert all(0.0 <= float(a) <= 1.0 for a in accuracy.values())
-    assert float(accuracy["fedavg"]) > 0.2
+    assert float(accuracy["fedavg"]) > 0.3
+    # one FedAvg run three ways, one model: Simulation.run, the sweep's CLIENT_LR point, the pure round loop
+    swept = dict(re.findall(r"^client_lr=([0-9.]+)\s+test accuracy ([0-9.]+)", everything, re.M))
+    assert swept["0.1"] == accuracy["fedavg"], everything
+    pure = re.search(r"global model after 3 rounds: .*'test_accuracy': ([0-9.]+)", everything)
+    assert pure and abs(float(pure.group(1)) - float(accuracy["fedavg"])) <= 6e-4, everything
     # the learning-rate sweep and the pure-function rounds
     assert everything.count("no recompilation") == 3
     assert "cohort nodes:" in everything and "global model after 3 rounds" in everything
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
-    for name in ("fedavg_accuracy", "server_optimizers"):
+    for name in ("fedavg_accuracy", "server_optimizers"):  # matplotlib is a dependency: the plots must exist
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
 
 
+@pytest.mark.notebook
 def test_sweep_notebook_ends_in_a_table_and_plots(tmp_path, monkeypatch):
     texts = _execute("sweeps_tables_plots.ipynb", tmp_path, monkeypatch, rounds=2, nodes=12, seeds=2)
     everything = "\n".join(texts)
@@ -111,6 +114,7 @@ def test_sweep_notebook_ends_in_a_table_and_plots(tmp_path, monkeypatch):
     assert len(list((tmp_path / "sweep_plots").glob("*.pdf"))) == 6
 
 
+@pytest.mark.notebook
 def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
     texts = _execute("gossip_topologies.ipynb", tmp_path, monkeypatch, rounds=2, nodes=9, seeds=2)
     everything = "\n".join(texts)
@@ -122,6 +126,7 @@ def test_gossip_notebook_compares_topologies(tmp_path, monkeypatch):
     assert _is_png(tmp_path / "gossip_accuracy.png")
 
 
+@pytest.mark.notebook
 def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeypatch):
     texts = _execute("asynchronous.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
     everything = "\n".join(texts)
@@ -133,7 +138,11 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
         r"^(FedAvg|FedAsync|FedBuff)\s+(\d+) client updates in ([0-9.]+) simulated s, final test accuracy ([0-9.]+)",
         everything, re.M)}
     assert set(runs) == {"FedAvg", "FedAsync", "FedBuff"}, everything
-    assert all(u == 30 and 0.0 <= a <= 1.0 for u, _, a in runs.values())
+    assert all(u == 30 for u, _, _ in runs.values())
+    # at the asynchronous runs' simulated time FedAvg still waits for slow devices: both are ahead of it
+    at = {m: float(a) for m, a in re.findall(
+        r"^\s*(FedAvg|FedAsync|FedBuff)\s+30\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)\s+[0-9.]+$", everything, re.M)}
+    assert set(at) == set(runs) and min(at["FedAsync"], at["FedBuff"]) > at["FedAvg"] + 0.05, everything
     assert runs["FedAvg"][1] > max(runs["FedAsync"][1], runs["FedBuff"][1])
     assert "accuracy at" in everything and "mean staleness" in everything
     # the event log's staleness: asynchronous updates are stale, none was dropped
@@ -146,6 +155,7 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
 
 
+@pytest.mark.notebook
 def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes(tmp_path, monkeypatch):
     texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
     everything = "\n".join(texts)
@@ -171,6 +181,8 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
     assert _is_png(tmp_path / "submodels_accuracy.png")
 
 
+@pytest.mark.notebook
+@pytest.mark.multidevice
 def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp_path, monkeypatch):
     # the kernel inherits this environment: XLA_FLAGS set inside the notebook must be what jax sees
     monkeypatch.delenv("XLA_FLAGS", raising=False)

@@ -35,6 +35,7 @@ def checks():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-6), ("float64", 1e-12)])
 def test_pipeline_loss_and_every_gradient_equal_the_unpartitioned_model(checks, dtype, tol):
     assert checks["devices"] == 8
@@ -47,6 +48,7 @@ def test_pipeline_loss_and_every_gradient_equal_the_unpartitioned_model(checks, 
         assert max(case["grads"].values()) <= tol, case["grads"]
 
 
+@pytest.mark.multidevice
 def test_hybrid_execution_equals_per_node(checks):
     assert sorted(checks["hybrid"]) == ["dpsgd_R2_S4", "dpsgd_R4_S2", "fedavg_R2_S4", "fedavg_R4_S2", "fedprox_R4_S2"]
     for case in checks["hybrid"].values():
@@ -58,6 +60,7 @@ def test_hybrid_execution_equals_per_node(checks):
         assert case["weight_stacks"][0] == -(-case["nodes"] // case["replicas"]), case
 
 
+@pytest.mark.multidevice
 def test_a_planned_pipeline_charges_its_time_to_the_simulated_clock(checks):
     clock = checks["clock"]
     assert clock["compute"] == clock["ratio"] != 1.0

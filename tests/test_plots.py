@@ -4,9 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from edgejax.sweep.plots import curves, plot, save_plots  # noqa: E402
+from edgejax.sweep.plots import curves, plot, save_plots
 
 
 def _evals():
@@ -42,3 +40,22 @@ def test_one_line_and_band_per_configuration():
     assert len(ax.collections) == 2  # the seed bands
     with pytest.raises(ValueError, match="band 'iqr'"):
         plot(_evals(), band="iqr")
+
+
+def test_lines_differ_beyond_colour_and_axes_read_in_units():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    evals = _evals().assign(bytes=lambda d: d["round"] * 2.5e8)
+    ax = plot(evals, "test_accuracy", "bytes", log_x=True, title="Digits")
+    lines = ax.get_lines()
+    assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == 2
+    assert ax.get_xscale() == "log" and ax.get_title() == "Digits"
+    assert ax.get_xlabel() == "bytes sent (up + down), GB" and max(lines[0].get_xdata()) == pytest.approx(2.5)
+    assert min(lines[0].get_xdata()) > 0  # round 0 (no bytes yet) has no place on a log axis
+
+
+def test_a_metric_without_values_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"no values of \['consensus_distance'\] to plot"):
+        save_plots(_evals(), tmp_path, metrics=("test_accuracy", "consensus_distance"))
+    assert not list(tmp_path.iterdir())  # refused before any figure is written

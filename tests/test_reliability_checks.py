@@ -167,5 +167,8 @@ def test_nodes_without_a_local_test_split_are_accepted():
     dataset = ej.data.from_arrays(np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32),
                                   np.arange(40) % 3, test_fraction=0.25)
     data, _ = ej.federate(dataset, 4, ej.data.IID(), local_test_fraction=0.0)
+    assert data.local_test.count.tolist() == [0] * 4 and int(data.train.count.sum()) == 30  # every sample trains
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
-    ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=5))
+    results = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=5)).run(2, eval_every=1)
+    assert np.isnan(results.evals["node_accuracy_mean"]).all()  # no split to score: NaN, not 0
+    assert results.evals["test_loss"][-1] < results.evals["test_loss"][0]

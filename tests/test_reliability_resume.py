@@ -62,6 +62,7 @@ def killed_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sims.CONFIGS)
 def test_a_killed_run_resumes_bit_identically(name, killed_runs, tmp_path):
     out = killed_runs / name
@@ -76,6 +77,7 @@ def test_a_killed_run_resumes_bit_identically(name, killed_runs, tmp_path):
     assert len(_checkpoints(out)) <= 2  # keep_checkpoints
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_cli_without_a_traceback_and_resume_finishes_it(tmp_path, capsys):
     flags = ["--dataset", "synthetic_iid", "--partition", "iid", "--model", "logreg", "--nodes", "10",
              "--clients-per-round", "5", "--rounds", "60",

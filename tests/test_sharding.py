@@ -31,6 +31,7 @@ def eight_devices(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("case", CASES)
 def test_a_sharded_run_equals_the_single_device_run(eight_devices, case):
     result = eight_devices[case]
@@ -41,12 +42,14 @@ def test_a_sharded_run_equals_the_single_device_run(eight_devices, case):
         assert result[part] < 2e-6, (case, part, result[part])
 
 
+@pytest.mark.multidevice
 def test_a_vmap_sweep_splits_its_points_over_the_devices(eight_devices):
     result = eight_devices["sweep"]
     assert result["chunk"] == 8 and result["seed_devices"] == 8 and result["runs"] == 10
     assert result["rounds"] < 2e-6 and result["evals"] < 2e-6, result
 
 
+@pytest.mark.multidevice
 def test_node_counts_that_do_not_divide_the_devices_are_padded(eight_devices):
     assert eight_devices["fedavg"]["num_nodes"] % 8 != 0 and eight_devices["dpsgd_sparse"]["num_nodes"] == 100
 
@@ -133,6 +136,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_run_one_simulation_as_one_device_does(tmp_path):
     """``edgejax.parallel.initialize`` joins two processes (2 CPU devices each, gloo over
     loopback); their 4-device run equals a one-device run."""
@@ -153,6 +157,7 @@ def test_two_processes_run_one_simulation_as_one_device_does(tmp_path):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.multiprocess
 def test_edgejax_run_launches_a_two_process_run(tmp_path):
     """The documented launcher: every process runs the same ``edgejax run --coordinator ...``;
     process 0 writes the metrics, which equal a one-process run's."""

@@ -47,8 +47,23 @@ def test_markdown_bolds_the_best_of_each_column():
     lines = text.splitlines()
     assert lines[0] == ("| label | test_accuracy (final) | test_accuracy (best) | rounds_to_target | "
                         "sim_time_s_to_target | bytes_to_target |")
-    assert lines[2] == "| fedavg | 0.750 ± 0.071 | 0.750 ± 0.071 | 10.000 ± 0.000 (1/2) | 20.000 ± 0.000 (1/2) | 1000 ± 0 (1/2) |"
-    assert lines[3] == "| fed_adam | **0.900 ± 0.071** | **0.900 ± 0.071** | **7.500 ± 3.536** | **15.000 ± 7.071** | **750 ± 354** |"
+    assert lines[2] == "| fedavg | 0.750 ± 0.071 | 0.750 ± 0.071 | 10 (1/2) | 20.0 (1/2) | 1.0 kB (1/2) |"
+    assert lines[3] == "| fed_adam | **0.900 ± 0.071** | **0.900 ± 0.071** | **7.5 ± 3.5** | **15.0 ± 7.1** | **750 ± 354 B** |"
+
+
+def test_numbers_read_as_what_they_count():
+    rows = [{"label": "a", "seed": s, "round": r, "test_accuracy": 0.5 * r / 30, "bytes": 8.14e6 * r,
+             "updates": 10.0 * r} for s in (0, 1) for r in (0, 30)]
+    text = to_markdown(summarize(pd.DataFrame(rows), target=0.5))
+    assert text.splitlines()[2] == "| a | **0.500** | **0.500** | **30** | **300** | **244.2 MB** |"
+    assert "updates_to_target" in text.splitlines()[0]
+
+
+def test_labels_show_float32_hyper_parameters_by_their_shortest_repr():
+    from edgejax.sweep.load import run_labels
+
+    labels = run_labels([{"client_lr": float(np.float32(0.05)), "rounds": 30.0}, {"client_lr": 0.1, "rounds": 30.0}])
+    assert labels == ["client_lr=0.05", "client_lr=0.1"]
 
 
 def test_latex_is_booktabs_with_bold_best_and_escaped_labels():

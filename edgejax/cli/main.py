@@ -23,13 +23,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, dispatch to the subcommand's ``execute``; bad input exits 2 with a message."""
+    """Entry point: parse, dispatch to the subcommand's ``execute``; bad input exits 2 with a
+    message, a multi-host run whose processes did not join in time exits 1."""
     args = vars(parser().parse_args(argv))
     try:
         return COMMANDS[args["command"]].execute(args)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"edgejax: error: {err}", file=sys.stderr)
         return 2
+    except TimeoutError as err:
+        print(f"edgejax: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Checks of resolved ``edgejax run`` options before any compute: each TOML value's type,
 flags that do not apply to the chosen algorithm / dataset / model, and values the
-argument parser cannot check (MLP widths)."""
+argument parser cannot check (MLP widths); the help formatter of ``sweep``, ``table``, ``plot``."""
 from __future__ import annotations
+
+import argparse
 
 # option -> accepted Python types where the default does not tell (None, or an int that a
 # float may replace); every other option takes the type of its default (a float also an int)
-_TYPES = {"data_path": (str,), "local_steps": (int,), "local_epochs": (int,), "server_lr": (float, int),
+_TYPES = {"data_path": (str,), "tiers": (str,), "buffer_size": (int,), "local_steps": (int,), "local_epochs": (int,),
+          "server_lr": (float, int),
           "alpha": (float, int), "beta": (float, int), "lr": (float, int), "local_test_fraction": (float, int),
           "hidden": (str, int, list), "group_size": (str, int), "out": (str,), "checkpoint_every": (int,),
           "hparam": (list,), "coordinator": (str,), "num_processes": (int,), "process_id": (int,)}
@@ -27,6 +30,9 @@ _APPLIES = {
     "weighting": (lambda o: not _decentralized(o) and o["algorithm"] not in _asynchronous(),
                   "synchronous server-based algorithms"),
     "server_lr": (lambda o: not _decentralized(o), "server-based algorithms"),
+    "join_timeout": (lambda o: o["coordinator"] is not None, "multi-host runs (--coordinator)"),
+    "tiers": (lambda o: o["profiles"] == "tiered", "--profiles tiered"),
+    "buffer_size": (lambda o: o["algorithm"] == "fedbuff", "--algorithm fedbuff"),
 }
 
 
@@ -64,6 +70,9 @@ def check_applicable(options: dict, given: set) -> None:
     if options["topology"] == "schedule":
         raise ValueError("--topology schedule needs a sequence of graphs; build Topology('schedule', ...) "
                          "in Python instead")
+    if "keep_checkpoints" in given and options["checkpoint_every"] is None:
+        raise ValueError(f"--keep-checkpoints {options['keep_checkpoints']} does nothing without --checkpoint-every "
+                         "(no checkpoints are saved); give --checkpoint-every K or drop it")
     for name in sorted(given & set(_APPLIES)):
         applies, where = _APPLIES[name]
         if not applies(options):
@@ -83,3 +92,16 @@ def parse_hidden(value) -> tuple[int, ...]:
         raise ValueError(f"--hidden widths must be positive integers; got {value!r}")
     return widths
 
+
+
+class ShowDefaults(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with each option's default, except flags, ``None`` defaults and help that
+    already says its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in text or not action.option_strings:
+            return text
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown})"

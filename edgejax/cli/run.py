@@ -25,14 +25,15 @@ DEFAULTS = {
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "group_size": "auto",
     "execution": "auto", "weight_decay": False,
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
-    "profiles": "uniform", "availability": "always", "selection": "uniform", "stragglers": "none",
+    "profiles": "uniform", "tiers": None, "buffer_size": None, "availability": "always", "selection": "uniform",
+    "stragglers": "none",
     "deadline_policy": "wait_all",
     "hparam": [], "seed": 0, "eval_every": 10, "out": None, "overwrite": False, "checkpoint_every": None,
     "keep_checkpoints": 2, "progress": True,
-    "shard_nodes": False, "coordinator": None, "num_processes": None, "process_id": None,
+    "shard_nodes": False, "coordinator": None, "num_processes": None, "process_id": None, "join_timeout": 300,
 }
 # options that do not change a run's results (the processes of a multi-host run are where it ran)
-NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id")
+NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id", "join_timeout")
 
 
 class _RealDefaults(argparse.HelpFormatter):
@@ -62,6 +63,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--algorithm", choices=ALGORITHMS, help="server-side algorithm")
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
+    g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
+                   "steps (default: 10)")
     g = p.add_argument_group("decentralized (dpsgd, pushsum, choco, pairwise: every node trains every round)")
     g.add_argument("--topology", choices=[name for name in GRAPHS if name not in ("adjacency", "schedule")],
                    help="communication graph")
@@ -72,6 +75,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "probability given by --hparam link_failure=P (Metropolis weights rebuilt on the live graph)")
     g = p.add_argument_group("system model (traced values via --hparam: dropout, straggler_fraction, deadline)")
     g.add_argument("--profiles", choices=("uniform", "lognormal", "tiered"), help="device speeds and bandwidths")
+    g.add_argument("--tiers", metavar="SHARE:SPEED,...", help="--profiles tiered: each tier's share of the nodes "
+                   "and compute speed relative to the fastest, e.g. 0.9:1,0.1:0.1 (10%% of devices 10x slower; "
+                   "links as the fastest tier's) (default: 0.2:1,0.5:0.25,0.3:0.05 with slower links too)")
     g.add_argument("--availability", choices=("always", "bernoulli", "markov"), help="who is online each round")
     g.add_argument("--selection", choices=SELECTIONS, help="how the cohort is chosen among online nodes")
     g.add_argument("--stragglers", choices=STRAGGLERS, help="FedProx-paper stragglers: dropped, or random epochs")
@@ -123,6 +129,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "--shard-nodes, only process 0 writes --out")
     g.add_argument("--num-processes", type=int, help="processes of the multi-host run (with --coordinator)")
     g.add_argument("--process-id", type=int, help="this process's rank, 0 .. num-processes - 1 (with --coordinator)")
+    g.add_argument("--join-timeout", type=int, metavar="SECONDS", help="how long a process waits for the "
+                   "others (process 0's coordinator, then every process) before it gives up")
     return p
 
 
@@ -141,24 +149,33 @@ def options_from_args(args: dict) -> dict:
     if args.get("resume"):
         named = set(given) | ({"config"} if args.get("config") else set())
         return _resumed_options(args["resume"], named, given.get("progress", True))
-    options = dict(DEFAULTS)
     if args.get("config"):
         config = _read_config(Path(args["config"]))
         given = {**config, **given}
-    options.update(given)
-    if options["local_steps"] is not None and "local_epochs" not in given:
-        options["local_epochs"] = None  # steps replace the default epochs; giving both is an error
+    options = with_defaults(given)
     check_applicable(options, set(given))
+    return options
+
+
+def with_defaults(given: dict) -> dict:
+    """``DEFAULTS`` updated with the ``given`` options, where given local steps replace the
+    default epochs (giving both is an error later)."""
+    options = {**DEFAULTS, **given}
+    if options["local_steps"] is not None and "local_epochs" not in given:
+        options["local_epochs"] = None
     return options
 
 
 def _read_config(path: Path) -> dict:
     """The options of a TOML config file, names normalised and types checked."""
     try:
-        with open(path, "rb") as f:
-            config = {k.replace("-", "_"): v for k, v in tomllib.load(f).items()}
+        text = path.read_bytes().decode("utf-8-sig")  # a leading byte-order mark is allowed
+        config = {k.replace("-", "_"): v for k, v in tomllib.loads(text).items()}
     except OSError as err:
         raise ValueError(f"cannot read --config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                         "a config is a TOML text file") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"--config {path} is not valid TOML: {err}") from None
     unknown = sorted(set(config) - set(DEFAULTS))
@@ -216,12 +233,25 @@ def _load_data(o: dict):
         kwargs = {"alpha": o["alpha"], "beta": o["beta"]}
     if o["dataset"] == "npz":
         kwargs["path"] = o["data_path"]
-    if o["dataset"] == "mnist" and o["data_path"]:
-        folder = Path(o["data_path"])
-        kwargs = {"images_path": folder / "mnist-t10k-images-idx3-ubyte.gz",
-                  "labels_path": folder / "mnist-t10k-labels-idx1-ubyte.gz"}
+    if o["dataset"] == "mnist":
+        kwargs = _mnist_files(o["data_path"])
     kwargs["seed"] = o["seed"]
     return load_dataset(o["dataset"], **kwargs)
+
+
+def _mnist_files(data_path: str | None) -> dict[str, Path]:
+    """The t10k IDX files in ``--data-path`` (default: ``$EDGEJAX_DATA`` or ../shared/data);
+    ``FileNotFoundError`` naming the folder and the missing files."""
+    from edgejax.data.datasets import default_data_dir
+
+    folder = Path(data_path) if data_path else default_data_dir()
+    files = {"images_path": folder / "mnist-t10k-images-idx3-ubyte.gz",
+             "labels_path": folder / "mnist-t10k-labels-idx1-ubyte.gz"}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--dataset mnist reads the IDX files from --data-path FOLDER; {folder} lacks "
+                                f"{missing} (pass --data-path, or set EDGEJAX_DATA)")
+    return files
 
 
 def _algorithm(o: dict):
@@ -230,7 +260,7 @@ def _algorithm(o: dict):
 
     name = o["algorithm"]
     if name in ASYNCHRONOUS:
-        return get_algorithm(name)
+        return get_algorithm(name, **({} if o["buffer_size"] is None else {"buffer_size": o["buffer_size"]}))
     if name not in DECENTRALIZED:
         return get_algorithm(name, weighting=o["weighting"])
     push = name == "pushsum"
@@ -248,12 +278,28 @@ def _system(o: dict, num_nodes: int):
     """The ``SystemModel`` from resolved options."""
     from edgejax import system
 
+    tiers = {} if o["tiers"] is None else parse_tiers(o["tiers"])
     profiles = {"uniform": lambda: None,
                 "lognormal": lambda: system.lognormal_profiles(num_nodes, seed=o["seed"]),
-                "tiered": lambda: system.tiered_profiles(num_nodes, seed=o["seed"])}[o["profiles"]]()
+                "tiered": lambda: system.tiered_profiles(num_nodes, seed=o["seed"], **tiers)}[o["profiles"]]()
     return system.SystemModel(profiles=profiles, availability=system.Availability(o["availability"]),
                               selection=o["selection"], stragglers=o["stragglers"],
                               deadline_policy=o["deadline_policy"], link_failures=bool(o["link_failures"]))
+
+
+def parse_tiers(text: str) -> dict:
+    """``tiered_profiles`` arguments from ``"0.9:1,0.1:0.1"``: each tier's share of the nodes and
+    speed relative to the fastest tier (400 samples/s); every tier gets the fastest's links."""
+    try:
+        pairs = [tuple(float(v) for v in part.split(":")) for part in str(text).split(",")]
+    except ValueError:
+        pairs = [()]
+    if not all(len(p) == 2 and p[0] >= 0 and p[1] > 0 for p in pairs):
+        raise ValueError(f"--tiers expects SHARE:SPEED,... with shares >= 0 and speeds > 0; got {text!r}")
+    if abs(sum(share for share, _ in pairs) - 1) > 1e-6:
+        raise ValueError(f"--tiers shares must sum to 1; got {text!r}")
+    return {"fractions": [share for share, _ in pairs], "speeds": [400.0 * speed for _, speed in pairs],
+            "up_bandwidths": [4e6] * len(pairs)}
 
 
 def build(o: dict):
@@ -289,7 +335,7 @@ def build(o: dict):
 def run(o: dict) -> int:
     from edgejax.cli.compile_cache import enable_compilation_cache
     from edgejax.core.rundir import default_out, prepare
-    from edgejax.core.runner import DivergenceError, RunInterrupted
+    from edgejax.core.runner import DivergenceError, RunFailed, RunInterrupted
 
     main = _join_processes(o)
     out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume"))) \
@@ -314,6 +360,10 @@ def run(o: dict) -> int:
         hint = f"; continue with: edgejax run --resume {out}" if o["checkpoint_every"] else ""
         print(f"edgejax: {err}; results so far in {out}{hint}", file=sys.stderr)
         return 128 + signal.Signals[err.signal].value
+    except RunFailed as err:
+        print(f"edgejax: {err}; results so far in {out}; once the disk has space (or is writable again), "
+              f"continue with: edgejax run --resume {out}", file=sys.stderr)
+        return 1
     if not main:
         return 0
     print(results.summary())
@@ -332,8 +382,11 @@ def _join_processes(o: dict) -> bool:
         return True
     from edgejax.parallel import initialize, is_main_process
 
-    auto = o["coordinator"] == "auto"
-    initialize(None if auto else o["coordinator"], o["num_processes"], o["process_id"])
+    address = None if o["coordinator"] == "auto" else o["coordinator"]
+    who = "" if o["process_id"] is None else f" as process {o['process_id']}"
+    print(f"edgejax: joining the multi-host run at {o['coordinator']}{who}; waiting up to {o['join_timeout']} s "
+          "for the other processes", file=sys.stderr, flush=True)
+    initialize(address, o["num_processes"], o["process_id"], timeout_s=o["join_timeout"])
     return is_main_process()
 
 

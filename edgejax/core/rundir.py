@@ -6,10 +6,13 @@ torn file.
 - ``run.json`` is replaced atomically (temporary file in the same folder, then rename) and
   says ``status``, ``rounds_finished``, ``metrics_rows`` (rows of ``metrics.csv`` that are
   complete), ``started`` and ``updated`` (UTC).
+
+Both are readable as the user's umask allows (not only by the owner, as ``mkstemp`` makes them).
 """
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -19,6 +22,15 @@ from pathlib import Path
 import numpy as np
 
 METRICS, INFO, CHECKPOINTS = "metrics.csv", "run.json", "checkpoints"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # the mode open() gives a new file (read once, at import)
 
 
 def now() -> str:
@@ -31,6 +43,7 @@ def atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -72,11 +85,17 @@ def as_json(value):
 
 
 def read_info(out: Path) -> dict:
-    """``run.json`` of the run in ``out`` (``ValueError`` when missing)."""
+    """``run.json`` of the run in ``out`` (``ValueError`` when missing or damaged)."""
     path = Path(out) / INFO
     if not path.is_file():
         raise ValueError(f"{out} holds no run to resume ({INFO} is missing)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path} is damaged ({err}); it cannot be resumed") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise ValueError(f"{path} is damaged (it holds no run configuration); it cannot be resumed")
+    return info
 
 
 def default_out(root: str | Path = "runs", name: str = "edgejax") -> Path:
@@ -93,10 +112,22 @@ def default_out(root: str | Path = "runs", name: str = "edgejax") -> Path:
 def prepare(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Claim ``out`` for a run before any compute.
 
-    ``ValueError`` when ``out`` is a file, cannot be created or written, or already holds
-    another run's results (unless ``overwrite``, which deletes them, or ``resume``).
+    ``ValueError`` when ``out`` is a file, cannot be created or written (a name too long
+    included), or already holds another run's results (unless ``overwrite``, which deletes
+    them, or ``resume``).
     """
     out = Path(out)
+    try:
+        _claim(out, overwrite, resume)
+    except OSError as err:
+        hint = ""
+        if err.errno == errno.ENAMETOOLONG:
+            hint = " (most file systems allow 255 bytes per folder name and 4096 per path)"
+        raise ValueError(f"cannot write to output folder {shown_path(out)}: {err.strerror or err}{hint}") from None
+    return out
+
+
+def _claim(out: Path, overwrite: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file; choose a folder")
     held = [name for name in (METRICS, INFO, CHECKPOINTS) if (out / name).exists()]
@@ -105,19 +136,21 @@ def prepare(out: str | Path, *, overwrite: bool = False, resume: bool = False) -
                          f"folder, or pass overwrite (--overwrite) to replace it or resume (--resume) to continue it")
     if resume and INFO not in held:
         raise ValueError(f"{out} holds no run to resume ({INFO} is missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            for name in held:
-                if (out / name).is_dir():
-                    shutil.rmtree(out / name)
-                else:
-                    (out / name).unlink()
-        atomic_write(out / ".write-test", "")
-        (out / ".write-test").unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to output folder {out}: {err.strerror or err}") from None
-    return out
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        for name in held:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
+    atomic_write(out / ".write-test", "")
+    (out / ".write-test").unlink()
+
+
+def shown_path(path: Path, limit: int = 100) -> str:
+    """``path`` for a message: in full, or its start and end and its length when longer than ``limit``."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:60]}...{text[-30:]} ({len(text)} characters)"
 
 
 class MetricsFile:

@@ -31,6 +31,14 @@ class DivergenceError(RuntimeError):
         self.results = results
 
 
+class RunFailed(RuntimeError):
+    """Writing the results failed (disk full, read-only...); ``results`` holds every finished round."""
+
+    def __init__(self, message: str, results: Results):
+        super().__init__(message)
+        self.results = results
+
+
 class RunInterrupted(RuntimeError):
     """SIGINT or SIGTERM stopped the run after a chunk; ``results`` holds every finished round."""
 
@@ -51,8 +59,12 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     to ``metrics.csv`` and ``run.json`` is replaced atomically, so a killed run keeps what it
     finished.  ``checkpoint_every=k`` saves the full state and the metrics at the end of
     the chunk that reaches each multiple of k rounds (the last ``keep_checkpoints`` are
-    kept, in ``out_dir/checkpoints``); ``resume=True`` continues the run in ``out_dir``
-    from its newest checkpoint, with the same arguments, and gives bit-identical results.
+    kept, in ``out_dir/checkpoints``), and at the end of the first chunk; ``resume=True``
+    continues the run in ``out_dir`` from its newest checkpoint (from round 0, with a
+    warning, when a run with ``checkpoint_every`` has none yet), with the same arguments,
+    and gives bit-identical results.
+    A failed write (disk full, read-only) stops the run, marks ``run.json`` ``failed: ...``
+    when it still can and raises ``RunFailed``; resume it once the disk is fixed.
     A NaN/inf training loss stops the run at the end of its chunk and raises
     ``DivergenceError`` naming the first bad round; SIGINT/SIGTERM stop it at the end of the
     current chunk (with a checkpoint when checkpointing) and raise ``RunInterrupted``.
@@ -73,9 +85,13 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
               "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}, **(extra_config or {})}
     output = None if out_dir is None else _Output(out_dir, config, checkpoint_every, keep_checkpoints,
                                                   overwrite, resume)
+    run_ = _Run(config, output)
     try:
-        return _loop(sim, hp, rounds, chunk, _Run(config, output), sim._jit_init(jax.random.PRNGKey(seed), hp),
-                     resume, progress)
+        return _loop(sim, hp, rounds, chunk, run_, sim._jit_init(jax.random.PRNGKey(seed), hp), resume, progress)
+    except OSError as err:
+        if output is None:
+            raise
+        raise run_.failed(err) from err
     finally:
         if output is not None:
             output.close()
@@ -83,12 +99,13 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
 
 def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool) -> Results:
     """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
-    if resume:
-        done, state = run_.restore(sim.logical_state(state))
-        state = sim.stored_state(state)
+    restored = run_.restore(sim.logical_state(state)) if resume else None
+    if restored is not None:
+        done, state = restored[0], sim.stored_state(restored[1])
     else:
         done = 0   # the initial evaluation: the chunk's program with no active round (one program to compile)
         run_.log.add_eval(0, sim._jit_chunk(state, sim.stored_data, hp, chunk, 0)[2])
+        run_.claim()
     bar = _progress(rounds, done, progress)
     with _StopSignals() as stop:
         try:
@@ -146,13 +163,23 @@ class _Run:
     def wall_time(self) -> float:
         return self.previous_wall + time.perf_counter() - self.clock
 
-    def restore(self, template) -> tuple[int, object]:
-        """``(round, state)`` of the newest checkpoint; the log and the clock continue from it."""
-        done, state, self.log, self.started, self.previous_wall = self.output.restore(template)
+    def restore(self, template) -> tuple[int, object] | None:
+        """``(round, state)`` of the newest checkpoint (the log and the clock continue from it),
+        or ``None`` when there is none."""
+        restored = self.output.restore(template)
+        if restored is None:
+            return None
+        done, state, self.log, self.started, self.previous_wall = restored
         return done, state
 
     def checkpoint_due(self, before: int, after: int) -> bool:
         return self.output is not None and self.output.checkpoint_due(before, after)
+
+    def claim(self):
+        """Write ``run.json`` (status ``running``, no round yet), so that a run killed right after
+        its first checkpoint can be resumed; ``metrics.csv`` waits for the first chunk's columns."""
+        if self.output is not None:
+            self.output.write_info(self.log, "running", self.started, self.wall_time())
 
     def record(self, status: str, state=None):
         """Write the results so far, and a checkpoint of ``state`` when checkpointing, if there is a folder."""
@@ -162,6 +189,17 @@ class _Run:
 
     def results(self, status: str, state=None) -> Results:
         return self.log.results(self.config, self.wall_time(), status, state, self.started)
+
+    def failed(self, err: OSError) -> RunFailed:
+        """``RunFailed`` for a write that raised ``err``; ``run.json`` says so if it can still be
+        written (and is left as it was when resuming failed before any round: it knows more)."""
+        status = f"failed: cannot write to {self.output.out}: {err.strerror or err}"
+        try:
+            if self.log.num_rounds:
+                self.output.write_info(self.log, status, self.started, self.wall_time())
+        except OSError:
+            pass  # the disk refuses run.json too: it keeps its last status
+        return RunFailed(f"run {status} (after round {self.log.num_rounds})", self.results(status))
 
 
 class _Output:
@@ -178,13 +216,18 @@ class _Output:
             self.checkpoints = Checkpoints(self.out / rundir.CHECKPOINTS, keep)
 
     def checkpoint_due(self, before: int, after: int) -> bool:
-        return bool(self.every) and after // self.every > before // self.every
+        """At the end of the first chunk (so that a run killed before round k resumes from it) and
+        of the chunk reaching each multiple of k."""
+        return bool(self.every) and (before == 0 or after // self.every > before // self.every)
 
     def record(self, log: "_MetricLog", status: str, started: str, wall_time: float, state=None):
         """Append the new metric rows, save a checkpoint of ``state`` if given, update ``run.json``."""
         self.metrics.append(*log.take_pending())
         if state is not None and self.checkpoints.latest() != log.num_rounds:
             self.checkpoints.save(log.num_rounds, state, {**log.as_dict(), "wall_time_s": wall_time})
+        self.write_info(log, status, started, wall_time)
+
+    def write_info(self, log: "_MetricLog", status: str, started: str, wall_time: float):
         info = run_info(self.config, status, log.num_rounds, started, wall_time, log.last_eval())
         latest = self.checkpoints.latest() if self.checkpoints else None
         rundir.write_info(self.out, {**info, "metrics_rows": self.metrics.rows, "checkpoint_round": latest,
@@ -192,12 +235,17 @@ class _Output:
 
     def restore(self, template):
         """``(round, state, log, started, wall time)`` of the newest checkpoint, after checking the
-        configuration; ``metrics.csv`` is rewritten to end at that round."""
+        configuration; ``metrics.csv`` is rewritten to end at that round.  ``None`` (with a
+        warning) when a checkpointing run has no complete checkpoint: it starts again from round 0."""
         info = rundir.read_info(self.out)
         stored, current = info["config"], rundir.as_json(self.config)
         differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
         if differ:
             raise ValueError(f"cannot resume {self.out}: its configuration differs in {differ}")
+        if self.checkpoints.latest() is None and self.every:
+            warnings.warn(f"{self.out} holds no complete checkpoint: the run starts again from round 0",
+                          RuntimeWarning, stacklevel=5)
+            return None
         done, state, metrics = self.checkpoints.restore(template)
         wall_time = metrics.pop("wall_time_s")
         log = _MetricLog.from_dict(metrics)

@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import os
 import random
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -522,6 +523,8 @@ def load_npz(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz file (the zip archive np.savez writes)")
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         split_keys = ("x_train", "y_train", "x_test", "y_test")

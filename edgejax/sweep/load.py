@@ -30,6 +30,8 @@ def _run_folder(folder: Path) -> tuple[pd.DataFrame, list[dict]]:
     rows = pd.read_csv(folder / "metrics.csv")
     sent = rows.get("bytes_up", 0.0) + rows.get("bytes_down", 0.0)
     rows["bytes"] = np.cumsum(np.nan_to_num(np.asarray(sent, dtype=float)))
+    if "participants" in rows:
+        rows["updates"] = np.cumsum(np.nan_to_num(rows["participants"].to_numpy(dtype=float)))
     if "sim_time_s" in rows:
         rows["sim_time_s"] = rows["sim_time_s"].fillna(0.0)
     evals = rows[rows["test_accuracy"].notna()].reset_index(drop=True)
@@ -44,7 +46,7 @@ def _sweep_folder(folder: Path) -> tuple[pd.DataFrame, list[dict]]:
     keys = list(zip(evals["point"], evals["seed"]))
     order = {run: i for i, run in enumerate(dict.fromkeys(keys))}
     evals["run"] = [order[k] for k in keys]
-    settings = flatten(info["config"])
+    settings = {**flatten(info["config"]), **info.get("options", {})}
     return evals, [{**settings, **info["hparams"][p]} for p, _ in order]
 
 
@@ -74,8 +76,10 @@ def load(folders) -> pd.DataFrame:
 def run_labels(settings: list[dict]) -> list[str]:
     """A label per run: the settings whose values differ between runs, as ``key=value``.
 
-    Names come first (``algorithm.name`` shown as ``algorithm``), then hyper-parameters,
-    then nested options; a setting that the ones before it already determine (FedAdam's
+    Names come first (``algorithm.name`` shown as ``algorithm``), then hyper-parameters and
+    sweep options (``topology``, as the sweep's folders are named), then nested settings
+    shown by their last part (``algorithm.topology.graph`` as ``graph``, unless two shown
+    settings end alike); a setting that the ones before it already determine (FedAdam's
     ``server_b1`` once ``algorithm`` is shown) is left out.
     """
     keys = [k for k in dict.fromkeys(k for s in settings for k in s) if k not in IGNORED]
@@ -87,8 +91,22 @@ def run_labels(settings: list[dict]) -> list[str]:
             shown, groups = [*shown, key], finer
     if not shown:
         return [str(s.get("algorithm.name", "run")) for s in settings]
-    return [", ".join(f"{k.removesuffix('.name')}={_short(s.get(k))}" for k in shown) for s in settings]
+    names = _display_names(shown)
+    return [", ".join(f"{names[k]}={_short(s.get(k))}" for k in shown) for s in settings]
+
+
+def _display_names(keys: list[str]) -> dict[str, str]:
+    """Each dotted key by its last part (``.name`` dropped), the full key where two would read alike."""
+    last = {k: k.removesuffix(".name").rsplit(".", 1)[-1] for k in keys}
+    counts = {name: list(last.values()).count(name) for name in last.values()}
+    return {k: name if counts[name] == 1 else k.removesuffix(".name") for k, name in last.items()}
 
 
 def _short(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A setting's value: floats as their shortest repr, float32 ones (hyper-parameters) as float32's."""
+    if not isinstance(value, float):
+        return str(value)
+    if value.is_integer():
+        return str(int(value))
+    single = np.float32(value)
+    return str(single) if float(single) == value else repr(value)

@@ -20,7 +20,9 @@ class SweepResults:
     hyper-parameters; ``runs``: ``(point index,
     seed)`` of run ``r``; ``rounds[k] [R, rounds]`` and ``evals[k] [R, E]``: round and
     evaluation metrics of run ``r`` (evaluations after rounds ``eval_rounds``);
-    ``config``: the static configuration (``Simulation.describe()`` and the sweep's own).
+    ``config``: the static configuration (``Simulation.describe()`` and the sweep's own);
+    ``options``: the ``edgejax sweep`` options that set it (they name its folder and, in
+    tables and plots, its runs).
     """
 
     points: list[dict]
@@ -31,6 +33,7 @@ class SweepResults:
     eval_rounds: list[int]
     config: dict[str, Any]
     wall_time_s: float = 0.0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def _run_columns(self) -> pd.DataFrame:
         names = sorted({k for p in self.points for k in p})
@@ -50,7 +53,7 @@ class SweepResults:
         """Tidy: one row per run (point x seed) and evaluation round.
 
         Beside the evaluation metrics: ``train_loss`` of that round, and the cumulative
-        ``sim_time_s`` and ``bytes`` (up + down) at it (0 at round 0).
+        ``sim_time_s``, ``bytes`` (up + down) and ``updates`` (client updates) at it (0 at round 0).
         """
         frame = self._run_columns()
         frame = frame.loc[np.repeat(np.arange(len(self.runs)), len(self.eval_rounds))].reset_index(drop=True)
@@ -69,15 +72,17 @@ class SweepResults:
         out.mkdir(parents=True, exist_ok=True)
         self.to_dataframe().to_csv(out / EVALS_CSV, index=False)
         self.rounds_dataframe().to_csv(out / ROUNDS_CSV, index=False)
-        info = {"config": self.config, "points": self.points, "hparams": self.hparams, "runs": self.runs,
+        info = {"config": self.config, "options": self.options, "points": self.points, "hparams": self.hparams,
+                "runs": self.runs,
                 "wall_time_s": round(self.wall_time_s, 3), **environment()}
         (out / SWEEP_JSON).write_text(json.dumps(info, indent=2, default=str))
         return out
 
 
 def cumulative_at(rounds: dict[str, np.ndarray], at: list[int]) -> dict[str, np.ndarray]:
-    """``train_loss``, cumulative ``sim_time_s`` and ``bytes`` after each round in ``at``
-    (round metrics ``[R, rounds]``; round 0 has NaN loss and zero time and bytes)."""
+    """``train_loss``, cumulative ``sim_time_s``, ``bytes`` and ``updates`` (client updates:
+    participants) after each round in ``at`` (round metrics ``[R, rounds]``; round 0 has NaN
+    loss and zero time, bytes and updates)."""
     idx = np.asarray(at) - 1
     pad = lambda v, first: np.concatenate([np.full((v.shape[0], 1), first), v], axis=1)[:, idx + 1]  # noqa: E731
     out = {}
@@ -88,4 +93,6 @@ def cumulative_at(rounds: dict[str, np.ndarray], at: list[int]) -> dict[str, np.
     if "bytes_up" in rounds:
         sent = np.cumsum(rounds["bytes_up"] + rounds.get("bytes_down", 0.0), axis=1)
         out["bytes"] = pad(sent, 0.0)
+    if "participants" in rounds:
+        out["updates"] = pad(np.cumsum(rounds["participants"], axis=1), 0.0)
     return out

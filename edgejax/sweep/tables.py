@@ -11,7 +11,10 @@ import numpy as np
 import pandas as pd
 
 INTERVALS = ("std", "ci95")
-TO_TARGET = {"rounds": "round", "sim_time_s": "sim_time_s", "bytes": "bytes"}
+# what "to target" counts: rounds (server ticks in asynchronous algorithms, one arrival each),
+# client updates (the same unit in both), simulated seconds, bytes
+TO_TARGET = {"rounds": "round", "updates": "updates", "sim_time_s": "sim_time_s", "bytes": "bytes"}
+_BYTE_UNITS = ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
 
 
 def lower_is_better(metric: str) -> bool:
@@ -35,7 +38,9 @@ def _spread(values: np.ndarray, interval: str) -> float:
 def summarize(evals: pd.DataFrame, metric: str = "test_accuracy", *, by: str = "label",
               target: float | None = None, interval: str = "std") -> pd.DataFrame:
     """Per ``by`` group, over its seeds: the final and the best ``metric`` and, with
-    ``target``, the rounds, simulated seconds and bytes until ``metric`` first reaches it.
+    ``target``, the rounds, client updates, simulated seconds and bytes until ``metric``
+    first reaches it (compare asynchronous and synchronous runs by updates or seconds: an
+    asynchronous round is one arrival).
 
     Columns ``<name>_mean``, ``<name>_err`` (std or 95% half-width), ``seeds``, and with a
     target ``reached`` (seeds that reached it; the *_to_target means are over those).
@@ -66,12 +71,24 @@ def summarize(evals: pd.DataFrame, metric: str = "test_accuracy", *, by: str = "
     return pd.DataFrame(rows)
 
 
-def _pair(mean: float, err: float, digits: int, pm: str) -> str:
-    """``mean pm err`` in one style chosen by the mean's size (fixed, integer or scientific)."""
+def _pair(mean: float, err: float, digits: int, pm: str, name: str = "final") -> str:
+    """``mean pm err`` as ``name`` reads best: metrics with ``digits`` decimals, counts (rounds,
+    updates) as integers where whole, seconds with one decimal, bytes in kB/MB/GB/TB (10^3
+    steps); no ``pm err`` when the spread is 0 (one seed, or equal seeds)."""
     if not np.isfinite(mean):
         return "—"
-    style = f".{digits}f" if abs(mean) < 100 else (".0f" if abs(mean) < 1e5 else f".{max(digits - 1, 0)}e")
-    return f"{mean:{style}} {pm} {err:{style}}"
+    unit, scale, decimals = "", 1.0, digits
+    if name in ("rounds_to_target", "updates_to_target"):
+        decimals = 0 if float(mean).is_integer() and float(err).is_integer() else 1
+    elif name == "sim_time_s_to_target":
+        decimals = 1
+    elif name == "bytes_to_target":
+        scale, unit = next(((s, u) for s, u in _BYTE_UNITS if abs(mean) >= s), (1.0, "B"))
+        unit, decimals = f" {unit}", 0 if scale == 1.0 else 1
+    text = f"{mean / scale:.{decimals}f}"
+    if err > 0:
+        text += f" {pm} {err / scale:.{decimals}f}"
+    return text + unit
 
 
 def _cells(summary: pd.DataFrame, metric: str, by: str, digits: int, pm: str, bold) -> tuple[list, list]:
@@ -85,7 +102,7 @@ def _cells(summary: pd.DataFrame, metric: str, by: str, digits: int, pm: str, bo
         finite = means[np.isfinite(means)]
         best = (finite.min() if minimise else finite.max()) if len(finite) else None
         for i, (mean, err) in enumerate(zip(means, summary[f"{name}_err"])):
-            text = _pair(mean, err, digits, pm)
+            text = _pair(mean, err, digits, pm, name)
             reached, seeds = summary["reached"].iloc[i] if "reached" in summary else None, summary["seeds"].iloc[i]
             if name.endswith("_to_target") and reached < seeds:
                 text += f" ({reached}/{seeds})"
