@@ -97,7 +97,7 @@ def _local_update(model, x, y, rng):
     return w
 
 
-def run_loop(n, concurrency, rule, updates, seed, data_dir, warmup=50):
+def run_loop(n, concurrency, rule, updates, seed, data_dir):
     x, y, durations, _, _ = population(n, seed, data_dir)
     rng = np.random.default_rng(seed + 1)
     c = n if concurrency is None else concurrency
@@ -108,7 +108,7 @@ def run_loop(n, concurrency, rule, updates, seed, data_dir, warmup=50):
     downloaded = {int(i): 0 for i in order[:c]}
     heap = [(float(durations[i]), int(i)) for i in order[:c]]
     heapq.heapify(heap)
-    buffer, count, staleness = None, 0, []
+    buffer, count, staleness, warmup = None, 0, [], updates   # time updates..2*updates, as the kernel side
     for step in range(warmup + updates):
         if step == warmup:
             start = time.perf_counter()

@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 f"uniformly drawn idle client; FedBuff K = 10 or FedAsync (alpha 0.6, polynomial "
                                 f"a = 0.5). Each side is a fresh process pinned to core 1 (taskset -c 1), the sides "
                                 f"alternating; edgejax times its second compiled chunk of {updates} ticks (one arrival "
-                                f"each), the loop {updates} updates after 50 warm-up updates. The loop is NumPy (no "
+                                f"each), the loop the same updates {updates + 1}..{2 * updates} of its run. The loop is NumPy (no "
                                 f"torch on this machine). Two values: the configuration was measured twice, A B A B."),
               "notes": ("One seed. The convergence runs apply one arrival per tick. This CPU may be shared by other "
                         "processes: see the load averages; compare the ratios, measured side by side, not the "
