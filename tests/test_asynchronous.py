@@ -462,3 +462,14 @@ def test_values_an_asynchronous_run_would_accept_silently_are_refused_or_said():
     assert float(feddyn.hparams({"alpha": 5.0})["alpha"]) == 5.0     # FedDyn's alpha is not a mixing weight
     with pytest.warns(UserWarning, match=r"buffer_size=50\) with at most 5 nodes in flight"):
         ej.Simulation(model, data, ej.FedBuff(buffer_size=50), ej.LocalTraining(batch_size=2))
+
+
+def test_a_run_whose_nodes_all_go_offline_says_where_training_stopped():
+    data, _, _ = make_data([4] * 5, seed=1)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, ej.FedBuff(buffer_size=2), ej.LocalTraining(batch_size=2), clients_per_round=1,
+                        system=SystemModel(availability=ej.Availability("bernoulli"),
+                                           profiles=_profiles([1.0, 1.3, 0.7, 2.1, 1.7])))
+    with pytest.warns(RuntimeWarning, match=r"no node took part after round 5 of 20"):
+        results = sim.run(20, eval_every=10, hparams={"dropout": 1.0})
+    assert results.rounds["participants"][:5].tolist() == [1.0] * 5   # the first jobs started at t = 0

@@ -146,11 +146,18 @@ def _check_divergence(metrics: dict[str, np.ndarray], done: int, run_: "_Run"):
 
 
 def _warn_if_never_trained(log: "_MetricLog"):
+    """Warn when no node took part in any round, or in the last half of the run (e.g. an
+    asynchronous run whose nodes all went offline after their first updates)."""
     participants = np.asarray(log.rounds.get("participants", []))
+    check = "check dropout, availability, deadline, stragglers and clients_per_round"
     if participants.size and not participants.any():
         warnings.warn(f"no node took part in any of the {participants.size} rounds, so the model never "
-                      "trained; check dropout, availability, deadline, stragglers and clients_per_round",
-                      RuntimeWarning, stacklevel=3)
+                      f"trained; {check}", RuntimeWarning, stacklevel=3)
+        return
+    took_part = np.flatnonzero(participants > 0)
+    if participants.size >= 4 and took_part.size and took_part[-1] + 1 <= participants.size // 2:
+        warnings.warn(f"no node took part after round {took_part[-1] + 1} of {participants.size}: the model "
+                      f"stopped training there; {check}", RuntimeWarning, stacklevel=3)
 
 
 class _Run:
