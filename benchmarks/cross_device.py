@@ -1,6 +1,6 @@
 """Cross-device FedAvg on MNIST: the ``shared_base`` local update against ``per_node``.
 
-The setting of DESIGN.md's CPU measurement: MNIST digits (the t10k files in
+The setting of the project's reference CPU measurement: MNIST digits (the t10k files in
 ``../shared/data``: first 8,000 train, last 2,000 test), 1,000 nodes x 8 samples (IID),
 100 nodes a round, 2 local epochs of batch 4 (4 SGD steps), client lr 0.05, the MLP
 784-200-200-10, evaluation every 20 rounds, through the public API (``federate`` +

@@ -266,7 +266,7 @@ def verdicts(report: dict) -> tuple[list[str], list[str]]:
         "Once compiled, vmapping all points into one program costs "
         f"{1e3 * sw['ways']['sweep vmap']['second'] / sw['points']:.0f} ms a point against "
         f"{1e3 * sw['ways']['sweep loop']['second'] / sw['points']:.0f} ms for the loop over one compiled point "
-        "(DESIGN.md measured 81 vs 31 ms): `auto` is `loop` on a CPU and `vmap` on accelerators.",
+        "(an earlier measurement: 81 vs 31 ms): `auto` is `loop` on a CPU and `vmap` on accelerators.",
         f"Compilation in the default run (eager init's small programs, the first evaluation, the round chunk): "
         f"{compile_before:.2f} s without the cache, {compile_after:.2f} s with a warm one (loaded from disk).",
         "No GPU was available to this task, so the vmap default for accelerators is not measured here.",

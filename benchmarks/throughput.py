@@ -12,7 +12,7 @@ Two benchmarks, both on random CIFAR10-shaped data (32x32x3 images, 10 classes, 
      (``lax.map`` over groups of vmapped nodes);
    * ``vmap (bare step)``: a plain ``grad`` + ``optax.sgd`` step, ``jax.vmap``-ed over nodes;
    * ``vmap (lax.conv)`` (CNN only): the bare step of the same CNN (same parameters) with
-     its convolutions as ``lax.conv_general_dilated``, vmapped; DESIGN.md's slow case;
+     its convolutions as ``lax.conv_general_dilated``, vmapped; the slow case under vmap (a grouped convolution);
    * ``loop``: a Python loop over nodes calling one jitted single-node bare step (the
      per-client loop of Flower or pfl);
    * ``ceiling``: one shared-weight model taking the bare step on the whole N x 32 batch,

@@ -70,7 +70,7 @@ class LocalTraining:
         The optimizer state is reset at the start of every round.
       group_size: how the cohort is mapped: ``None`` vmaps all nodes at once (best
         on GPU/TPU); an int runs ``lax.map`` over groups of that many vmapped nodes
-        (best on a CPU with small per-node batches, see DESIGN.md); ``"auto"``
+        (best on a CPU with small per-node batches: ``benchmarks/cross_device.py``); ``"auto"``
         vmaps on GPU/TPU and on a CPU uses the largest group of at most 8 that divides
         the cohort (vmap if that is below 4).  Same numbers either way.
       weight_decay: add ``client_weight_decay * w`` to every local gradient (coupled L2

@@ -5,8 +5,8 @@ vmapped over the node axis lowers to batched GEMMs.  Convolutions use the GEMM
 ("im2col") form: the k x k neighbourhood of every pixel is gathered by shifted
 slices, concatenated on the channel axis and multiplied by one
 ``[k*k*C_in, C_out]`` kernel.  ``jax.vmap`` over ``lax.conv`` lowers to a
-grouped convolution that ran 12x slower than this form on an H100 (see
-DESIGN.md); ``benchmarks/throughput.py`` keeps that comparison alive.
+grouped convolution that ran 12x slower than this form on an H100;
+``benchmarks/throughput.py`` keeps that comparison alive.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ program the logical N need not divide D.  The padded rows never enter a computat
 so a sharded run draws the same random numbers and gives the same results as the
 single-device run, to floating-point reassociation of the cross-device sums.
 
-The autodiff pitfall (DESIGN.md): inside ``shard_map`` a model replicated over the
+The autodiff pitfall: inside ``shard_map`` a model replicated over the
 ``nodes`` axis must be cast device-varying (``jax.lax.pcast(..., to="varying")``)
 before per-node gradients are taken, or the transpose of its implicit broadcast sums
 every node's gradient over the devices.  ``map_nodes_sharded`` does it for the shared

@@ -27,7 +27,7 @@ Parameters enter the pipeline in the model's own layout, replicated over ``stage
 stage takes its layers out of them, and autodiff transposes that replication into a ``psum``
 over ``stages``, which assembles the full gradient (each stage contributes its own layers'
 gradients and exact zeros elsewhere).  That is the gradient we want here, unlike the pitfall in
-DESIGN.md: within one pipeline every stage computes part of one loss.  Other mesh axes (data
+Within one pipeline every stage computes part of one loss.  Other mesh axes (data
 replicas) must see the parameters as device-varying (``jax.lax.pcast``) before this is called.
 """
 from __future__ import annotations

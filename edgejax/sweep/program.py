@@ -33,7 +33,7 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def resolve_strategy(strategy: str) -> str:
-    """``auto``: ``vmap`` on accelerators, ``loop`` on a CPU (see DESIGN.md, "Performance rules")."""
+    """``auto``: ``vmap`` on accelerators, ``loop`` on a CPU (many tiny per-point programs on few cores)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"sweep strategy {strategy!r} is not one of {STRATEGIES}")
     if strategy == "auto":
