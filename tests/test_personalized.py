@@ -3,7 +3,6 @@ of the papers' updates, and the personalized evaluation."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import Payload, Traits
 from edgejax.algorithms.personalized import scan_minibatches, static_schedule
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, scatter, server_metrics,
                                        weighted_change)

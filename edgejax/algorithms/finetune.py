@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from edgejax.algorithms.base import Traits, describe_algorithm
 from edgejax.algorithms.fedavg import FedAvg
-from edgejax.core.execution import Needs
 from edgejax.core.state import SimState, round_keys, tree_broadcast
 from edgejax.data.host import cohort_data
 
