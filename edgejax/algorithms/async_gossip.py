@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from edgejax.algorithms.asynchronous import run_window, tick_slots, tick_sum, train_group_size
+from edgejax.algorithms.asynchronous import (arrival_metrics, check_concurrency, check_event_options, run_window,
+                                             tick_slots, train_group_size)
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import consensus_distance, node_mean
 from edgejax.algorithms.topology_spec import Topology
@@ -67,10 +68,7 @@ class ADPSGD:
     log_events: bool = False
 
     def __post_init__(self):
-        if self.concurrency is not None and (not isinstance(self.concurrency, int) or self.concurrency < 1):
-            raise ValueError(f"concurrency must be None or a positive integer; got {self.concurrency!r}")
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be a positive integer; got {self.window!r}")
+        check_event_options(self.concurrency, self.window)
 
     @property
     def name(self) -> str:
@@ -93,6 +91,10 @@ class ADPSGD:
     def slots(self, num_nodes: int) -> int:
         """Nodes computing at once."""
         return num_nodes if self.concurrency is None else self.concurrency
+
+    def check_nodes(self, num_nodes: int) -> None:
+        """The options against N, when the simulation is built."""
+        check_concurrency(self.concurrency, num_nodes)
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         n = node_rng.shape[0]
@@ -145,20 +147,9 @@ class ADPSGD:
             tick_end, init)
         nodes = state.nodes._replace(params=x, extra=Snapshot(xhat, changes, read))
         arrived = jnp.arange(events) < win.n_events
-        count = tick_sum(arrived.astype(dtype), win, ticks)
-        metrics = {
-            "train_loss": jnp.where(count > 0, tick_sum(loss, win, ticks) / jnp.maximum(count, 1),
-                                    jnp.nan),
-            "participants": count,
-            "local_steps": tick_sum(steps.astype(dtype), win, ticks),
-            "bytes_up": count * ctx.payload.up,
-            "bytes_down": count * ctx.payload.down,
-            "staleness_mean": tick_sum(jnp.maximum(staleness, 0).astype(dtype), win, ticks) / jnp.maximum(count, 1),
-            "staleness_max": jnp.maximum(jax.ops.segment_max(jnp.where(arrived, staleness, 0),
-                                                             jnp.where(arrived, win.tick, ticks), num_segments=ticks),
-                                         0).astype(dtype),
-            "consensus_distance": distance,
-        }
+        metrics = arrival_metrics(win, arrived, loss, steps, staleness, ticks)
+        metrics |= {"bytes_up": metrics["participants"] * ctx.payload.up,
+                    "bytes_down": metrics["participants"] * ctx.payload.down, "consensus_distance": distance}
         if self.log_events:
             k = ctx.cohort_size
             metrics |= {"event_node": tick_slots(jnp.where(arrived, win.node, -1), win, ticks, k, -1),

@@ -198,6 +198,37 @@ def tick_restart_sum(values, win, size):
     return jax.ops.segment_sum(jnp.where(valid, values, 0), jnp.where(valid, tick, size), num_segments=size)
 
 
+def check_event_options(concurrency, window) -> None:
+    """``concurrency`` is None or a positive integer, ``window`` a positive integer (every
+    asynchronous algorithm's options)."""
+    if concurrency is not None and (not isinstance(concurrency, (int, np.integer)) or concurrency < 1):
+        raise ValueError(f"concurrency must be None or a positive integer; got {concurrency!r}")
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive integer; got {window!r}")
+
+
+def check_concurrency(concurrency, num_nodes: int) -> None:
+    """No more nodes in flight than there are nodes."""
+    if concurrency is not None and concurrency > num_nodes:
+        raise ValueError(f"concurrency={concurrency!r} must be in [1, N={num_nodes}] (nodes in flight at once)")
+
+
+def arrival_metrics(win, counted, loss, steps, staleness, size: int) -> dict:
+    """Per-tick ``train_loss`` (NaN in a tick with no ``counted`` arrival), ``participants``,
+    ``local_steps``, ``staleness_mean`` and ``staleness_max`` over the ``counted`` arrivals."""
+    dtype = loss.dtype
+    count = tick_sum(counted.astype(dtype), win, size)
+    stale = jnp.where(counted, staleness, 0)
+    valid = counted & (jnp.arange(counted.shape[0]) < win.n_events)
+    top = jax.ops.segment_max(jnp.where(valid, stale, 0), jnp.where(valid, win.tick, size), num_segments=size)
+    return {"train_loss": jnp.where(count > 0, tick_sum(jnp.where(counted, loss, 0), win, size)
+                                    / jnp.maximum(count, 1), jnp.nan),
+            "participants": count,
+            "local_steps": tick_sum(jnp.where(counted, steps, 0).astype(dtype), win, size),
+            "staleness_mean": tick_sum(stale.astype(dtype), win, size) / jnp.maximum(count, 1),
+            "staleness_max": jnp.maximum(top, 0).astype(dtype)}
+
+
 def _tree_add_scaled(x, delta, c):
     return jax.tree_util.tree_map(lambda a, d: a + c * d, x, delta)
 
@@ -214,12 +245,10 @@ class _AsyncServerAlgorithm:
     log_events: bool = False
 
     def __post_init__(self):
-        for name in ("concurrency", "buffer_depth"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{name} must be None or a positive integer; got {value!r}")
-        if not isinstance(self.window, (int, np.integer)) or self.window < 1:
-            raise ValueError(f"window must be a positive integer; got {self.window!r}")
+        check_event_options(self.concurrency, self.window)
+        if self.buffer_depth is not None and (not isinstance(self.buffer_depth, (int, np.integer))
+                                              or self.buffer_depth < 1):
+            raise ValueError(f"buffer_depth must be None or a positive integer; got {self.buffer_depth!r}")
         if self.lag_tolerance is not None and (not isinstance(self.lag_tolerance, int) or self.lag_tolerance < 0):
             raise ValueError(f"lag_tolerance must be None or a non-negative integer; got {self.lag_tolerance!r}")
 
@@ -246,6 +275,10 @@ class _AsyncServerAlgorithm:
     def slots(self, num_nodes: int) -> int:
         """Nodes in flight at once."""
         return num_nodes if self.concurrency is None else self.concurrency
+
+    def check_nodes(self, num_nodes: int) -> None:
+        """The options against N, when the simulation is built."""
+        check_concurrency(self.concurrency, num_nodes)
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         server = AsyncServer(jnp.zeros((), jnp.int32), init_snapshots(global_params, self.slots(node_rng.shape[0])),
@@ -312,22 +345,13 @@ class _AsyncServerAlgorithm:
         size, dtype = win.time.shape[0], loss.dtype
         applied = out["applied"]
         events = applied.shape[0]
-        count = tick_sum(applied.astype(dtype), win, size)
-        stale = jnp.where(applied, out["staleness"], 0)
         arrived = jnp.arange(events) < win.n_events
         up = jnp.broadcast_to(jnp.asarray(ctx.payload.take(win.node).up, dtype), (events,))
         down = jnp.broadcast_to(jnp.asarray(ctx.payload.take(win.restart_node).down, dtype), win.restart_node.shape)
-        max_stale = jax.ops.segment_max(jnp.where(arrived, stale, 0), jnp.where(arrived, win.tick, size),
-                                        num_segments=size)
         metrics = {
-            "train_loss": jnp.where(count > 0, tick_sum(jnp.where(applied, loss, 0), win, size)
-                                    / jnp.maximum(count, 1), jnp.nan),
-            "participants": count,
-            "local_steps": tick_sum(jnp.where(applied, steps, 0).astype(dtype), win, size),
+            **arrival_metrics(win, applied, loss, steps, out["staleness"], size),
             "bytes_up": tick_sum(up, win, size),
             "bytes_down": tick_restart_sum(down, win, size),
-            "staleness_mean": tick_sum(stale.astype(dtype), win, size) / jnp.maximum(count, 1),
-            "staleness_max": jnp.maximum(max_stale, 0).astype(dtype),
             "dropped_stale": tick_sum((arrived & ~out["fresh"]).astype(dtype), win, size),
             "forced_resync": tick_sum((out["fresh"] & ~applied).astype(dtype), win, size),
             "server_version": versions.astype(dtype),
@@ -449,13 +473,13 @@ class FedBuff(_AsyncServerAlgorithm):
     def default_hparams(self) -> dict[str, float]:
         return {"server_lr": 1.0, "staleness_exponent": 0.5}
 
-    def slots(self, num_nodes: int) -> int:
-        """Nodes in flight at once; a buffer larger than that is allowed but said."""
-        slots = super().slots(num_nodes)
+    def check_nodes(self, num_nodes: int) -> None:
+        """The options against N; a buffer larger than the nodes in flight is allowed but said."""
+        super().check_nodes(num_nodes)
+        slots = self.slots(num_nodes)
         if self.buffer_size > slots:
             warnings.warn(f"FedBuff(buffer_size={self.buffer_size}) with at most {slots} nodes in flight: every "
-                          "flush averages several updates of the same nodes", UserWarning, stacklevel=2)
-        return slots
+                          "flush averages several updates of the same nodes", UserWarning, stacklevel=4)
 
     def init_rule(self, params):
         rows = jax.tree_util.tree_map(lambda p: jnp.zeros((self.buffer_size, *p.shape), p.dtype), params)

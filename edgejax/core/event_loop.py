@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _fill(shape_dtype):
-    """NaN for float metrics, -1 for integer ones (rows of ticks not run)."""
+def skipped_metric(shape_dtype):
+    """A metric of a round or tick not run: NaN for float metrics, -1 for integer ones (e.g.
+    ``log_events``' node ids)."""
     fill = jnp.nan if jnp.issubdtype(shape_dtype.dtype, jnp.inexact) else -1
     return jnp.full(shape_dtype.shape, fill, shape_dtype.dtype)
 
@@ -35,7 +36,7 @@ def run_ticks(sim, state, data, hparams, num_ticks: int, active_ticks=None):
         return state._replace(round=state.round + win.n_ticks), win.n_ticks, metrics
 
     shapes = jax.eval_shape(one_window, state, 1)[2]
-    rows0 = {k: _fill(jax.ShapeDtypeStruct((num_ticks, *s.shape[1:]), s.dtype)) for k, s in shapes.items()}
+    rows0 = {k: skipped_metric(jax.ShapeDtypeStruct((num_ticks, *s.shape[1:]), s.dtype)) for k, s in shapes.items()}
 
     def body(carry):
         state, done, _, rows = carry

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from edgejax.core.evaluate import evaluate
-from edgejax.core.event_loop import run_ticks
+from edgejax.core.event_loop import run_ticks, skipped_metric
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
 from edgejax.core.local import LocalTraining
 from edgejax.core.results import Results
@@ -37,7 +37,7 @@ from edgejax.system.model import SystemModel
 ALGORITHM_PARTS = ("name", "traits", "payload", "default_hparams", "init", "round", "eval_models", "describe")
 REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
 # an asynchronous algorithm runs windows of the event clock (edgejax.core.event_loop) instead of rounds
-ASYNC_PARTS = ("slots", "window", "window_step")
+ASYNC_PARTS = ("slots", "check_nodes", "window", "window_step")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -97,8 +97,8 @@ class Simulation:
                 raise ValueError(f"link failures need a synchronous decentralized algorithm with a topology; "
                                  f"{self.algorithm.name} has no communication graph or is asynchronous")
             traits.topology.check_link_failures()
-        if traits.asynchronous and not 1 <= self.algorithm.slots(n) <= n:
-            raise ValueError(f"concurrency={self.algorithm.slots(n)!r} must be in [1, N={n}] (nodes in flight at once)")
+        if traits.asynchronous:
+            self.algorithm.check_nodes(n)
         if self.mesh is not None:
             check_node_mesh(self.mesh)
         self.hparam_owners()
@@ -221,14 +221,17 @@ class Simulation:
                         network=network)
 
     def _plan(self, state: SimState, data: FederatedData, hparams: dict):
+        self._refuse_asynchronous_plan()
         key = jax.random.fold_in(state.rng, state.round)
+        links = state.network.table if self.system.link_failures else None
+        return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
+                                data.train.count, self.context.payload, links)
+
+    def _refuse_asynchronous_plan(self):
         if self.algorithm.traits().asynchronous:
             raise ValueError(f"{self.algorithm.name} is asynchronous: the event clock schedules its arrivals a window "
                              "at a time (edgejax.system.events), not as a per-round plan; log_events=True reports "
                              "every arrival, and SystemModel(durations=...) fixes every job's duration")
-        links = state.network.table if self.system.link_failures else None
-        return self.system.plan(key, state.system, state.round, hparams, self.cohort_size, self.local,
-                                data.train.count, self.context.payload, links)
 
     def plan(self, state: SimState, hparams: dict) -> RoundPlan:
         """The system model's plan for the state's next round (drawn from the run's key)."""
@@ -263,8 +266,7 @@ class Simulation:
     def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
         """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
-        if self.algorithm.traits().asynchronous:
-            self._plan(state, data, hparams)   # refused, with the reason
+        self._refuse_asynchronous_plan()
         state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
         cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
         state = state._replace(round=state.round + 1, system=system)
@@ -295,10 +297,8 @@ class Simulation:
                             f"it lacks {missing}")
 
         def body(st, i):
-            def skip(s):   # skipped rounds report NaN (-1 for integer metrics, e.g. log_events' node ids)
-                return s, jax.tree_util.tree_map(
-                    lambda m: jnp.full(m.shape, jnp.nan if jnp.issubdtype(m.dtype, jnp.inexact) else -1, m.dtype),
-                    metric_shapes)
+            def skip(s):
+                return s, jax.tree_util.tree_map(skipped_metric, metric_shapes)
 
             return jax.lax.cond(i < active_rounds, lambda s: self.round(s, data, hparams), skip, st)
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edgejax.core.state import default_float, tree_take
+from edgejax.core.state import tree_take
 from edgejax.system.clock import node_times, round_cost
 from edgejax.system.profiles import DeviceProfiles
 
@@ -165,10 +165,11 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
     ``first_tick``; tick t's availability key is ``fold_in(fold_in(run_key, t), 4)``.
 
     ``steps [N]``: each node's local steps; ``payload``: the algorithm's ``Payload``.  Returns
-    ``(Window, new EventState, online_state, clock, busy [N] updates as (nodes, times))``.
+    ``(Window, new EventState, online_state, clock)``.  A slot restarts at most once per window
+    (its new job cannot end inside it), so the jobs started are ``restart_slot``'s finish times.
     """
     b, k = window, cohort
-    c, n = state.finish.shape[0], state.job.shape[0]
+    c = state.finish.shape[0]
     dtype = state.finish.dtype
     cand_slot, cand_finish, beyond, exact_ties = _candidates(state, b, bounded)
     cand_finish = jnp.concatenate([cand_finish, jnp.full((k,), np.inf, dtype)])
@@ -181,7 +182,6 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
         time=jnp.zeros((b + 1,), dtype), elapsed_s=jnp.zeros((b + 1,), dtype), energy_j=jnp.zeros((b + 1,), dtype),
         events_end=jnp.zeros((b + 1,), jnp.int32), restarts_end=jnp.zeros((b + 1,), jnp.int32),
         restart_slot=jnp.zeros((c,), jnp.int32), restart_node=jnp.zeros((c,), jnp.int32))
-    busy_nodes, busy_times = jnp.zeros((c,), jnp.int32), jnp.zeros((c,), dtype)
 
     def next_tick(carry):
         """``(time, arrivals, whether the tick can be scheduled in this window)``."""
@@ -199,7 +199,7 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
         return next_tick(carry)[2]
 
     def body(carry):
-        st, online, clk, ptr, horizon, win, bn, bt = carry
+        st, online, clk, ptr, horizon, win = carry
         t, a, _ = next_tick(carry)
         tick_key = jax.random.fold_in(run_key, first_tick + win.n_ticks)
         j = jnp.arange(k)
@@ -218,8 +218,8 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
                          n_pending=st.n_pending + a)
         if bounded:
             st = st._replace(idle=jax.lax.dynamic_update_slice(st.idle, nodes, (st.n_idle,)), n_idle=st.n_idle + a)
-        cost = round_cost(tree_take(profiles, nodes), valid, steps[nodes], batch_size, payload.take(nodes).down,
-                          payload.take(nodes).up, payload.take(nodes).compute)
+        sent = payload.take(nodes)
+        cost = round_cost(tree_take(profiles, nodes), valid, steps[nodes], batch_size, sent.down, sent.up, sent.compute)
         ptr = ptr + a
         later_ties = (cand_finish[ptr] == t) | (beyond == t)
         if availability.kind == "always":   # every node online: no per-tick O(N) draw
@@ -230,7 +230,7 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
         draw_key = jax.random.fold_in(jax.random.fold_in(st.key, first_tick + win.n_ticks), 7)
 
         def restart(q, inner):
-            st, win, kept, horizon, bn, bt = inner
+            st, win, kept, horizon = inner
             slot = st.pending[q]
             if bounded:
                 pick = jax.random.randint(jax.random.fold_in(draw_key, q), (), 0, jnp.maximum(st.n_idle, 1))
@@ -253,24 +253,23 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
             win = win._replace(restart_slot=win.restart_slot.at[r].set(slot),
                                restart_node=win.restart_node.at[r].set(node),
                                n_restarts=r + ok.astype(jnp.int32))
-            bn, bt = bn.at[r].set(node), bt.at[r].set(finish)
-            return st, win, kept + (~ok).astype(jnp.int32), jnp.where(ok, jnp.minimum(horizon, finish), horizon), bn, bt
+            return st, win, kept + (~ok).astype(jnp.int32), jnp.where(ok, jnp.minimum(horizon, finish), horizon)
 
         def restarts(args):
-            st, win, horizon, bn, bt = args
-            st, win, kept, horizon, bn, bt = jax.lax.fori_loop(0, st.n_pending, restart,
-                                                                (st, win, jnp.zeros((), jnp.int32), horizon, bn, bt))
-            return st._replace(n_pending=kept), win, horizon, bn, bt
+            st, win, horizon = args
+            st, win, kept, horizon = jax.lax.fori_loop(0, st.n_pending, restart,
+                                                        (st, win, jnp.zeros((), jnp.int32), horizon))
+            return st._replace(n_pending=kept), win, horizon
 
-        st, win, horizon, bn, bt = jax.lax.cond(later_ties, lambda args: args, restarts, (st, win, horizon, bn, bt))
+        st, win, horizon = jax.lax.cond(later_ties, lambda args: args, restarts, (st, win, horizon))
         tk = win.n_ticks
         win = win._replace(time=win.time.at[tk].set(t), elapsed_s=win.elapsed_s.at[tk].set(t - clk),
                            energy_j=win.energy_j.at[tk].set(jnp.sum(cost.energy_j)),
                            events_end=win.events_end.at[tk].set(e0 + a),
                            restarts_end=win.restarts_end.at[tk].set(win.n_restarts),
                            n_events=e0 + a, n_ticks=tk + 1)
-        return st, online, t, ptr, horizon, win, bn, bt
+        return st, online, t, ptr, horizon, win
 
-    carry = (state, online_state, clock, jnp.zeros((), jnp.int32), inf, window0, busy_nodes, busy_times)
-    state, online_state, clock, _, _, win, bn, bt = jax.lax.while_loop(cond, body, carry)
-    return win, state, online_state, clock, (bn, bt)
+    carry = (state, online_state, clock, jnp.zeros((), jnp.int32), inf, window0)
+    state, online_state, clock, _, _, win = jax.lax.while_loop(cond, body, carry)
+    return win, state, online_state, clock

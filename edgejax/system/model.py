@@ -204,11 +204,11 @@ class SystemModel:
         """The next window of arrivals (``edgejax.system.events.schedule_window``) and the new state:
         the clock at the window's last tick, availability stepped once per tick, ``busy_until``
         of the nodes that started a job."""
-        win, events, online, clock, (nodes, finish) = schedule_window(
+        win, events, online, clock = schedule_window(
             run_key, first_tick, ticks_left, system.events, system.online, system.clock, system.profiles,
             self.availability, hparams, window=window, cohort=cohort_size, bounded=bounded,
             steps=local.node_steps(counts), batch_size=local.batch_size, payload=payload,
             jitter=self._jitter(hparams), trace=self.durations)
-        started = jnp.where(jnp.arange(nodes.shape[0]) < win.n_restarts, nodes, counts.shape[0])
-        busy = system.busy_until.at[started].set(finish, mode="drop")
+        started = jnp.where(jnp.arange(win.restart_node.shape[0]) < win.n_restarts, win.restart_node, counts.shape[0])
+        busy = system.busy_until.at[started].set(events.finish[win.restart_slot], mode="drop")
         return win, system._replace(events=events, online=online, clock=clock, busy_until=busy)
