@@ -22,12 +22,22 @@ def _profiles(speeds):
                                 energy_per_sample=1e-3, energy_per_byte=0.0)
 
 
-def _sim(algorithm, speeds, cohort=None, **system):
+def _sim(algorithm, speeds, cohort=None, execution="auto", **system):
     data, xs, ys = make_data(SIZES, seed=30)
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
-    sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=max(SIZES), steps=STEPS),
+    sim = ej.Simulation(model, data, algorithm,
+                        ej.LocalTraining(batch_size=max(SIZES), steps=STEPS, execution=execution),
                         clients_per_round=cohort, system=SystemModel(profiles=_profiles(speeds), **system))
     return sim, xs, ys
+
+
+# FedBuff's two trainings: at arrival from the downloaded model (per_node), or at download,
+# kept as factors until the arrival (shared_base)
+AT_DOWNLOAD = {"fedbuff": "per_node", "fedbuff_at_download": "shared_base"}
+
+
+def _trains_at_download(sim):
+    return sim.algorithm.name.startswith("fedbuff") and sim.algorithm.trains_at_download(sim.context)
 
 
 def _flat(params):
@@ -115,11 +125,13 @@ SPEEDS = {"distinct": [1.0, 1.3, 0.7, 2.1, 1.7, 0.9], "tied": [1.0, 2.0, 1.0, 2.
 
 
 @pytest.mark.parametrize("speeds", list(SPEEDS))
-@pytest.mark.parametrize("rule", ["fedasync", "fedbuff"])
+@pytest.mark.parametrize("rule", ["fedasync", "fedbuff", "fedbuff_at_download"])
 def test_ticks_equal_the_sequential_event_simulation(x64, speeds, rule):
     algorithm = (ej.FedAsync(staleness="polynomial", log_events=True) if rule == "fedasync"
                  else ej.FedBuff(buffer_size=4, log_events=True))
-    sim, xs, ys = _sim(algorithm, SPEEDS[speeds])
+    sim, xs, ys = _sim(algorithm, SPEEDS[speeds], execution=AT_DOWNLOAD.get(rule, "auto"))
+    assert _trains_at_download(sim) == (rule == "fedbuff_at_download")
+    rule = rule.removesuffix("_at_download")
     hp = sim.hparams({"client_lr": LR, **({"alpha": 0.7, "staleness_a": 0.5} if rule == "fedasync" else {})})
     state0 = sim.init(jax.random.PRNGKey(0), hp)
     durations = np.asarray(state0.system.busy_until)
@@ -158,14 +170,18 @@ def test_a_cohort_smaller_than_the_ties_spills_into_the_next_tick_with_the_same_
         np.testing.assert_allclose(_flat(b[j][0].server.params), _flat(a[i][0].server.params), rtol=1e-12)
 
 
-def test_an_update_older_than_the_buffer_is_dropped_and_counted(x64):
+@pytest.mark.parametrize("rule", ["fedasync", "fedbuff", "fedbuff_at_download"])
+def test_an_update_older_than_the_buffer_is_dropped_and_counted(x64, rule):
     # node 5 is 20x slower: by its first arrival the server has moved more than 4 versions on
     speeds = [1.0, 1.0, 1.0, 1.0, 1.0, 0.05]
-    sim, xs, ys = _sim(ej.FedAsync(buffer_depth=4, log_events=True), speeds)
+    algorithm = (ej.FedAsync(buffer_depth=4, log_events=True) if rule == "fedasync"
+                 else ej.FedBuff(buffer_size=2, buffer_depth=2, log_events=True))
+    sim, xs, ys = _sim(algorithm, speeds, execution=AT_DOWNLOAD.get(rule, "auto"))
     hp = sim.hparams({"client_lr": LR})
     state0 = sim.init(jax.random.PRNGKey(0), hp)
-    log, models = event_simulation(fedasync_rule(0.6, 0.5), _flat(state0.server.params),
-                                   np.asarray(state0.system.busy_until), xs, ys, until=25, depth=4)
+    reference, depth = (fedasync_rule(0.6, 0.5), 4) if rule == "fedasync" else (fedbuff_rule(2, 1.0), 2)
+    log, models = event_simulation(reference, _flat(state0.server.params),
+                                   np.asarray(state0.system.busy_until), xs, ys, until=25, depth=depth)
     ticks = _ticks(sim, hp, len(models))
     for (state, _), (_, x) in zip(ticks, models):
         np.testing.assert_allclose(_flat(state.server.params), x, rtol=1e-11, atol=1e-13)
@@ -296,10 +312,11 @@ def test_staleness_follows_the_configured_durations(x64):
 
 # ----- windows, per-job durations, bounded concurrency ------------------------------------------
 
-def _trace_sim(algorithm, trace, cohort=None, sizes=SIZES, **system):
+def _trace_sim(algorithm, trace, cohort=None, sizes=SIZES, execution="auto", **system):
     data, xs, ys = make_data(sizes, seed=30)
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
-    sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=max(sizes), steps=STEPS),
+    sim = ej.Simulation(model, data, algorithm,
+                        ej.LocalTraining(batch_size=max(sizes), steps=STEPS, execution=execution),
                         clients_per_round=cohort,
                         system=SystemModel(profiles=_profiles([1.0] * len(sizes)), durations=trace, **system))
     return sim, xs, ys
@@ -312,11 +329,12 @@ def _events(metrics):
             for i, s in zip(row_i, row_s) if i >= 0]
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_random_schedules_equal_the_sequential_event_simulation(x64, seed):
     """Property test: random small populations, per-job duration traces with many ties (small
-    integers), random cohort caps, FedAsync or FedBuff, windows of 1, 3 or 64 arrivals: the
-    applied events and the server model equal the plain event loop's."""
+    integers), random cohort caps, FedAsync or FedBuff (trained at arrival, or at download for
+    seeds 6 and 8), windows of 1, 3 or 64 arrivals: the applied events and the server model equal
+    the plain event loop's."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(3, 8))
     sizes = [int(v) for v in rng.integers(3, 7, size=n)]
@@ -326,7 +344,10 @@ def test_random_schedules_equal_the_sequential_event_simulation(x64, seed):
     k = int(rng.integers(1, n + 1))
     algorithm = (ej.FedAsync(window=window, log_events=True) if seed % 2
                  else ej.FedBuff(buffer_size=k, window=window, log_events=True))
-    sim, xs, ys = _trace_sim(algorithm, trace, cohort=cohort, sizes=sizes)
+    at_download = seed >= 6 and not seed % 2
+    sim, xs, ys = _trace_sim(algorithm, trace, cohort=cohort, sizes=sizes,
+                             execution="shared_base" if at_download else "auto")
+    assert _trains_at_download(sim) == at_download
     hp = sim.hparams({"client_lr": LR, **({"alpha": 0.7} if seed % 2 else {})})
     state = sim.init(jax.random.PRNGKey(0), hp)
     rule = fedasync_rule(0.7, 0.5) if seed % 2 else fedbuff_rule(k, 1.0)
@@ -349,11 +370,12 @@ def test_windows_equal_one_tick_at_a_time_with_bounded_concurrency_markov_availa
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
     system = SystemModel(profiles=ej.system.tiered_profiles(n, seed=1), jitter=True,
                          availability=ej.Availability("markov", mean_on=4, mean_off=2))
-    for algorithm in (ej.FedBuff(buffer_size=3, concurrency=4, log_events=True, staleness_bins=3),
-                      ej.FedAsync(concurrency=6, lag_tolerance=5, log_events=True),
-                      ej.ADPSGD(ej.Topology("ring"), concurrency=5, log_events=True)):
-        sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=2, epochs=1), clients_per_round=2,
-                            system=system)
+    fedbuff = ej.FedBuff(buffer_size=3, concurrency=4, log_events=True, staleness_bins=3)
+    for algorithm, execution in ((fedbuff, "per_node"), (fedbuff, "shared_base"),
+                                 (ej.FedAsync(concurrency=6, lag_tolerance=5, log_events=True), "auto"),
+                                 (ej.ADPSGD(ej.Topology("ring"), concurrency=5, log_events=True), "auto")):
+        sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=2, epochs=1, execution=execution),
+                            clients_per_round=2, system=system)
         hp = sim.hparams({"client_lr": 0.2})
         state0 = sim.init(jax.random.PRNGKey(4), hp)
         chunk, metrics = jax.jit(sim.run_rounds, static_argnums=3)(state0, sim.data, hp, 40)
@@ -364,9 +386,25 @@ def test_windows_equal_one_tick_at_a_time_with_bounded_concurrency_markov_availa
         for name in metrics:
             np.testing.assert_allclose(np.asarray(metrics[name]), np.stack([np.asarray(r[name]) for r in rows]),
                                        rtol=1e-13, atol=1e-15, err_msg=f"{algorithm.name} {name}")
-        for a, b in zip(jax.tree_util.tree_leaves(chunk), jax.tree_util.tree_leaves(state)):
+        for a, b in zip(jax.tree_util.tree_leaves(_meaning(chunk)), jax.tree_util.tree_leaves(_meaning(state))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
         assert np.sum(metrics["participants"]) >= 30
+
+
+def _meaning(state):
+    """The state without the scratch of updates trained at download: the window's model store
+    is numbered within the window, so the queued downloads are compared by the model each
+    took, and the buffer by its filled rows."""
+    server = state.server.extra
+    if not hasattr(getattr(server, "starts", None), "queue"):
+        return state
+    pending, count, filled = server.starts, int(server.starts.queue.count), int(server.rule.count)
+    taken = jax.tree_util.tree_map(lambda m: m[np.asarray(pending.queue.model)[:count]], pending.models)
+    queue = pending.queue._replace(slot=pending.queue.slot[:count], node=pending.queue.node[:count],
+                                   job=pending.queue.job[:count], model=())
+    rows = jax.tree_util.tree_map(lambda r: r[:filled], server.rule.rows)
+    extra = server._replace(starts=pending._replace(models=taken, queue=queue), rule=server.rule._replace(rows=rows))
+    return state._replace(server=state.server._replace(extra=extra))
 
 
 def test_bounded_concurrency_keeps_that_many_nodes_in_flight_and_samples_every_node():
@@ -401,10 +439,40 @@ def test_fedbuff_staleness_exponent_is_traced_and_logged_with_downloads(x64):
 
 
 def test_memory_holds_one_snapshot_per_in_flight_slot_not_a_version_history():
-    sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=3, concurrency=4), np.ones((6, 1)) * np.arange(1, 7)[:, None])
+    sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=3, concurrency=4), np.ones((6, 1)) * np.arange(1, 7)[:, None],
+                           execution="per_node")
     state = sim.init(jax.random.PRNGKey(0), sim.hparams({}))
-    assert state.server.extra.snapshots.models["out"]["w"].shape[0] == 4
+    assert state.server.extra.starts.models["out"]["w"].shape[0] == 4
     assert state.server.extra.rule.rows["out"]["w"].shape[0] == 3
+
+
+def test_updates_trained_at_download_are_kept_as_factors_per_slot():
+    """FedBuff with a factor form: every in-flight slot holds its update as factors (rows x
+    (d_in + d_out), not d_in x d_out), the buffer K of them, and only the models one window's
+    flushes produce are kept; the first downloads are queued at time 0."""
+    sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=3, concurrency=4, window=8),
+                           np.ones((6, 1)) * np.arange(1, 7)[:, None], execution="shared_base")
+    state = sim.init(jax.random.PRNGKey(0), sim.hparams({}))
+    pending, d_in, d_out = state.server.extra.starts, *state.server.params["out"]["w"].shape
+    rows = max(SIZES)   # a first layer's rows are the node's samples (M = 6 <= S*B = 12 rows visited)
+    assert pending.factors["out"].a.shape == (4, rows, d_in) and pending.factors["out"].g.shape == (4, rows, d_out)
+    assert state.server.extra.rule.rows["out"].a.shape == (3, rows, d_in)
+    assert jax.tree_util.tree_leaves(pending.models)[0].shape[0] == (8 + 3 - 1) // 3 + 1
+    assert int(pending.queue.count) == 4
+    assert sorted(np.asarray(pending.queue.node).tolist()) == sorted(np.asarray(state.system.events.slot_node).tolist())
+
+
+@pytest.mark.parametrize("rule", ["fedasync", "fedbuff", "fedbuff_at_download"])
+def test_bytes_down_count_every_download(x64, rule):
+    """Every arrival restarts its node (all in flight, always online, distinct finish times), so
+    each tick downloads as many models as it receives, whatever the window."""
+    trace = np.random.default_rng(7).uniform(1.0, 9.0, size=(6, 5))
+    algorithm = ej.FedAsync() if rule == "fedasync" else ej.FedBuff(buffer_size=2)
+    sim, _, _ = _trace_sim(algorithm, trace, execution=AT_DOWNLOAD.get(rule, "auto"))
+    hp = sim.hparams({"client_lr": LR})
+    _, metrics = jax.jit(sim.run_rounds, static_argnums=3)(sim.init(jax.random.PRNGKey(0), hp), sim.data, hp, 30)
+    assert np.all(np.asarray(metrics["bytes_up"]) > 0)
+    np.testing.assert_array_equal(np.asarray(metrics["bytes_down"]), np.asarray(metrics["bytes_up"]))
 
 
 def test_asynchronous_options_are_checked_before_compute():

@@ -58,12 +58,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.download_training import first_downloads, queue_restarts, train_queue
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
+from edgejax.core.shared_base import LayerFactors, factor_sum
 from edgejax.core.state import NodeState, ServerState, SimState, tree_take
 from edgejax.core.validation import Range, check_choice
 from edgejax.data.host import cohort_data
 from edgejax.models.base import num_bytes
+from edgejax.system.events import restart_ticks
 
 STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 FEDBUFF_AGGREGATIONS = ("mean", "flsim")
@@ -83,10 +86,12 @@ class Snapshots(NamedTuple):
 
 
 class AsyncServer(NamedTuple):
-    """The server's ``version`` (int32), the ``Snapshots`` and the rule's own state."""
+    """The server's ``version`` (int32), where the in-flight updates stand (``starts``: the
+    ``Snapshots`` they train from at arrival, or FedBuff's ``Pending`` updates trained at
+    download) and the rule's own state."""
 
     version: jax.Array
-    snapshots: Snapshots
+    starts: Any
     rule: Any = ()
 
 
@@ -193,7 +198,7 @@ def tick_slots(values, win, size, k, fill):
 def tick_restart_sum(values, win, size):
     """Per-tick sums of per-restart ``values``."""
     r = jnp.arange(values.shape[0])
-    tick = jnp.searchsorted(win.restarts_end[:size], r, side="right")
+    tick = restart_ticks(win, r)
     valid = r < win.n_restarts
     return jax.ops.segment_sum(jnp.where(valid, values, 0), jnp.where(valid, tick, size), num_segments=size)
 
@@ -288,6 +293,11 @@ class _AsyncServerAlgorithm:
     def init_rule(self, params):
         return ()
 
+    def start_downloads(self, ctx, server: ServerState, events, train, hparams) -> ServerState:
+        """The downloads at time 0, once the event clock has started (``events``); the arrival-time
+        training needs nothing more."""
+        return server
+
     def eval_models(self, state: SimState):
         return state.server.params, None
 
@@ -300,8 +310,8 @@ class _AsyncServerAlgorithm:
     def window_step(self, ctx, state: SimState, data, win, hparams):
         """Train the window's arrivals, apply them in order; ``(state, per-tick metrics)``."""
         server = state.server.extra
-        entries = server.snapshots.slot_entry[win.slot]
-        downloaded = server.snapshots.version[entries]
+        entries = server.starts.slot_entry[win.slot]
+        downloaded = server.starts.version[entries]
         events, ticks = win.node.shape[0], win.time.shape[0]
         dtype = jnp.result_type(float)
 
@@ -333,7 +343,7 @@ class _AsyncServerAlgorithm:
 
         out0 = {"applied": jnp.zeros((events,), bool), "fresh": jnp.zeros((events,), bool),
                 "staleness": jnp.zeros((events,), jnp.int32), "weight": jnp.zeros((events,), dtype)}
-        carry = (state.server.params, server.version, server.rule, server.snapshots, out0,
+        carry = (state.server.params, server.version, server.rule, server.starts, out0,
                  jnp.zeros((ticks,), jnp.int32))
         (x, version, rule, snaps, out, versions), loss, steps = run_window(
             ctx, data, state.nodes.rng, win, starts, hparams, train_group_size(ctx, self.window), apply_event,
@@ -485,21 +495,119 @@ class FedBuff(_AsyncServerAlgorithm):
         rows = jax.tree_util.tree_map(lambda p: jnp.zeros((self.buffer_size, *p.shape), p.dtype), params)
         return Buffer(rows, jnp.zeros((), jnp.int32))
 
-    def flush(self, x, rows, hparams):
-        """The server step from a full buffer: ``x + eta mean(rows)`` (``flsim``: the sum)."""
+    def flush(self, x, total, hparams):
+        """The server step from a full buffer whose updates sum to ``total``: ``x + eta total / K``
+        (the paper's mean; ``flsim``: ``x + eta total``)."""
         scale = hparams["server_lr"] / (self.buffer_size if self.aggregation == "mean" else 1)
-        return jax.tree_util.tree_map(lambda a, r: a + scale * jnp.sum(r, axis=0), x, rows)
+        return jax.tree_util.tree_map(lambda a, t: a + scale * t, x, total)
 
-    def apply(self, x, y, start, staleness, rule, hparams):
+    def weight(self, staleness, hparams):
+        """The staleness weight ``(1 + s)^-e`` (``flsim``: times ``2^e``)."""
         exponent = hparams["staleness_exponent"]
         weight = (1.0 + staleness.astype(jnp.result_type(float))) ** -exponent
-        if self.aggregation == "flsim":
-            weight = weight * 2.0 ** exponent
+        return weight * 2.0 ** exponent if self.aggregation == "flsim" else weight
+
+    def apply(self, x, y, start, staleness, rule, hparams):
+        weight = self.weight(staleness, hparams)
         rows = jax.tree_util.tree_map(lambda r, a, b: r.at[rule.count].set(weight * (a - b)), rule.rows, y, start)
         count = rule.count + 1
         full = count == self.buffer_size
-        x = jax.lax.cond(full, lambda a: self.flush(a, rows, hparams), lambda a: a, x)
+        total = lambda rows: jax.tree_util.tree_map(lambda r: jnp.sum(r, axis=0), rows)  # noqa: E731
+        x = jax.lax.cond(full, lambda a: self.flush(a, total(rows), hparams), lambda a: a, x)
         return x, full, Buffer(rows, jnp.where(full, 0, count)), weight
+
+    # ----- updates trained at download (edgejax.algorithms.download_training) ------------------
+    def trains_at_download(self, ctx) -> bool:
+        """Whether the updates are trained at download and kept as factors: when the execution
+        has a factor form (``shared_base`` chosen, no weight decay)."""
+        return getattr(ctx.execution, "node_factors", None) is not None
+
+    def _group(self, ctx) -> int:
+        """Downloads trained together: the K between two flushes take the same model."""
+        return max(1, min(self.buffer_size, self.slots(ctx.num_nodes)))
+
+    def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
+        if not self.trains_at_download(ctx):
+            return super().init(ctx, global_params, node_rng, hparams)
+        server = AsyncServer(jnp.zeros((), jnp.int32), (), ())   # filled by start_downloads
+        return NodeState(rng=node_rng), ServerState(global_params, (), server)
+
+    def start_downloads(self, ctx, server: ServerState, events, train, hparams) -> ServerState:
+        """With updates trained at download: every slot's first download queued, and the buffer
+        holding K updates as factors."""
+        if not self.trains_at_download(ctx):
+            return server
+        window = max(self.window, ctx.cohort_size)
+        models = (window + self.buffer_size - 1) // self.buffer_size + 1   # the most flushes in a window, + 1
+        pending = first_downloads(ctx, server.params, train, events, self._group(ctx), models, hparams)
+        rows = jax.tree_util.tree_map(lambda f: jnp.zeros((self.buffer_size, *f.shape[1:]), f.dtype), pending.factors)
+        return server._replace(extra=AsyncServer(server.extra.version, pending,
+                                                 Buffer(rows, jnp.zeros((), jnp.int32))))
+
+    def window_step(self, ctx, state: SimState, data, win, hparams):
+        """Arrival-time training (``_AsyncServerAlgorithm``), or: train the queued downloads,
+        apply the window's arrivals from their stored factors, queue its downloads.
+
+        Which arrivals apply, their staleness and where the flushes fall depend only on the
+        schedule, so they are found first by a loop over scalars; the model work is then one
+        GEMM per layer and flush, with the flush's K rows gathered from the buffer carried in
+        and the window's applied arrivals, in order."""
+        if not self.trains_at_download(ctx):
+            return super().window_step(ctx, state, data, win, hparams)
+        server, k = state.server.extra, self.buffer_size
+        pending = train_queue(ctx, data.train, state.nodes.rng, server.starts, self._group(ctx), hparams)
+        downloaded = pending.version[win.slot]
+        events, ticks = win.node.shape[0], win.time.shape[0]
+        dtype = jnp.result_type(float)
+        count0 = server.rule.count
+
+        def decide(e, carry):   # scalars only: which arrivals apply, at which buffer position
+            applied, out, tick_flushes = carry
+            flushes = (count0 + applied) // k
+            staleness = server.version + flushes - downloaded[e]
+            fresh = jnp.asarray(True) if self.buffer_depth is None else staleness < self.buffer_depth
+            applies = fresh if self.lag_tolerance is None else fresh & (staleness <= self.lag_tolerance)
+            out = {"applied": out["applied"].at[e].set(applies), "fresh": out["fresh"].at[e].set(fresh),
+                   "staleness": out["staleness"].at[e].set(staleness),
+                   "weight": out["weight"].at[e].set(jnp.where(applies, self.weight(staleness, hparams), jnp.nan)),
+                   "row": out["row"].at[applied].set(jnp.where(applies, e, out["row"][applied]))}
+            applied = applied + applies.astype(jnp.int32)
+            return applied, out, tick_flushes.at[win.tick[e]].set((count0 + applied) // k)
+
+        out0 = {"applied": jnp.zeros((events,), bool), "fresh": jnp.zeros((events,), bool),
+                "staleness": jnp.zeros((events,), jnp.int32), "weight": jnp.zeros((events,), dtype),
+                "row": jnp.zeros((events,), jnp.int32)}
+        applied, out, tick_flushes = jax.lax.fori_loop(0, win.n_events, decide,
+                                                       (jnp.zeros((), jnp.int32), out0, jnp.zeros((ticks,), jnp.int32)))
+        total = count0 + applied
+        n_flushes = total // k
+
+        def rows_at(positions):   # buffer positions: the rows carried in, then the window's arrivals
+            carried = positions < count0
+            e = out["row"][jnp.clip(positions - count0, 0, events - 1)]
+            slot, weight = win.slot[e], out["weight"][e]
+            old = jnp.clip(positions, 0, k - 1)
+            return {name: LayerFactors(
+                jnp.where(carried[:, None, None], buf.a[old], pending.factors[name].a[slot]),
+                jnp.where(carried[:, None, None], buf.g[old], weight[:, None, None] * pending.factors[name].g[slot]))
+                for name, buf in server.rule.rows.items()}
+
+        def flush(f, carry):
+            x, models = carry
+            x = self.flush(x, factor_sum(rows_at(f * k + jnp.arange(k))), hparams)
+            return x, jax.tree_util.tree_map(lambda m, p: m.at[f + 1].set(p), models, x)
+
+        models = jax.tree_util.tree_map(lambda m, p: m.at[0].set(p), pending.models, state.server.params)
+        x, models = jax.lax.fori_loop(0, n_flushes, flush, (state.server.params, models))
+        buffer = Buffer(rows_at(n_flushes * k + jnp.arange(k)), total - n_flushes * k)
+        empty = jnp.arange(ticks) >= jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
+        tick_flushes = jnp.where(empty, n_flushes, tick_flushes)   # ticks without arrivals only end a window
+        versions = server.version + tick_flushes
+        pending = queue_restarts(pending._replace(models=models), win, tick_flushes, versions)
+        version = server.version + n_flushes
+        new_state = state._replace(server=state.server._replace(params=x, extra=AsyncServer(version, pending, buffer)))
+        loss, steps = pending.loss[win.slot], pending.steps[win.slot]
+        return new_state, self._metrics(ctx, win, loss, steps, out, downloaded, versions)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,10 +116,13 @@ class PerNode:
 class SharedBase:
     """The ``shared_base`` strategy (``edgejax.core.shared_base``): ``delta`` from a shared start,
     and ``train`` from every node's own start where the algorithm allows it (``Needs.factor_starts``:
-    the per-node factor form, each model formed once at the end)."""
+    the per-node factor form, each model formed once at the end).  ``node_factors`` (where the
+    changes have a factor form: no weight decay or pulls) trains nodes from a shared start
+    and returns their changes as ``LayerFactors`` (asynchronous updates kept until they arrive)."""
 
     local_delta: Callable | None
     own_deltas: Callable | None = None
+    node_factors: Callable | None = None
     name: str = "shared_base"
 
     def train(self, start, cohort, keys, budget, hparams, node_args=None, opt_state=None, mask=None) -> LocalResult:
@@ -184,8 +187,10 @@ def build_execution(model: Model, spec: LocalTraining, max_steps: int, shuffles:
         return spec.execution.build(model, spec, max_steps, shuffles, group_size, needs)
     if resolve_execution(model, spec, max_steps, needs) == "shared_base":
         if needs.start == "own":
+            factors = None if spec.weight_decay or needs.terms else make_shared_base_delta(
+                model, spec, max_steps, shuffles, node_factors=True)
             return SharedBase(None, make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms,
-                                                           own_starts=True))
+                                                           own_starts=True), factors)
         return SharedBase(make_shared_base_delta(model, spec, max_steps, shuffles, terms=needs.terms))
     update = make_local_update(model, spec, max_steps, shuffles, needs.terms)
     return PerNode(update, group_size, shared_start=needs.start == "shared", mesh=mesh)

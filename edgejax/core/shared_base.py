@@ -59,7 +59,7 @@ training), uses ``per_node``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,26 @@ from edgejax.core.local import LocalTerm, LocalTraining, batch_positions, node_s
 from edgejax.models.base import Model
 
 SGD_FAMILY = ("sgd", "momentum", "nesterov")
+
+
+class LayerFactors(NamedTuple):
+    """Changes of one dense layer in factor form: inputs ``a [..., R, d_in]`` and scaled output
+    gradients ``g [..., R, d_out]``; one node's change is ``w: a^T g``, ``b: 1^T g`` (the learning
+    rate and step coefficients are folded into ``g``).  Leading axes index nodes (or buffered
+    updates).  A model's changes are ``{layer name: LayerFactors}``."""
+
+    a: jax.Array
+    g: jax.Array
+
+
+def factor_sum(factors: dict) -> dict:
+    """The summed change of every node in ``factors``: ``{layer: {w: A^T G, b: 1^T G}}`` with the
+    rows of all leading axes stacked (one GEMM per layer)."""
+    total = {}
+    for name, f in factors.items():
+        a, g = f.a.reshape(-1, f.a.shape[-1]), f.g.reshape(-1, f.g.shape[-1])
+        total[name] = {"w": a.T @ g, "b": jnp.sum(g, axis=0)}
+    return total
 
 
 def shared_base_unsupported(model: Model, spec: LocalTraining) -> str | None:
@@ -152,13 +172,15 @@ def _step_coefficients(name: str, hparams: dict, max_steps: int, dtype, e=None) 
 
 def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, shuffles: int,
                            sample_space: bool | None = None, terms: tuple[LocalTerm, ...] = (),
-                           own_starts: bool = False) -> Callable:
+                           own_starts: bool = False, node_factors: bool = False) -> Callable:
     """The ``shared_base`` strategy: ``local_delta(x, cohort, keys, budget, p, hparams)``.
 
     Returns ``(sum_i p_i (x_i - x), loss [K], steps [K])`` like ``make_per_node_delta``,
     computed as in the module docstring.  Raises ``ValueError`` where that is not exact.
     ``own_starts``: ``x`` holds every node's own start ``[K, ...]`` and the result is every
-    node's own change ``[K, ...]`` (``p`` is ignored).
+    node's own change ``[K, ...]`` (``p`` is ignored).  ``node_factors``: from the shared
+    ``x``, every node's own change as ``LayerFactors`` per layer (``p`` is ignored; no weight decay
+    or pulls, whose change has a dense ``(beta - 1) W`` part).
 
     ``sample_space``: for the first layer, whose inputs are the node's own samples, keep
     the history as sample slots and precompute ``X_i W`` and the Gram ``X_i X_i^T`` over
@@ -169,6 +191,8 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
     (proximal pulls only, with local ``sgd``).
     """
     reason = shared_base_unsupported(model, spec) or terms_unsupported(spec, terms)
+    if reason is None and node_factors and (spec.weight_decay or terms):
+        reason = "weight decay and proximal pulls add a dense part to every node's change (no factor form)"
     if reason is not None:
         raise ValueError(f"execution='shared_base' cannot be exact here: {reason}")
     from edgejax.models.zoo import ACTIVATIONS
@@ -266,8 +290,9 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         # aggregation: -lr sum_i p_i sum_t c(n_i - t) A_{i,t}^T G_{i,t}, one GEMM per layer
         # (own starts: each node's own -lr sum_t c(n_i - t) A_{i,t}^T G_{i,t}, with p_i = 1)
         final = coef[jnp.clip(n_steps[:, None] - jnp.arange(S)[None, :], 0, S)]  # [K, S]
-        present = (p > 0) if not own_starts else jnp.ones((K,), bool)
-        weight = p.astype(dtype) if not own_starts else jnp.ones((K,), dtype)
+        per_node = own_starts or node_factors
+        present = jnp.ones((K,), bool) if per_node else (p > 0)
+        weight = jnp.ones((K,), dtype) if per_node else p.astype(dtype)
         scale = jnp.where(present[:, None], weight[:, None] * final, 0)[:, :, None, None]
         # the shared part: sum_i p_i (beta(n_i) - 1) W (zero without weight decay)
         shrinks = jnp.where(present, weight * (_base_scale(e, lam, mu, n_steps.astype(dtype)) - 1), 0)
@@ -279,20 +304,25 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
             combine = lambda ga, gg: ga.reshape(-1, ga.shape[-1]).T @ gg.reshape(-1, gg.shape[-1])  # noqa: E731
             shrink = lambda w: jnp.sum(shrinks) * w  # noqa: E731
             total = lambda g: jnp.sum(g.reshape(-1, g.shape[-1]), axis=0)  # noqa: E731
-        delta = {}
+        factors = []
         for l, layer in enumerate(stack):
-            b = bias[l][:, 0] if own_starts else bias[l]
             if l == 0 and samples:  # X^T (G scattered onto the sample slots), over K*M rows
                 onehot = jax.nn.one_hot(hist_a[0].reshape(K, S * B), M, dtype=dtype)
                 gs = (hist_g[0] * scale).reshape(K, S * B, layer.d_out)
                 gsum = jnp.where(present[:, None, None], jnp.einsum("kjm,kje->kme", onehot, gs), 0)
-                xm = jnp.where(present[:, None, None], X, 0)
-                delta[layer.name] = {"w": shrink(W[0]) - lr * combine(xm, gsum), "b": shrink(b) - lr * total(gsum)}
+                factors.append((jnp.where(present[:, None, None], X, 0), gsum))
                 continue
             ga = jnp.where(present[:, None, None, None], hist_a[l], 0).reshape(K, S * B, layer.d_in)
             gg = jnp.where(present[:, None, None, None], hist_g[l] * scale, 0).reshape(K, S * B, layer.d_out)
-            delta[layer.name] = {"w": shrink(W[l]) - lr * combine(ga, gg), "b": shrink(b) - lr * total(gg)}
+            factors.append((ga, gg))
         steps = n_steps.astype(jnp.float32)
-        return delta, loss_sum / jnp.maximum(steps, 1.0), steps
+        loss = loss_sum / jnp.maximum(steps, 1.0)
+        if node_factors:
+            return {layer.name: LayerFactors(a, -lr * g) for layer, (a, g) in zip(stack, factors)}, loss, steps
+        delta = {}
+        for l, (layer, (a, g)) in enumerate(zip(stack, factors)):
+            b = bias[l][:, 0] if own_starts else bias[l]
+            delta[layer.name] = {"w": shrink(W[l]) - lr * combine(a, g), "b": shrink(b) - lr * total(g)}
+        return delta, loss, steps
 
     return local_delta

@@ -217,6 +217,8 @@ class Simulation:
             system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
                                               self.data.train.count, self.context.payload, hparams,
                                               self.algorithm.concurrency, self.cohort_size)
+            if hasattr(self.algorithm, "start_downloads"):   # optional: the first downloads, once the clock started
+                server = self.algorithm.start_downloads(self.context, server, system.events, self.data.train, hparams)
         return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server, system=system,
                         network=network)
 

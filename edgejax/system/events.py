@@ -71,7 +71,8 @@ class Window(NamedTuple):
     ``time``, ``elapsed_s`` (since the previous tick), ``energy_j``, ``events_end`` and
     ``restarts_end`` (cumulative counts: tick t owns arrivals ``events_end[t-1]..events_end[t]``
     and restarts likewise).  Per restart ``[C]``: ``restart_slot``, ``restart_node`` (who
-    downloads the current model at the end of its tick)."""
+    downloads the current model at the end of its tick) and ``restart_job`` (that node's job
+    number)."""
 
     n_events: jax.Array
     n_ticks: jax.Array
@@ -88,6 +89,15 @@ class Window(NamedTuple):
     restarts_end: jax.Array
     restart_slot: jax.Array
     restart_node: jax.Array
+    restart_job: jax.Array
+
+
+def restart_ticks(win: Window, r):
+    """The window tick each restart ``r`` belongs to (``restarts_end`` is cumulative over the
+    window's ``n_ticks`` ticks; the rows past them are not)."""
+    ends = win.restarts_end[:win.time.shape[0]]
+    ends = jnp.where(jnp.arange(ends.shape[0]) < win.n_ticks, ends, jnp.iinfo(ends.dtype).max)
+    return jnp.searchsorted(ends, r, side="right")
 
 
 def base_durations(profiles: DeviceProfiles, steps, batch_size, payload) -> jax.Array:
@@ -181,7 +191,8 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
         tick=jnp.zeros((b + k,), jnp.int32), position=jnp.zeros((b + k,), jnp.int32),
         time=jnp.zeros((b + 1,), dtype), elapsed_s=jnp.zeros((b + 1,), dtype), energy_j=jnp.zeros((b + 1,), dtype),
         events_end=jnp.zeros((b + 1,), jnp.int32), restarts_end=jnp.zeros((b + 1,), jnp.int32),
-        restart_slot=jnp.zeros((c,), jnp.int32), restart_node=jnp.zeros((c,), jnp.int32))
+        restart_slot=jnp.zeros((c,), jnp.int32), restart_node=jnp.zeros((c,), jnp.int32),
+        restart_job=jnp.zeros((c,), jnp.int32))
 
     def next_tick(carry):
         """``(time, arrivals, whether the tick can be scheduled in this window)``."""
@@ -252,6 +263,7 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
                              pending=st.pending.at[kept].set(slot))
             win = win._replace(restart_slot=win.restart_slot.at[r].set(slot),
                                restart_node=win.restart_node.at[r].set(node),
+                               restart_job=win.restart_job.at[r].set(job),
                                n_restarts=r + ok.astype(jnp.int32))
             return st, win, kept + (~ok).astype(jnp.int32), jnp.where(ok, jnp.minimum(horizon, finish), horizon)
 
