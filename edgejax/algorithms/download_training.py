@@ -81,39 +81,32 @@ def group_table(queue: Queue, group: int):
 
 def train_queue(ctx, train, node_rng, pending: Pending, group: int, hparams) -> Pending:
     """Train the queued downloads: groups of at most ``group`` downloads of one model (the queue
-    is in download order, so those are consecutive), each group from its model through
-    ``node_factors`` and ``V`` groups at once (``vmap``; ``V`` = ``Pending.models``' length);
-    node ``i``'s job ``j`` uses the key ``fold_in(node_rng[i], j)``.  Returns the updates stored
-    and the queue empty."""
+    is in download order, so those are consecutive), each group from its model in one
+    ``node_factors`` call; node ``i``'s job ``j`` uses the key ``fold_in(node_rng[i], j)``.
+    Returns the updates stored and the queue empty."""
     q = pending.queue
     slots = q.slot.shape[0]
-    per_call = 1
     table, n_groups = group_table(q, group)
-    train_groups = jax.vmap(ctx.execution.node_factors, in_axes=(0, 0, 0, 0, None, None))
 
-    def chunk(carry):
-        first, pending = carry
-        g = first + jnp.arange(per_call)
-        rows = table[jnp.minimum(g, slots - 1)]                       # [V, group]
-        member = (rows < slots) & (g < n_groups)[:, None]
+    def one_group(g, pending):
+        rows = table[g]
+        member = rows < slots
         rows = jnp.minimum(rows, slots - 1)
         nodes = q.node[rows]
-        keys = jax.vmap(jax.vmap(jax.random.fold_in))(node_rng[nodes], q.job[rows])
+        keys = jax.vmap(jax.random.fold_in)(node_rng[nodes], q.job[rows])
         budget = jnp.where(member, ctx.local.node_steps(train.count[nodes]), 0).astype(jnp.int32)
-        cohort = jax.tree_util.tree_map(lambda a: a.reshape(per_call, group, *a.shape[1:]),
-                                        cohort_data(train, nodes.reshape(-1), full=False))
-        factors, loss, steps = train_groups(tree_take(pending.models, q.model[rows[:, 0]]), cohort, keys, budget,
-                                            None, hparams)
-        at = jnp.where(member, q.slot[rows], slots).reshape(-1)
+        factors, loss, steps = ctx.execution.node_factors(tree_take(pending.models, q.model[rows[0]]),
+                                                          cohort_data(train, nodes, full=False), keys, budget,
+                                                          None, hparams)
+        at = jnp.where(member, q.slot[rows], slots)
 
         def put(store, new):
-            return store.at[at].set(new.reshape(-1, *new.shape[2:]).astype(store.dtype), mode="drop")
+            return store.at[at].set(new.astype(store.dtype), mode="drop")
 
-        pending = pending._replace(factors=jax.tree_util.tree_map(put, pending.factors, factors),
-                                   loss=put(pending.loss, loss), steps=put(pending.steps, steps))
-        return first + per_call, pending
+        return pending._replace(factors=jax.tree_util.tree_map(put, pending.factors, factors),
+                                loss=put(pending.loss, loss), steps=put(pending.steps, steps))
 
-    _, pending = jax.lax.while_loop(lambda c: c[0] < n_groups, chunk, (jnp.zeros((), jnp.int32), pending))
+    pending = jax.lax.fori_loop(0, n_groups, one_group, pending)
     return pending._replace(queue=q._replace(count=jnp.zeros((), jnp.int32)))
 
 
