@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -97,7 +98,7 @@ def pad_nodes(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]) -> Node
     for i, idx in enumerate(parts):
         xs[i, : len(idx)] = x[idx]
         ys[i, : len(idx)] = y[idx]
-    return NodeData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(counts))
+    return NodeData(*jax.device_put((xs, ys, counts)))   # a copy to the device: jnp.asarray compiles a program
 
 
 def pad_test(x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> TestData:
@@ -108,7 +109,7 @@ def pad_test(x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> TestData:
     ys = np.zeros((size, *y.shape[1:]), dtype=_labels(y))
     xs[:t], ys[:t] = x, y
     mask = np.arange(size) < t
-    return TestData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(mask, dtype=jnp.float32))
+    return TestData(*jax.device_put((xs, ys, mask.astype(np.float32))))
 
 
 def _split_local_test(parts, fraction: float, rng: np.random.Generator):
