@@ -17,13 +17,13 @@ Layout (the data path every algorithm reads):
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from flax import struct
 
 from edgejax.data.datasets import Dataset
 from edgejax.data.partition import Natural, partition, partition_summary
@@ -55,15 +55,20 @@ class TestData(NamedTuple):
     mask: jnp.ndarray
 
 
-@struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class FederatedData:
     """Everything a simulation reads: node train splits, node test splits, a global test set."""
 
     train: NodeData
     local_test: NodeData
     test: TestData
-    num_classes: int = struct.field(pytree_node=False)
-    name: str = struct.field(pytree_node=False)
+    num_classes: int = dataclasses.field(metadata={"static": True})
+    name: str = dataclasses.field(metadata={"static": True})
+
+    def replace(self, **changes) -> "FederatedData":
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def num_nodes(self) -> int:
