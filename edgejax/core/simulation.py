@@ -290,7 +290,7 @@ class Simulation:
         active_rounds = num_rounds if active_rounds is None else active_rounds
         if self.algorithm.traits().asynchronous:   # windows of ticks, same rows (edgejax.core.event_loop)
             return run_ticks(self, state, data, hparams, num_rounds, active_rounds)
-        metric_shapes = jax.eval_shape(self.round, state, data, hparams)[1]
+        metric_shapes = self._traced_round.eval_shape(state, data, hparams)[1]
         missing = [name for name in REQUIRED_METRICS if name not in metric_shapes]
         if missing:
             raise TypeError(f"{self.algorithm.name}.round must report the metrics {list(REQUIRED_METRICS)}; "
@@ -300,7 +300,7 @@ class Simulation:
             def skip(s):
                 return s, jax.tree_util.tree_map(skipped_metric, metric_shapes)
 
-            return jax.lax.cond(i < active_rounds, lambda s: self.round(s, data, hparams), skip, st)
+            return jax.lax.cond(i < active_rounds, lambda s: self._traced_round(s, data, hparams), skip, st)
 
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
@@ -336,6 +336,12 @@ class Simulation:
         check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size,
                       ranges=dict(self.algorithm.traits().ranges))
         return sweep_arrays(self, rounds, hparams, seeds)
+
+    @functools.cached_property
+    def _traced_round(self):
+        """``round`` under ``jax.jit``, so that ``run_rounds`` traces it once: the metric shapes
+        and the scan's body share the cached trace (XLA inlines the call)."""
+        return jax.jit(self.round)
 
     @functools.cached_property
     def _jit_chunk(self):
