@@ -38,7 +38,7 @@ ALGORITHM_PARTS = ("name", "traits", "payload", "default_hparams", "init", "roun
 REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
 # an asynchronous algorithm runs windows of the event clock (edgejax.core.event_loop) instead of rounds
 ASYNC_PARTS = ("slots", "check_nodes", "window", "window_step")
-# init compiles faster on XLA:CPU without its fusion emitters (W1: 2.4 s instead of 3.0 s,
+# init compiles faster on XLA:CPU without its fusion emitters (W1: 2.3-2.4 s instead of 2.6-3.0 s,
 # benchmarks/results/startup-cpu.md) and gives the same bits; it runs once, so its speed does not matter
 INIT_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
