@@ -24,6 +24,29 @@ def data():
     return make_data([5, 3, 6, 2, 4, 7], dtype=np.float32, seed=11)[0]
 
 
+def test_init_has_the_bits_of_a_plain_jitted_init(data):
+    """The init program's compiler options (no fusion emitters on a CPU) change no bit."""
+    sim = _sim(data)
+    hp, key = sim.hparams(), jax.random.PRNGKey(3)
+    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b, equal_nan=True),
+                                  sim._jit_init(key, hp), jax.jit(sim.init)(key, hp))
+    assert jax.tree_util.tree_all(same)
+
+
+def test_a_run_traces_the_algorithms_round_once(data):
+    sim = _sim(data)
+    algorithm, calls = sim.algorithm, []
+    original = type(algorithm).round
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(algorithm, *args, **kwargs)
+
+    object.__setattr__(algorithm, "round", counting)
+    sim.run(12, eval_every=5)
+    assert len(calls) == 1
+
+
 def test_run_compiles_the_round_chunk_once(data):
     sim = _sim(data)
     traces = []

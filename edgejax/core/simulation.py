@@ -38,6 +38,9 @@ ALGORITHM_PARTS = ("name", "traits", "payload", "default_hparams", "init", "roun
 REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
 # an asynchronous algorithm runs windows of the event clock (edgejax.core.event_loop) instead of rounds
 ASYNC_PARTS = ("slots", "check_nodes", "window", "window_step")
+# init compiles faster on XLA:CPU without its fusion emitters (W1: 2.3-2.4 s instead of 2.6-3.0 s,
+# benchmarks/results/startup-cpu.md) and gives the same bits; it runs once, so its speed does not matter
+INIT_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -292,7 +295,7 @@ class Simulation:
         active_rounds = num_rounds if active_rounds is None else active_rounds
         if self.algorithm.traits().asynchronous:   # windows of ticks, same rows (edgejax.core.event_loop)
             return run_ticks(self, state, data, hparams, num_rounds, active_rounds)
-        metric_shapes = jax.eval_shape(self.round, state, data, hparams)[1]
+        metric_shapes = self._traced_round.eval_shape(state, data, hparams)[1]
         missing = [name for name in REQUIRED_METRICS if name not in metric_shapes]
         if missing:
             raise TypeError(f"{self.algorithm.name}.round must report the metrics {list(REQUIRED_METRICS)}; "
@@ -302,7 +305,7 @@ class Simulation:
             def skip(s):
                 return s, jax.tree_util.tree_map(skipped_metric, metric_shapes)
 
-            return jax.lax.cond(i < active_rounds, lambda s: self.round(s, data, hparams), skip, st)
+            return jax.lax.cond(i < active_rounds, lambda s: self._traced_round(s, data, hparams), skip, st)
 
         return jax.lax.scan(body, state, jnp.arange(num_rounds))
 
@@ -340,6 +343,12 @@ class Simulation:
         return sweep_arrays(self, rounds, hparams, seeds)
 
     @functools.cached_property
+    def _traced_round(self):
+        """``round`` under ``jax.jit``, so that ``run_rounds`` traces it once: the metric shapes
+        and the scan's body share the cached trace (XLA inlines the call)."""
+        return jax.jit(self.round)
+
+    @functools.cached_property
     def _jit_chunk(self):
         """``run_chunk`` compiled; with a ``mesh`` it takes and returns the stored (padded,
         sharded) state and data (``edgejax.parallel.nodes``)."""
@@ -362,12 +371,14 @@ class Simulation:
     @functools.cached_property
     def _jit_init(self):
         """``init`` as one compiled program (eagerly it compiles dozens of tiny ones); with a
-        ``mesh`` it returns the stored state."""
+        ``mesh`` it returns the stored state.  On a CPU it is compiled without XLA's fusion
+        emitters (``INIT_COMPILER_OPTIONS``)."""
+        options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
         if self.mesh is None:
-            return jax.jit(self.init)
+            return jax.jit(self.init, compiler_options=options)
         axis = self.node_axis
         return jax.jit(lambda key, hparams: axis.pad(self.init(key, hparams)),
-                       out_shardings=axis.shardings(self.state_shape))
+                       out_shardings=axis.shardings(self.state_shape), compiler_options=options)
 
     @functools.cached_property
     def stored_data(self) -> FederatedData:

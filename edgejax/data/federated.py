@@ -17,12 +17,13 @@ Layout (the data path every algorithm reads):
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from flax import struct
 
 from edgejax.data.datasets import Dataset
 from edgejax.data.partition import Natural, partition, partition_summary
@@ -54,15 +55,20 @@ class TestData(NamedTuple):
     mask: jnp.ndarray
 
 
-@struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class FederatedData:
     """Everything a simulation reads: node train splits, node test splits, a global test set."""
 
     train: NodeData
     local_test: NodeData
     test: TestData
-    num_classes: int = struct.field(pytree_node=False)
-    name: str = struct.field(pytree_node=False)
+    num_classes: int = dataclasses.field(metadata={"static": True})
+    name: str = dataclasses.field(metadata={"static": True})
+
+    def replace(self, **changes) -> "FederatedData":
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def num_nodes(self) -> int:
@@ -97,7 +103,7 @@ def pad_nodes(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]) -> Node
     for i, idx in enumerate(parts):
         xs[i, : len(idx)] = x[idx]
         ys[i, : len(idx)] = y[idx]
-    return NodeData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(counts))
+    return NodeData(*jax.device_put((xs, ys, counts)))   # a copy to the device: jnp.asarray compiles a program
 
 
 def pad_test(x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> TestData:
@@ -108,7 +114,7 @@ def pad_test(x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> TestData:
     ys = np.zeros((size, *y.shape[1:]), dtype=_labels(y))
     xs[:t], ys[:t] = x, y
     mask = np.arange(size) < t
-    return TestData(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(mask, dtype=jnp.float32))
+    return TestData(*jax.device_put((xs, ys, mask.astype(np.float32))))
 
 
 def _split_local_test(parts, fraction: float, rng: np.random.Generator):
