@@ -221,9 +221,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 f"alternating; edgejax times its second compiled chunk of {updates} ticks (one arrival "
                                 f"each), the loop the same updates {updates + 1}..{2 * updates} of its run. The loop is NumPy (no "
                                 f"torch on this machine). Two values: the configuration was measured twice, A B A B."),
-              "notes": ("One seed. The convergence runs apply one arrival per tick. This CPU may be shared by other "
-                        "processes: see the load averages; compare the ratios, measured side by side, not the "
-                        "absolute times.")}
+              "notes": ("One seed. The convergence runs apply one arrival per tick. Execution (auto): "
+                        + ", ".join(sorted({f"{r['rule']} {r['execution']}" for r in rows}))
+                        + "; with shared_base FedBuff trains every update at download (the K downloads between two "
+                        "flushes together, from their one model) and keeps it as factors until it arrives, while "
+                        "FedAsync, whose model changes at every arrival, trains each arrival from its own "
+                        "downloaded snapshot. This CPU may be shared by other processes: see the load averages; "
+                        "compare the ratios, measured side by side, not the absolute times.")}
     finish_report("asynchronous", report, markdown, RESULTS_DIR, args.quick, wall, load_start)
     print(markdown(report))
     return report

@@ -15,8 +15,13 @@ Those *snapshots* are kept once per tick, shared by all the slots that downloade
 freed when the last of those slots arrives, so memory is O(in-flight x model) and a tick
 costs O(arrivals x model), whatever the staleness.
 
-State: ``server.extra = AsyncServer(version, snapshots, rule)`` with the rule's own state
-(FedBuff's buffer).
+FedBuff with a factor form (``shared_base`` chosen, no weight decay) trains each update at
+download instead (``edgejax.algorithms.download_training``): the K downloads between two
+flushes take one model, so they are trained together from it, and every update waits in its
+slot as low-rank factors; the flush is one GEMM per layer over the K buffered factor rows.
+
+State: ``server.extra = AsyncServer(version, starts, rule)``: the ``Snapshots`` (or FedBuff's
+``Pending`` updates) and the rule's own state (FedBuff's buffer).
 
 Rules (``x``: server model, ``y_i``: node i's trained model, ``Delta_i = y_i - x_{v_i}``,
 ``s``: staleness at application):
