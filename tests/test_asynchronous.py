@@ -541,3 +541,17 @@ def test_a_run_whose_nodes_all_go_offline_says_where_training_stopped():
     with pytest.warns(RuntimeWarning, match=r"no node took part after round 5 of 20"):
         results = sim.run(20, eval_every=10, hparams={"dropout": 1.0})
     assert results.rounds["participants"][:5].tolist() == [1.0] * 5   # the first jobs started at t = 0
+
+
+def test_a_sweep_of_fedbuff_trained_at_download_equals_its_runs(x64):
+    """Points of a vmapped sweep (traced client_lr and staleness_exponent, seeds) give the final
+    evaluation of their own runs: the queue, the factor buffer and the flush loop under vmap."""
+    trace = np.random.default_rng(8).uniform(1.0, 9.0, size=(6, 3))
+    sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=2, concurrency=4), trace, execution="shared_base")
+    assert _trains_at_download(sim)
+    points = {"client_lr": [0.1, 0.3], "staleness_exponent": [0.5, 1.0]}
+    _, final = sim.sweep(20, points, [0, 1])
+    assert float(final["test_loss"][0]) != float(final["test_loss"][1])
+    for i in range(2):
+        run = sim.run(20, seed=i, hparams={k: v[i] for k, v in points.items()}, eval_every=20)
+        np.testing.assert_allclose(float(final["test_loss"][i]), run.evaluations()["test_loss"].iloc[-1], rtol=1e-12)
