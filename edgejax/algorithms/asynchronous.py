@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
-from edgejax.algorithms.download_training import first_downloads, queue_restarts, train_queue
+from edgejax.algorithms.download_training import first_downloads, job_inputs, queue_restarts, train_queue
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
 from edgejax.core.shared_base import LayerFactors, factor_sum
@@ -150,11 +150,15 @@ def train_group(ctx, data, node_rng, win, starts, first, group: int, hparams) ->
     rows = first + jnp.arange(group)
     safe = jnp.minimum(rows, win.node.shape[0] - 1)
     ids = win.node[safe]
-    keys = jax.vmap(jax.random.fold_in)(node_rng[ids], win.job[safe])
-    budget = jnp.where(rows < win.n_events, ctx.local.node_steps(data.train.count[ids]), 0).astype(jnp.int32)
+    keys, budget = job_inputs(ctx, data.train, node_rng, ids, win.job[safe], rows < win.n_events)
     start = starts(safe)
     result = ctx.execution.train(start, cohort_data(data.train, ids, full=False), keys, budget, hparams)
     return Trained(start, result.params, result.loss, result.steps)
+
+
+def ticks_with_arrivals(win):
+    """How many of the window's first ticks have arrivals (the rest only end the window)."""
+    return jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
 
 
 def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_event, tick_end, carry):
@@ -182,8 +186,7 @@ def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_even
 
     init = (carry, jnp.zeros((events,), jnp.result_type(float)), jnp.zeros((events,), jnp.result_type(float)))
     carry, loss, steps = jax.lax.fori_loop(0, (win.n_events + group - 1) // group, one_group, init)
-    with_events = jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
-    carry = jax.lax.fori_loop(with_events, win.n_ticks, tick_end, carry)
+    carry = jax.lax.fori_loop(ticks_with_arrivals(win), win.n_ticks, tick_end, carry)
     return carry, loss, steps
 
 
@@ -306,6 +309,12 @@ class _AsyncServerAlgorithm:
     def eval_models(self, state: SimState):
         return state.server.params, None
 
+    def admits(self, staleness):
+        """``(fresh, applies)``: the update is not older than the kept versions (``buffer_depth``)
+        and, if fresh, within ``lag_tolerance`` (else the node only re-syncs)."""
+        fresh = jnp.asarray(True) if self.buffer_depth is None else staleness < self.buffer_depth
+        return fresh, fresh if self.lag_tolerance is None else fresh & (staleness <= self.lag_tolerance)
+
     # ----- the rule: apply one update ----------------------------------------------------------
     def apply(self, x, y, start, staleness, rule, hparams):
         """``(new x, whether the version advances, new rule state, staleness weight)`` for one arrival."""
@@ -326,8 +335,7 @@ class _AsyncServerAlgorithm:
         def apply_event(e, trained, carry):
             x, version, rule, snaps, out, versions = carry
             staleness = version - downloaded[e]
-            fresh = jnp.asarray(True) if self.buffer_depth is None else staleness < self.buffer_depth
-            applies = fresh if self.lag_tolerance is None else fresh & (staleness <= self.lag_tolerance)
+            fresh, applies = self.admits(staleness)
 
             def apply(args):
                 x, version, rule = args
@@ -517,8 +525,8 @@ class FedBuff(_AsyncServerAlgorithm):
         rows = jax.tree_util.tree_map(lambda r, a, b: r.at[rule.count].set(weight * (a - b)), rule.rows, y, start)
         count = rule.count + 1
         full = count == self.buffer_size
-        total = lambda rows: jax.tree_util.tree_map(lambda r: jnp.sum(r, axis=0), rows)  # noqa: E731
-        x = jax.lax.cond(full, lambda a: self.flush(a, total(rows), hparams), lambda a: a, x)
+        total = jax.tree_util.tree_map(lambda r: jnp.sum(r, axis=0), rows)
+        x = jax.lax.cond(full, lambda a: self.flush(a, total, hparams), lambda a: a, x)
         return x, full, Buffer(rows, jnp.where(full, 0, count)), weight
 
     # ----- updates trained at download (edgejax.algorithms.download_training) ------------------
@@ -570,8 +578,7 @@ class FedBuff(_AsyncServerAlgorithm):
             applied, out, tick_flushes = carry
             flushes = (count0 + applied) // k
             staleness = server.version + flushes - downloaded[e]
-            fresh = jnp.asarray(True) if self.buffer_depth is None else staleness < self.buffer_depth
-            applies = fresh if self.lag_tolerance is None else fresh & (staleness <= self.lag_tolerance)
+            fresh, applies = self.admits(staleness)
             out = {"applied": out["applied"].at[e].set(applies), "fresh": out["fresh"].at[e].set(fresh),
                    "staleness": out["staleness"].at[e].set(staleness),
                    "weight": out["weight"].at[e].set(jnp.where(applies, self.weight(staleness, hparams), jnp.nan)),
@@ -605,7 +612,7 @@ class FedBuff(_AsyncServerAlgorithm):
         models = jax.tree_util.tree_map(lambda m, p: m.at[0].set(p), pending.models, state.server.params)
         x, models = jax.lax.fori_loop(0, n_flushes, flush, (state.server.params, models))
         buffer = Buffer(rows_at(n_flushes * k + jnp.arange(k)), total - n_flushes * k)
-        empty = jnp.arange(ticks) >= jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
+        empty = jnp.arange(ticks) >= ticks_with_arrivals(win)
         tick_flushes = jnp.where(empty, n_flushes, tick_flushes)   # ticks without arrivals only end a window
         versions = server.version + tick_flushes
         pending = queue_restarts(pending._replace(models=models), win, tick_flushes, versions)

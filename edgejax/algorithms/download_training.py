@@ -66,6 +66,13 @@ def first_downloads(ctx, params, train, events, group: int, num_models: int, hpa
                    models, queue)
 
 
+def job_inputs(ctx, train, node_rng, nodes, jobs, active):
+    """Node ``i``'s job ``j``: its key ``fold_in(node_rng[i], j)`` and its step budget (0 where
+    not ``active``), for every ``(nodes, jobs)`` pair."""
+    keys = jax.vmap(jax.random.fold_in)(node_rng[nodes], jobs)
+    return keys, jnp.where(active, ctx.local.node_steps(train.count[nodes]), 0).astype(jnp.int32)
+
+
 def group_table(queue: Queue, group: int):
     """The queue cut into groups of at most ``group`` consecutive downloads of one model:
     ``(table [C, group]`` of queue rows, ``C`` where empty, ``number of groups)``."""
@@ -82,8 +89,8 @@ def group_table(queue: Queue, group: int):
 def train_queue(ctx, train, node_rng, pending: Pending, group: int, hparams) -> Pending:
     """Train the queued downloads: groups of at most ``group`` downloads of one model (the queue
     is in download order, so those are consecutive), each group from its model in one
-    ``node_factors`` call; node ``i``'s job ``j`` uses the key ``fold_in(node_rng[i], j)``.
-    Returns the updates stored and the queue empty."""
+    ``node_factors`` call (keys and budgets: ``job_inputs``).  Returns the updates stored and
+    the queue empty."""
     q = pending.queue
     slots = q.slot.shape[0]
     table, n_groups = group_table(q, group)
@@ -93,8 +100,7 @@ def train_queue(ctx, train, node_rng, pending: Pending, group: int, hparams) -> 
         member = rows < slots
         rows = jnp.minimum(rows, slots - 1)
         nodes = q.node[rows]
-        keys = jax.vmap(jax.random.fold_in)(node_rng[nodes], q.job[rows])
-        budget = jnp.where(member, ctx.local.node_steps(train.count[nodes]), 0).astype(jnp.int32)
+        keys, budget = job_inputs(ctx, train, node_rng, nodes, q.job[rows], member)
         factors, loss, steps = ctx.execution.node_factors(tree_take(pending.models, q.model[rows[0]]),
                                                           cohort_data(train, nodes, full=False), keys, budget,
                                                           None, hparams)
