@@ -33,7 +33,8 @@ def _sim(algorithm, speeds, cohort=None, execution="auto", **system):
 
 # FedBuff's two trainings: at arrival from the downloaded model (per_node), or at download,
 # kept as factors until the arrival (shared_base)
-AT_DOWNLOAD = {"fedbuff": "per_node", "fedbuff_at_download": "shared_base"}
+AT_DOWNLOAD = {"fedbuff": "per_node", "fedbuff_at_download": "shared_base", "fedbuff_median": "per_node",
+               "fedbuff_median_at_download": "shared_base"}
 
 
 def _trains_at_download(sim):
@@ -110,6 +111,16 @@ def fedbuff_rule(k, lr, exponent=0.5):
     return rule
 
 
+def fedbuff_median_rule(k, lr, exponent=0.5):
+    """FedBuff whose flush takes the coordinate-wise median of the K weighted buffered updates."""
+    def rule(x, y, start, s, state):
+        rows = (state or []) + [(1 + s) ** -exponent * (y - start)]
+        if len(rows) == k:
+            return x + lr * np.median(rows, axis=0), 1, []
+        return x, 0, rows
+    return rule
+
+
 def _ticks(sim, hp, ticks):
     state = sim.init(jax.random.PRNGKey(0), hp)
     step = jax.jit(sim.round)
@@ -125,17 +136,20 @@ SPEEDS = {"distinct": [1.0, 1.3, 0.7, 2.1, 1.7, 0.9], "tied": [1.0, 2.0, 1.0, 2.
 
 
 @pytest.mark.parametrize("speeds", list(SPEEDS))
-@pytest.mark.parametrize("rule", ["fedasync", "fedbuff", "fedbuff_at_download"])
+@pytest.mark.parametrize("rule", ["fedasync", "fedbuff", "fedbuff_at_download", "fedbuff_median",
+                                  "fedbuff_median_at_download"])
 def test_ticks_equal_the_sequential_event_simulation(x64, speeds, rule):
+    aggregator = ej.CoordinateMedian() if "median" in rule else ej.Mean()
     algorithm = (ej.FedAsync(staleness="polynomial", log_events=True) if rule == "fedasync"
-                 else ej.FedBuff(buffer_size=4, log_events=True))
+                 else ej.FedBuff(buffer_size=4, log_events=True, aggregator=aggregator))
     sim, xs, ys = _sim(algorithm, SPEEDS[speeds], execution=AT_DOWNLOAD.get(rule, "auto"))
-    assert _trains_at_download(sim) == (rule == "fedbuff_at_download")
+    assert _trains_at_download(sim) == rule.endswith("_at_download")
     rule = rule.removesuffix("_at_download")
     hp = sim.hparams({"client_lr": LR, **({"alpha": 0.7, "staleness_a": 0.5} if rule == "fedasync" else {})})
     state0 = sim.init(jax.random.PRNGKey(0), hp)
     durations = np.asarray(state0.system.busy_until)
-    reference_rule = fedasync_rule(0.7, 0.5) if rule == "fedasync" else fedbuff_rule(4, 1.0)
+    reference_rule = {"fedasync": fedasync_rule(0.7, 0.5), "fedbuff": fedbuff_rule(4, 1.0),
+                      "fedbuff_median": fedbuff_median_rule(4, 1.0)}[rule]
     log, models = event_simulation(reference_rule, _flat(state0.server.params), durations, xs, ys, until=30)
     ticks = _ticks(sim, hp, len(models))
     events = []

@@ -12,9 +12,12 @@ FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models; ``FedMD`` (federated
 nodes keep their own models and exchange logits on a public set, optionally over sub-models).
 Personalized (each node's own model, judged on its own data): ``FineTuned`` (FedAvg + local
 fine-tuning), ``Ditto``, ``FedRep``, ``APFL``; ``personalized_report`` (mean, worst 10%, spread).
+Aggregators (how a server combines updates; ``FedAvg(aggregator=...)``, ``FedBuff(aggregator=...)``):
+``Mean`` (the default), ``CoordinateMedian``, ``TrimmedMean``.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 each over a ``Topology``.
 """
+from edgejax.algorithms.aggregation import Aggregator, Mean
 from edgejax.algorithms.apfl import APFL
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
@@ -31,6 +34,7 @@ from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.personalized import personalized_report
+from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
 from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, PERSONALIZED, get_algorithm,
                                          parse_compressor)
 from edgejax.algorithms.server import linear, proximal
@@ -45,4 +49,5 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "WidthScaled", "consensus_distance", "describe_algorithm", "get_algorithm", "linear",
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
-           "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report"]
+           "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
+           "Aggregator", "CoordinateMedian", "Mean", "TrimmedMean"]

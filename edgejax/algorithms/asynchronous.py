@@ -62,11 +62,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edgejax.algorithms.aggregation import Aggregator, Mean, aggregator_key, check_aggregator, with_aggregator
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.download_training import first_downloads, job_inputs, queue_restarts, train_queue
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
-from edgejax.core.shared_base import LayerFactors, factor_sum
+from edgejax.core.shared_base import LayerFactors, factor_rows, factor_sum
 from edgejax.core.state import NodeState, ServerState, SimState, tree_take
 from edgejax.core.validation import Range, check_choice
 from edgejax.data.host import cohort_data
@@ -316,8 +317,9 @@ class _AsyncServerAlgorithm:
         return fresh, fresh if self.lag_tolerance is None else fresh & (staleness <= self.lag_tolerance)
 
     # ----- the rule: apply one update ----------------------------------------------------------
-    def apply(self, x, y, start, staleness, rule, hparams):
-        """``(new x, whether the version advances, new rule state, staleness weight)`` for one arrival."""
+    def apply(self, x, y, start, staleness, rule, key, hparams):
+        """``(new x, whether the version advances, new rule state, staleness weight)`` for one arrival;
+        ``key`` is the server step's (``flush_key``)."""
         raise NotImplementedError
 
     # ----- one window ----------------------------------------------------------------------------
@@ -339,7 +341,8 @@ class _AsyncServerAlgorithm:
 
             def apply(args):
                 x, version, rule = args
-                new_x, advances, rule, weight = self.apply(x, trained.params, trained.start, staleness, rule, hparams)
+                new_x, advances, rule, weight = self.apply(x, trained.params, trained.start, staleness, rule,
+                                                           flush_key(state.rng, version), hparams)
                 return new_x, version + jnp.asarray(advances, jnp.int32), rule, jnp.asarray(weight, dtype)
 
             x, version, rule, weight = jax.lax.cond(
@@ -418,7 +421,7 @@ class AsyncSGD(_AsyncServerAlgorithm):
     def default_hparams(self) -> dict[str, float]:
         return {"server_lr": 1.0}
 
-    def apply(self, x, y, start, staleness, rule, hparams):
+    def apply(self, x, y, start, staleness, rule, key, hparams):
         c = jnp.asarray(hparams["server_lr"], jnp.result_type(float))
         if self.staleness_aware:
             c = c / jnp.maximum(staleness, 1).astype(jnp.result_type(float))
@@ -462,39 +465,50 @@ class FedAsync(_AsyncServerAlgorithm):
             hp |= {"staleness_a": 10.0, "staleness_b": 4.0}
         return hp
 
-    def apply(self, x, y, start, staleness, rule, hparams):
+    def apply(self, x, y, start, staleness, rule, key, hparams):
         a = hparams["alpha"] * staleness_weight(self.staleness, staleness + self.staleness_offset, hparams)
         return jax.tree_util.tree_map(lambda u, v: (1 - a) * u + a * v, x, y), True, rule, a
 
 
 class Buffer(NamedTuple):
     """FedBuff's server buffer: the ``buffer_size`` weighted updates ``rows [K, ...]``, the
-    first ``count`` of them filled."""
+    first ``count`` of them filled, and the aggregator's state."""
 
     rows: Any
     count: jax.Array
+    aggregator: Any = ()
+
+
+def flush_key(run_key, version):
+    """The aggregator's key for the server step that makes version ``version + 1``."""
+    return jax.random.fold_in(aggregator_key(run_key), version)
 
 
 @dataclasses.dataclass(frozen=True)
 class FedBuff(_AsyncServerAlgorithm):
     """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous
-    Aggregation"): see the module docstring.  Traced ``server_lr`` and ``staleness_exponent``."""
+    Aggregation"): see the module docstring.  Traced ``server_lr`` and ``staleness_exponent``.
+    ``aggregator`` combines the K buffered rows at a flush (``edgejax.algorithms.aggregation``;
+    ``Mean()``, the paper's mean, by default; e.g. ``CoordinateMedian()``: ``x + eta median``),
+    with the key ``flush_key(run key, version)``; its metrics are not reported per tick."""
 
     buffer_size: int = 10
     aggregation: str = "mean"
+    aggregator: Aggregator = Mean()
 
     def __post_init__(self):
         super().__post_init__()
+        check_aggregator(self.aggregator)
         check_choice("aggregation", self.aggregation, FEDBUFF_AGGREGATIONS)
         if not isinstance(self.buffer_size, (int, np.integer)) or self.buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive integer; got {self.buffer_size!r}")
 
     @property
     def name(self) -> str:
-        return f"fedbuff_{self.buffer_size}"
+        return f"fedbuff_{self.buffer_size}" + with_aggregator(self.aggregator)
 
     def default_hparams(self) -> dict[str, float]:
-        return {"server_lr": 1.0, "staleness_exponent": 0.5}
+        return {"server_lr": 1.0, "staleness_exponent": 0.5, **self.aggregator.default_hparams()}
 
     def check_nodes(self, num_nodes: int) -> None:
         """The options against N; a buffer larger than the nodes in flight is allowed but said."""
@@ -506,13 +520,22 @@ class FedBuff(_AsyncServerAlgorithm):
 
     def init_rule(self, params):
         rows = jax.tree_util.tree_map(lambda p: jnp.zeros((self.buffer_size, *p.shape), p.dtype), params)
-        return Buffer(rows, jnp.zeros((), jnp.int32))
+        return Buffer(rows, jnp.zeros((), jnp.int32), self.aggregator.init(params))
 
     def flush(self, x, total, hparams):
-        """The server step from a full buffer whose updates sum to ``total``: ``x + eta total / K``
-        (the paper's mean; ``flsim``: ``x + eta total``)."""
+        """The server step from a full buffer whose updates sum to ``total`` (the ``Mean``
+        aggregator, fused): ``x + eta total / K`` (the paper's mean; ``flsim``: ``x + eta total``)."""
         scale = hparams["server_lr"] / (self.buffer_size if self.aggregation == "mean" else 1)
         return jax.tree_util.tree_map(lambda a, t: a + scale * t, x, total)
+
+    def flush_rows(self, x, rows, aggregator_state, key, hparams):
+        """The server step from the buffer's ``rows [K, ...]`` through the aggregator (weights
+        ``1/K``): ``x + eta A(rows)`` (``flsim``: ``x + eta K A(rows)``); the aggregator's new state."""
+        k, dtype = self.buffer_size, jnp.result_type(float)
+        aggregate, aggregator_state, _ = self.aggregator.update(rows, jnp.full((k,), 1.0 / k, dtype),
+                                                                jnp.ones((k,), bool), aggregator_state, key, hparams)
+        scale = hparams["server_lr"] * (1 if self.aggregation == "mean" else k)
+        return jax.tree_util.tree_map(lambda a, t: a + scale * t, x, aggregate), aggregator_state
 
     def weight(self, staleness, hparams):
         """The staleness weight ``(1 + s)^-e`` (``flsim``: times ``2^e``)."""
@@ -520,14 +543,18 @@ class FedBuff(_AsyncServerAlgorithm):
         weight = (1.0 + staleness.astype(jnp.result_type(float))) ** -exponent
         return weight * 2.0 ** exponent if self.aggregation == "flsim" else weight
 
-    def apply(self, x, y, start, staleness, rule, hparams):
+    def apply(self, x, y, start, staleness, rule, key, hparams):
         weight = self.weight(staleness, hparams)
         rows = jax.tree_util.tree_map(lambda r, a, b: r.at[rule.count].set(weight * (a - b)), rule.rows, y, start)
         count = rule.count + 1
         full = count == self.buffer_size
-        total = jax.tree_util.tree_map(lambda r: jnp.sum(r, axis=0), rows)
-        x = jax.lax.cond(full, lambda a: self.flush(a, total, hparams), lambda a: a, x)
-        return x, full, Buffer(rows, jnp.where(full, 0, count)), weight
+        if self.aggregator.fusable:
+            total = jax.tree_util.tree_map(lambda r: jnp.sum(r, axis=0), rows)
+            x, state = jax.lax.cond(full, lambda a: self.flush(a, total, hparams), lambda a: a, x), rule.aggregator
+        else:
+            x, state = jax.lax.cond(full, lambda a: self.flush_rows(a[0], rows, a[1], key, hparams), lambda a: a,
+                                    (x, rule.aggregator))
+        return x, full, Buffer(rows, jnp.where(full, 0, count), state), weight
 
     # ----- updates trained at download (edgejax.algorithms.download_training) ------------------
     def trains_at_download(self, ctx) -> bool:
@@ -555,7 +582,8 @@ class FedBuff(_AsyncServerAlgorithm):
         pending = first_downloads(ctx, server.params, train, events, self._group(ctx), models, hparams)
         rows = jax.tree_util.tree_map(lambda f: jnp.zeros((self.buffer_size, *f.shape[1:]), f.dtype), pending.factors)
         return server._replace(extra=AsyncServer(server.extra.version, pending,
-                                                 Buffer(rows, jnp.zeros((), jnp.int32))))
+                                                 Buffer(rows, jnp.zeros((), jnp.int32),
+                                                        self.aggregator.init(server.params))))
 
     def window_step(self, ctx, state: SimState, data, win, hparams):
         """Arrival-time training (``_AsyncServerAlgorithm``), or: train the queued downloads,
@@ -605,13 +633,19 @@ class FedBuff(_AsyncServerAlgorithm):
                 for name, buf in server.rule.rows.items()}
 
         def flush(f, carry):
-            x, models = carry
-            x = self.flush(x, factor_sum(rows_at(f * k + jnp.arange(k))), hparams)
-            return x, jax.tree_util.tree_map(lambda m, p: m.at[f + 1].set(p), models, x)
+            x, models, aggregator_state = carry
+            factors = rows_at(f * k + jnp.arange(k))
+            if self.aggregator.fusable:
+                x = self.flush(x, factor_sum(factors), hparams)
+            else:
+                x, aggregator_state = self.flush_rows(x, factor_rows(factors), aggregator_state,
+                                                      flush_key(state.rng, server.version + f), hparams)
+            return x, jax.tree_util.tree_map(lambda m, p: m.at[f + 1].set(p), models, x), aggregator_state
 
         models = jax.tree_util.tree_map(lambda m, p: m.at[0].set(p), pending.models, state.server.params)
-        x, models = jax.lax.fori_loop(0, n_flushes, flush, (state.server.params, models))
-        buffer = Buffer(rows_at(n_flushes * k + jnp.arange(k)), total - n_flushes * k)
+        x, models, aggregator_state = jax.lax.fori_loop(0, n_flushes, flush,
+                                                        (state.server.params, models, server.rule.aggregator))
+        buffer = Buffer(rows_at(n_flushes * k + jnp.arange(k)), total - n_flushes * k, aggregator_state)
         empty = jnp.arange(ticks) >= ticks_with_arrivals(win)
         tick_flushes = jnp.where(empty, n_flushes, tick_flushes)   # ticks without arrivals only end a window
         versions = server.version + tick_flushes
@@ -637,7 +671,7 @@ class DCASGD(_AsyncServerAlgorithm):
     def default_hparams(self) -> dict[str, float]:
         return {"server_lr": 0.1, "dc_lambda": 0.04}
 
-    def apply(self, x, y, start, staleness, rule, hparams):
+    def apply(self, x, y, start, staleness, rule, key, hparams):
         lr, lam = hparams["server_lr"], hparams["dc_lambda"]
 
         def step(w, yi, w_bak):

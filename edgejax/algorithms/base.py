@@ -98,13 +98,18 @@ class Algorithm(Protocol):
 
 def describe_algorithm(algorithm) -> dict:
     """A dataclass algorithm's fields as plain values plus its name."""
-    return {"name": algorithm.name, **_plain(algorithm)}
+    return {"name": algorithm.name, **_fields(algorithm)}
+
+
+def _fields(value) -> dict:
+    return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
 
 
 def _plain(value):
-    """Plain JSON-able values: dataclasses as dicts of their fields, arrays by shape, others by repr."""
+    """Plain JSON-able values: dataclasses (an aggregator, a topology) as their type and fields,
+    arrays by shape, others by repr."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"type": type(value).__name__, **_fields(value)}
     if isinstance(value, (bool, int, float, str, type(None))):
         return value
     if hasattr(value, "shape"):

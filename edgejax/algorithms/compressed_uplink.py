@@ -29,11 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from edgejax import compression
+from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
-from edgejax.algorithms.server import WEIGHTINGS, cohort_inputs, gather, normalize, scatter, server_metrics, server_step
+from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, round_aggregator_key, scatter,
+                                       server_metrics, server_step)
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
-from edgejax.core.local import masked_weighted_sum
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
@@ -86,6 +87,8 @@ class CompressedFedAvg:
       per_tensor: a vector compressor runs on each leaf (else on the flattened update).
       weighting: ``samples`` or ``uniform``.
       server_optimizer: one of ``SERVER_OPTIMIZERS`` (``sgd`` with lr 1: ``x + sum_i p_i s_i``).
+      aggregator: how the messages ``s_i`` are combined (``edgejax.algorithms.aggregation``; the
+        weighted sum above by default).
     """
 
     compressor: object
@@ -93,8 +96,10 @@ class CompressedFedAvg:
     per_tensor: bool = True
     weighting: str = "samples"
     server_optimizer: str = "sgd"
+    aggregator: Aggregator = Mean()
 
     def __post_init__(self):
+        check_aggregator(self.aggregator)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
         if not isinstance(self.compressor, (compression.Compressor, LowRank)):
@@ -103,7 +108,8 @@ class CompressedFedAvg:
 
     @property
     def name(self) -> str:
-        return "fedavg+" + type(self.compressor).__name__.lower() + ("+ef" if self.error_feedback else "")
+        return ("fedavg+" + type(self.compressor).__name__.lower() + ("+ef" if self.error_feedback else "")
+                + with_aggregator(self.aggregator))
 
     def traits(self) -> Traits:
         """Each node's trained model is read (its own update is compressed)."""
@@ -118,7 +124,7 @@ class CompressedFedAvg:
         return Payload(bits / 8, num_bytes(params))
 
     def default_hparams(self) -> dict[str, float]:
-        return server_hparams(self.server_optimizer)
+        return {**server_hparams(self.server_optimizer), **self.aggregator.default_hparams()}
 
     def describe(self) -> dict:
         return describe_algorithm(self)
@@ -134,7 +140,8 @@ class CompressedFedAvg:
         extra = ErrorMemory(jax.tree_util.tree_map(lambda p: jnp.zeros((n, *p.shape), p.dtype), global_params)) \
             if self.error_feedback else ()
         opt = make_server_optimizer(self.server_optimizer, hparams, False)
-        return NodeState(rng=node_rng, extra=extra), ServerState(global_params, opt.init(global_params))
+        return NodeState(rng=node_rng, extra=extra), ServerState(global_params, opt.init(global_params),
+                                                                 aggregator=self.aggregator.init(global_params))
 
     def eval_models(self, state: SimState):
         return state.server.params, None
@@ -160,8 +167,10 @@ class CompressedFedAvg:
             old = gather(nodes.extra.e, plan, cohort.full)
             memory = jax.tree_util.tree_map(residual, update, sent, old)
             nodes = nodes._replace(extra=ErrorMemory(scatter(nodes.extra.e, memory, plan, cohort.full)))
-        delta = jax.tree_util.tree_map(lambda s: masked_weighted_sum(p, s), sent)
+        delta, aggregator_state, aggregator_metrics = self.aggregator.update(
+            sent, p, p > 0, state.server.aggregator, round_aggregator_key(state), hparams)
         optimizer = make_server_optimizer(self.server_optimizer, hparams, False)
-        server = server_step(optimizer, state.server, delta, jnp.sum(cohort.weights) > 0)
-        metrics = server_metrics(p, result.loss, result.steps, plan, ctx.payload)
+        server = server_step(optimizer, state.server, delta, jnp.sum(cohort.weights) > 0,
+                             aggregator=aggregator_state)
+        metrics = {**server_metrics(p, result.loss, result.steps, plan, ctx.payload), **aggregator_metrics}
         return state._replace(server=server, nodes=nodes), metrics

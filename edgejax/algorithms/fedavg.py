@@ -5,7 +5,8 @@ Networks from Decentralized Data"; Reddi et al. 2021 for adaptive servers)::
 
     every active cohort node i:  x_i = LocalUpdate(x, D_i)          (from the server model x)
     Delta = sum_i p_i (x_i - x),  p_i = a_i n_i / sum_j a_j n_j      (a_i = active mask;
-                                                                    n_i = 1 with weighting="uniform")
+                                                                    n_i = 1 with weighting="uniform";
+                                                                    the ``aggregator``'s Mean)
     x <- ServerOpt(x, -Delta)                                        (sgd with lr 1: x + Delta)
 
 A round with no active node leaves the server state unchanged.
@@ -32,9 +33,10 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
-from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, normalized_weights, proximal,
-                                       scatter, server_metrics, server_step, weighted_change)
+from edgejax.algorithms.server import (WEIGHTINGS, aggregated_change, cohort_inputs, gather, normalize,
+                                       normalized_weights, proximal, scatter, server_metrics, server_step)
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_broadcast
@@ -62,6 +64,9 @@ class FedAvg:
         buffer, ``nodes.opt_state [N, ...]``) from the last round it took part in; the
         default, as in the papers, starts a fresh optimizer every round.  Keeping it reads
         each node's trained model, so it runs ``per_node``.
+      aggregator: how the node changes are combined (``edgejax.algorithms.aggregation``):
+        ``Mean()`` is the weighted sum ``Delta`` above; any other (e.g. ``CoordinateMedian()``)
+        reads every node's change, so it runs ``per_node``.
     """
 
     server_optimizer: str = "sgd"
@@ -71,14 +76,19 @@ class FedAvg:
     normalized: bool = False
     tau_eff: str = "paper"
     keep_local_optimizer: bool = False
+    aggregator: Aggregator = Mean()
 
     def __post_init__(self):
+        check_aggregator(self.aggregator)
         check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("tau_eff", self.tau_eff, TAU_EFF)
 
     @property
     def name(self) -> str:
+        return self._base_name() + with_aggregator(self.aggregator)
+
+    def _base_name(self) -> str:
         if not (self.prox or self.normalized):
             return {"sgd": "fedavg", "momentum": "fedavgm"}.get(self.server_optimizer, f"fed{self.server_optimizer}")
         base = "fednova" if self.normalized else "fedprox"
@@ -86,15 +96,20 @@ class FedAvg:
 
     def traits(self) -> Traits:
         return Traits(needs=Needs(terms=(proximal("mu"),) if self.prox else (),
-                                  output="models" if self.keep_local_optimizer else "delta",
+                                  output="delta" if self._fused() else "models",
                                   keep_optimizer=self.keep_local_optimizer))
+
+    def _fused(self) -> bool:
+        """The execution computes ``Delta`` itself (the mean, with no per-node state read back)."""
+        return self.aggregator.fusable and not self.keep_local_optimizer
 
     def payload(self, params, num_nodes: int) -> Payload:
         """One model down, one model (change) up."""
         return Payload(num_bytes(params), num_bytes(params))
 
     def default_hparams(self) -> dict[str, float]:
-        return {**server_hparams(self.server_optimizer), **({"mu": 0.01} if self.prox else {})}
+        return {**server_hparams(self.server_optimizer), **({"mu": 0.01} if self.prox else {}),
+                **self.aggregator.default_hparams()}
 
     def describe(self) -> dict:
         return describe_algorithm(self)
@@ -104,7 +119,8 @@ class FedAvg:
         return make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
-        server = ServerState(params=global_params, opt_state=self.server_optimizer_for(hparams).init(global_params))
+        server = ServerState(params=global_params, opt_state=self.server_optimizer_for(hparams).init(global_params),
+                             aggregator=self.aggregator.init(global_params))
         if not self.keep_local_optimizer:
             return NodeState(rng=node_rng), server
         local_state = ctx.local.make_optimizer(hparams).init(global_params)
@@ -123,15 +139,19 @@ class FedAvg:
         if self.normalized:
             agg = normalized_weights(ctx.local, p, cohort.data.count, plan.step_budget, hparams,
                                      "mu" if self.prox else None, self.tau_eff)
-        nodes = state.nodes
-        if self.keep_local_optimizer:
-            result = ctx.execution.train(x, cohort.data, cohort.keys, plan.step_budget, hparams,
-                                         opt_state=gather(nodes.opt_state, plan, cohort.full))
-            delta, node_loss, node_steps = weighted_change(agg, result.params, x), result.loss, result.steps
-            nodes = nodes._replace(opt_state=scatter(nodes.opt_state, result.opt_state, plan, cohort.full))
-        else:
+        nodes, aggregator_state, aggregator_metrics = state.nodes, None, {}
+        if self._fused():
             delta, node_loss, node_steps = ctx.execution.delta(x, cohort.data, cohort.keys, plan.step_budget, agg,
                                                                hparams)
-        server = server_step(self.server_optimizer_for(hparams), state.server, delta, jnp.sum(cohort.weights) > 0)
-        metrics = server_metrics(p, node_loss, node_steps, plan, ctx.payload)
+        else:
+            opt_state = gather(nodes.opt_state, plan, cohort.full) if self.keep_local_optimizer else None
+            result = ctx.execution.train(x, cohort.data, cohort.keys, plan.step_budget, hparams, opt_state=opt_state)
+            delta, aggregator_state, aggregator_metrics = aggregated_change(self.aggregator, agg, result.params, x,
+                                                                            state, hparams)
+            node_loss, node_steps = result.loss, result.steps
+            if self.keep_local_optimizer:
+                nodes = nodes._replace(opt_state=scatter(nodes.opt_state, result.opt_state, plan, cohort.full))
+        server = server_step(self.server_optimizer_for(hparams), state.server, delta, jnp.sum(cohort.weights) > 0,
+                             aggregator=aggregator_state)
+        metrics = {**server_metrics(p, node_loss, node_steps, plan, ctx.payload), **aggregator_metrics}
         return state._replace(server=server, nodes=nodes), metrics

@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, linear, normalize, proximal, scatter,
+                                       aggregated_change,
                                        server_metrics, server_step, weighted_change)
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
@@ -50,16 +52,20 @@ class DynamicState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class FedDyn:
-    """FedDyn with the traced strength ``alpha`` (see the module docstring)."""
+    """FedDyn with the traced strength ``alpha`` (see the module docstring); ``aggregator``
+    combines the changes ``theta_i - x`` (``edgejax.algorithms.aggregation``; the paper's mean
+    by default), the memory ``h`` stays the paper's sum."""
 
     weighting: str = "uniform"
+    aggregator: Aggregator = Mean()
 
     def __post_init__(self):
+        check_aggregator(self.aggregator)
         check_choice("weighting", self.weighting, WEIGHTINGS)
 
     @property
     def name(self) -> str:
-        return "feddyn"
+        return "feddyn" + with_aggregator(self.aggregator)
 
     def traits(self) -> Traits:
         """Two local terms; the memory update reads every node's trained model."""
@@ -70,7 +76,7 @@ class FedDyn:
         return Payload(num_bytes(params), num_bytes(params))
 
     def default_hparams(self) -> dict[str, float]:
-        return {"alpha": 0.01}
+        return {"alpha": 0.01, **self.aggregator.default_hparams()}
 
     def describe(self) -> dict:
         return describe_algorithm(self)
@@ -80,7 +86,8 @@ class FedDyn:
         memory = jax.tree_util.tree_map(lambda p: jnp.zeros((n, *p.shape), p.dtype), global_params)
         h = jax.tree_util.tree_map(jnp.zeros_like, global_params)
         return NodeState(rng=node_rng, extra=GradientMemory(memory)), ServerState(global_params, _ADD_CHANGE.init(global_params),
-                                                                        DynamicState(h))
+                                                                        DynamicState(h),
+                                                                        self.aggregator.init(global_params))
 
     def eval_models(self, state: SimState):
         return state.server.params, None
@@ -101,8 +108,11 @@ class FedDyn:
         moved = weighted_change(active.astype(plan.active.dtype), theta.params, x)   # sum_{i in P} (theta_i - x)
         h_new = jax.tree_util.tree_map(lambda hh, m: hh - alpha * m / ctx.num_nodes, h, moved)
         p = normalize(cohort.weights)
-        delta = jax.tree_util.tree_map(lambda d, hh: d - hh / alpha, weighted_change(p, theta.params, x), h_new)
-        server = server_step(_ADD_CHANGE, state.server, delta, jnp.sum(cohort.weights) > 0, DynamicState(h_new))
+        change, aggregator_state, aggregator_metrics = aggregated_change(self.aggregator, p, theta.params, x, state,
+                                                                         hparams)
+        delta = jax.tree_util.tree_map(lambda d, hh: d - hh / alpha, change, h_new)
+        server = server_step(_ADD_CHANGE, state.server, delta, jnp.sum(cohort.weights) > 0, DynamicState(h_new),
+                             aggregator_state)
         nodes = state.nodes._replace(extra=GradientMemory(scatter(state.nodes.extra.g, g_new, plan, cohort.full)))
-        metrics = server_metrics(p, theta.loss, theta.steps, plan, ctx.payload)
+        metrics = {**server_metrics(p, theta.loss, theta.steps, plan, ctx.payload), **aggregator_metrics}
         return state._replace(server=server, nodes=nodes), metrics

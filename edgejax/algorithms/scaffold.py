@@ -23,9 +23,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
-from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, linear, normalize, scatter, server_metrics,
-                                       server_step, weighted_change)
+from edgejax.algorithms.server import (WEIGHTINGS, aggregated_change, cohort_inputs, gather, linear, normalize,
+                                       scatter, server_metrics, server_step)
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
@@ -45,21 +46,25 @@ class Control(NamedTuple):
 class SCAFFOLD:
     """SCAFFOLD with option II control variates (static options; see the module docstring).
 
-    State: ``server.extra = Control(c)``, ``nodes.extra = Control(c_i [N, ...])``.
+    State: ``server.extra = Control(c)``, ``nodes.extra = Control(c_i [N, ...])``.  ``aggregator``
+    combines the changes ``y_i - x`` (``edgejax.algorithms.aggregation``; the weighted mean
+    of the paper by default); the control update stays the paper's average.
     """
 
     weighting: str = "uniform"
     control_average: str = "paper"
     server_optimizer: str = "sgd"
+    aggregator: Aggregator = Mean()
 
     def __post_init__(self):
+        check_aggregator(self.aggregator)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("control_average", self.control_average, CONTROL_AVERAGES)
         check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
 
     @property
     def name(self) -> str:
-        return "scaffold"
+        return "scaffold" + with_aggregator(self.aggregator)
 
     def traits(self) -> Traits:
         """The correction ``c - c_i`` is a linear local term; the control update reads every ``y_i``."""
@@ -70,7 +75,7 @@ class SCAFFOLD:
         return Payload(2 * num_bytes(params), 2 * num_bytes(params))
 
     def default_hparams(self) -> dict[str, float]:
-        return server_hparams(self.server_optimizer)
+        return {**server_hparams(self.server_optimizer), **self.aggregator.default_hparams()}
 
     def describe(self) -> dict:
         return describe_algorithm(self)
@@ -83,7 +88,8 @@ class SCAFFOLD:
         zeros = jax.tree_util.tree_map(jnp.zeros_like, global_params)
         node_c = jax.tree_util.tree_map(lambda p: jnp.zeros((n, *p.shape), p.dtype), global_params)
         return NodeState(rng=node_rng, extra=Control(node_c)), ServerState(global_params, opt.init(global_params),
-                                                                            Control(zeros))
+                                                                            Control(zeros),
+                                                                            self.aggregator.init(global_params))
 
     def eval_models(self, state: SimState):
         return state.server.params, None
@@ -95,7 +101,8 @@ class SCAFFOLD:
         correction = jax.tree_util.tree_map(lambda cg, ci: cg - ci, c, c_nodes)
         y = ctx.execution.train(x, cohort.data, cohort.keys, plan.step_budget, hparams, {"control": correction})
         p = normalize(cohort.weights)
-        delta_y = weighted_change(p, y.params, x)
+        delta_y, aggregator_state, aggregator_metrics = aggregated_change(self.aggregator, p, y.params, x, state,
+                                                                          hparams)
 
         updated = (plan.active > 0) & (y.steps > 0)
         scale = jnp.where(updated, 1.0 / (jnp.maximum(y.steps, 1.0) * hparams["client_lr"]), 0.0)
@@ -111,7 +118,8 @@ class SCAFFOLD:
             lambda cg, new, old: cg + jnp.sum(new - old, axis=0) / divisor, c, c_new, c_nodes)
 
         opt = make_server_optimizer(self.server_optimizer, hparams)
-        server = server_step(opt, state.server, delta_y, jnp.sum(cohort.weights) > 0, Control(c_server))
+        server = server_step(opt, state.server, delta_y, jnp.sum(cohort.weights) > 0, Control(c_server),
+                             aggregator_state)
         nodes = state.nodes._replace(extra=Control(scatter(state.nodes.extra.c, c_new, plan, cohort.full)))
-        metrics = server_metrics(p, y.loss, y.steps, plan, ctx.payload)
+        metrics = {**server_metrics(p, y.loss, y.steps, plan, ctx.payload), **aggregator_metrics}
         return state._replace(server=server, nodes=nodes), metrics

@@ -2,8 +2,8 @@
 
 A server round is: gather the cohort (``cohort_inputs``, ``gather``), train it through the
 execution strategy with the algorithm's ``LocalTerm``s (``proximal``, ``linear``),
-aggregate (``normalize``, a weighted mean of model changes, FedNova's
-``normalized_weights``), apply the server step (an optax ``GradientTransformation`` on the
+aggregate (``normalize``, the algorithm's aggregator over the model changes:
+``aggregated_change``, the weighted mean by default; FedNova's ``normalized_weights``), apply the server step (an optax ``GradientTransformation`` on the
 pseudo-gradient ``-Delta``: ``server_step``), scatter per-node state back (``scatter``)
 and report ``server_metrics``.  FedAvg, the Reddi server optimizers, FedProx, FedNova,
 SCAFFOLD and FedDyn are each a few lines over these parts.
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edgejax.algorithms.aggregation import aggregator_key
 from edgejax.core.local import LocalTerm, masked_weighted_sum
 from edgejax.core.state import RoundPlan, ServerState, SimState, round_keys, tree_take, tree_where
 from edgejax.data.host import cohort_data
@@ -90,14 +91,29 @@ def weighted_change(p: jax.Array, models, x):
     return jax.tree_util.tree_map(lambda xi, x0: masked_weighted_sum(p, xi - x0), models, x)
 
 
+def aggregated_change(aggregator, p, models, x, state: SimState, hparams):
+    """``aggregator`` over the cohort's changes ``x_i - x`` with weights ``p`` (rows with
+    ``p_i > 0`` take part) and the round's aggregator key: ``(Delta, aggregator state, metrics)``.
+    With ``Mean`` this is ``sum_i p_i (x_i - x)`` (``weighted_change``)."""
+    changes = jax.tree_util.tree_map(jnp.subtract, models, x)
+    return aggregator.update(changes, p, p > 0, state.server.aggregator, round_aggregator_key(state), hparams)
+
+
+def round_aggregator_key(state: SimState):
+    """The aggregator's key for this round's server step."""
+    return aggregator_key(jax.random.fold_in(state.rng, state.round))
+
+
 def server_step(optimizer: optax.GradientTransformation, server: ServerState, delta, any_active,
-                extra=None) -> ServerState:
-    """``x <- x + optimizer(-Delta)``, the server's new ``extra`` alongside; when no node took
-    part (``any_active`` false) the whole server state is left unchanged."""
+                extra=None, aggregator=None) -> ServerState:
+    """``x <- x + optimizer(-Delta)``, the server's new ``extra`` and aggregator state alongside
+    (``None``: unchanged); when no node took part (``any_active`` false) the whole server state
+    is left unchanged."""
     neg_delta = jax.tree_util.tree_map(jnp.negative, delta)
     updates, opt_state = optimizer.update(neg_delta, server.opt_state, server.params)
-    new = ServerState(optax.apply_updates(server.params, updates), opt_state,
-                      server.extra if extra is None else extra)
+    new = server._replace(params=optax.apply_updates(server.params, updates), opt_state=opt_state,
+                          extra=server.extra if extra is None else extra,
+                          aggregator=server.aggregator if aggregator is None else aggregator)
     return tree_where(any_active, new, server)
 
 

@@ -90,6 +90,13 @@ def factor_sum(factors: dict) -> dict:
     return total
 
 
+def factor_rows(factors: dict) -> dict:
+    """Every change in ``factors`` formed on its own: ``{layer: {w: [..., d_in, d_out], b: [..., d_out]}}``
+    (the leading axes kept; one batched GEMM per layer)."""
+    return {name: {"w": jnp.einsum("...ri,...ro->...io", f.a, f.g), "b": jnp.sum(f.g, axis=-2)}
+            for name, f in factors.items()}
+
+
 def shared_base_unsupported(model: Model, spec: LocalTraining) -> str | None:
     """Why ``shared_base`` cannot be exact for this model and local training, or ``None``."""
     from edgejax.models.zoo import ACTIVATIONS

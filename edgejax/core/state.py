@@ -18,7 +18,8 @@ algorithms; each fills in only what it needs and leaves the rest as ``()``:
     ``PushSumWeight(w)``, CHOCO's ``PublicCopy(xhat)``).
 ``ServerState``
     ``params`` (the global model), ``opt_state`` (server optimizer), ``extra`` (the
-    algorithm's typed global state: SCAFFOLD's ``Control(c)``, FedDyn's ``DynamicState(h)``).
+    algorithm's typed global state: SCAFFOLD's ``Control(c)``, FedDyn's ``DynamicState(h)``),
+    ``aggregator`` (the aggregator's state, ``edgejax.algorithms.aggregation``; ``()`` for the mean).
 
 A round reads a ``RoundPlan`` made by the system model (or given by the user:
 ``Simulation.round_with_plan``): which ``K`` nodes form the cohort, which of them take
@@ -45,6 +46,7 @@ class ServerState(NamedTuple):
     params: PyTree
     opt_state: PyTree = ()
     extra: PyTree = ()
+    aggregator: PyTree = ()
 
 
 class SimState(NamedTuple):
