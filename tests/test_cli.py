@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import edgejax as ej
 from edgejax.cli import DEFAULTS, main, resolve_options
 
 SMALL_GOSSIP = ["--nodes", "20", "--rounds", "4", "--eval-every", "2", "--no-progress"]
@@ -193,11 +194,23 @@ def test_device_tiers_and_the_fedbuff_buffer_from_the_cli():
     assert _algorithm(o).buffer_size == 3
 
 
+def test_the_aggregator_from_the_cli():
+    from edgejax.cli.run import _algorithm
+
+    assert _algorithm(resolve_options(["run", "--aggregator", "median"])) == ej.FedAvg(aggregator=ej.CoordinateMedian())
+    o = resolve_options(["run", "--algorithm", "fedbuff", "--aggregator", "trimmed_mean:0.2"])
+    assert _algorithm(o).aggregator == ej.TrimmedMean(0.2)
+    assert _algorithm(resolve_options(["run", "--algorithm", "scaffold"])).aggregator == ej.Mean()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--profiles", "tiered", "--tiers", "0.9"], "--tiers expects SHARE:SPEED"),
     (["--profiles", "tiered", "--tiers", "0.9:1,0.2:0.1"], "must sum to 1; got '0.9:1,0.2:0.1'"),
     (["--tiers", "0.9:1,0.1:0.1"], "--tiers does not apply"),
     (["--buffer-size", "3"], "--buffer-size does not apply"),
+    (["--aggregator", "mode"], "bad aggregator 'mode'; accepted: 'mean', 'median', 'trimmed_mean:<trim>'"),
+    (["--aggregator", "trimmed_mean:0.7"], "trim=0.7 must be in [0, 0.5)"),
+    (["--aggregator", "median", "--algorithm", "fedasync"], "--aggregator does not apply"),
 ])
 def test_bad_tiers_and_buffer_sizes_are_named(args, message, tmp_path, capsys):
     assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 2

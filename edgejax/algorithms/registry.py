@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from edgejax import compression
+from edgejax.algorithms.aggregation import Mean
+from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
 from edgejax.algorithms.apfl import APFL
@@ -54,6 +56,21 @@ def get_algorithm(name: str, **options):
     if name in PERSONALIZED:
         return PERSONALIZED[name](**options)
     raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED)}")
+
+
+def parse_aggregator(spec: str):
+    """``mean``, ``median`` (``CoordinateMedian``), ``trimmed_mean:<trim>`` (``TrimmedMean``)."""
+    kind, _, arg = spec.strip().lower().partition(":")
+    if kind == "mean" and not arg:
+        return Mean()
+    if kind == "median" and not arg:
+        return CoordinateMedian()
+    if kind == "trimmed_mean" and arg:
+        try:
+            return TrimmedMean(float(arg))
+        except ValueError as err:
+            raise ValueError(f"bad aggregator {spec!r}: {err}") from err
+    raise ValueError(f"bad aggregator {spec!r}; accepted: 'mean', 'median', 'trimmed_mean:<trim>'")
 
 
 def parse_compressor(spec: str) -> compression.Compressor:

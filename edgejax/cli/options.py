@@ -33,6 +33,8 @@ _APPLIES = {
     "join_timeout": (lambda o: o["coordinator"] is not None, "multi-host runs (--coordinator)"),
     "tiers": (lambda o: o["profiles"] == "tiered", "--profiles tiered"),
     "buffer_size": (lambda o: o["algorithm"] == "fedbuff", "--algorithm fedbuff"),
+    "aggregator": (lambda o: not _decentralized(o) and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"},
+                   "synchronous server-based algorithms and fedbuff"),
 }
 
 

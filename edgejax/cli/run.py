@@ -22,7 +22,8 @@ DEFAULTS = {
     "partition": "dirichlet:0.5:5", "nodes": 100, "local_test_fraction": 0.2,
     "model": "mlp", "hidden": "128",
     "clients_per_round": 10, "rounds": 100, "local_epochs": 1, "local_steps": None, "batch_size": 10,
-    "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "group_size": "auto",
+    "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "aggregator": "mean",
+    "group_size": "auto",
     "execution": "auto", "weight_decay": False,
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
     "profiles": "uniform", "tiers": None, "buffer_size": None, "availability": "always", "selection": "uniform",
@@ -62,6 +63,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("algorithm")
     g.add_argument("--algorithm", choices=ALGORITHMS, help="server-side algorithm")
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
+    g.add_argument("--aggregator", help="how the server combines updates: mean | median | trimmed_mean:<trim> "
+                   "(coordinate-wise; fedbuff: each flush)")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
                    "steps (default: 10)")
@@ -257,12 +260,16 @@ def _mnist_files(data_path: str | None) -> dict[str, Path]:
 def _algorithm(o: dict):
     """The algorithm and its options (topology, order, compressor, weighting) from resolved options."""
     from edgejax.algorithms import ASYNCHRONOUS, DECENTRALIZED, Topology, get_algorithm, parse_compressor
+    from edgejax.algorithms.registry import parse_aggregator
 
     name = o["algorithm"]
     if name in ASYNCHRONOUS:
-        return get_algorithm(name, **({} if o["buffer_size"] is None else {"buffer_size": o["buffer_size"]}))
+        options = {} if o["buffer_size"] is None else {"buffer_size": o["buffer_size"]}
+        if name == "fedbuff":
+            options["aggregator"] = parse_aggregator(o["aggregator"])
+        return get_algorithm(name, **options)
     if name not in DECENTRALIZED:
-        return get_algorithm(name, weighting=o["weighting"])
+        return get_algorithm(name, weighting=o["weighting"], aggregator=parse_aggregator(o["aggregator"]))
     push = name == "pushsum"
     topology = Topology(graph=o["topology"], weights="column" if push else "metropolis",
                         directed=push and o["topology"] == "exponential", seed=o["seed"])
