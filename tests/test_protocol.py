@@ -214,6 +214,25 @@ def test_an_object_without_the_protocol_is_rejected_by_name():
     with pytest.raises(TypeError, match=r"lacks \['name', 'traits'"):
         ej.Simulation(model, data, object())
 
+    class HalfAsynchronous:   # says it is asynchronous but has none of the event clock's parts
+        name = "half"
+
+        def traits(self):
+            return ej.algorithms.Traits(asynchronous=True)
+
+    with pytest.raises(TypeError, match=r"lacks \['payload', .*'slots', 'check_nodes', 'window_step', 'window'\]"):
+        ej.Simulation(model, data, HalfAsynchronous())
+    assert isinstance(ej.FedAvg(), ej.Algorithm) and isinstance(ej.FedBuff(), ej.algorithms.AsynchronousAlgorithm)
+
+
+def test_an_algorithm_built_over_another_model_is_refused():
+    data, _, _ = make_data([4, 4], seed=17)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    other = ej.models.mlp(data.feature_shape, data.num_classes, hidden=(4,))
+    algorithm = ej.algorithms.APFL(model=other)
+    with pytest.raises(ValueError, match="apfl was built over model 'mlp_4'.*differ.*simulation's model 'logreg'"):
+        ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=2))
+
 
 def test_float64_runs_report_float64_accuracy(x64):
     data, _, _ = make_data([4, 4], seed=18)

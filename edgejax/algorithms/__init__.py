@@ -21,7 +21,7 @@ from edgejax.algorithms.aggregation import Aggregator, Mean
 from edgejax.algorithms.apfl import APFL
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
-from edgejax.algorithms.base import Algorithm, Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import Algorithm, AsynchronousAlgorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.ditto import Ditto
@@ -50,4 +50,4 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
-           "Aggregator", "CoordinateMedian", "Mean", "TrimmedMean"]
+           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "Mean", "TrimmedMean"]

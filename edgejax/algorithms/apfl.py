@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from edgejax.algorithms.base import Payload, Traits
+from edgejax.algorithms.base import Payload, Traits, check_same_model
 from edgejax.algorithms.personalized import scan_minibatches, static_schedule
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, scatter, server_metrics,
                                        weighted_change)
@@ -82,6 +82,7 @@ class APFL:
         return {"name": self.name, "model": self.model.name, "adaptive": self.adaptive, "weighting": self.weighting}
 
     def init(self, ctx, global_params, node_rng, hparams):
+        check_same_model(self, self.model, ctx)
         if ctx.local.optimizer != "sgd" or ctx.local.weight_decay:
             raise ValueError(f"APFL's local steps are plain SGD without weight decay (Deng et al. 2020); got "
                              f"LocalTraining(optimizer={ctx.local.optimizer!r}, weight_decay={ctx.local.weight_decay!r})")

@@ -56,12 +56,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import jax
+
 from edgejax.core.execution import Needs, RoundContext
-from edgejax.core.simulation import ALGORITHM_PARTS, REQUIRED_METRICS
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.system.clock import Payload
 
-__all__ = ["ALGORITHM_PARTS", "Algorithm", "Payload", "REQUIRED_METRICS", "Traits", "describe_algorithm"]
+__all__ = ["Algorithm", "AsynchronousAlgorithm", "Payload", "REQUIRED_METRICS", "Traits", "describe_algorithm",
+           "missing_parts"]
+
+# the scalar metrics every round (or tick) reports
+REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
 
 
 class Traits(NamedTuple):
@@ -94,6 +99,60 @@ class Algorithm(Protocol):
     def eval_models(self, state: SimState) -> tuple[Any, Any]: ...
 
     def describe(self) -> dict: ...
+
+
+@runtime_checkable
+class AsynchronousAlgorithm(Protocol):
+    """What ``Simulation`` requires of an asynchronous algorithm (``Traits.asynchronous``): the
+    protocol's parts but ``round``, and the event clock's (``edgejax.core.event_loop``): ``slots(N)``
+    (nodes in flight), ``check_nodes(N)``, ``window`` (arrivals trained together) and
+    ``window_step(ctx, state, data, window, hparams) -> (state, per-tick metrics)``; optionally
+    ``start_downloads(ctx, server, events, train, hparams)`` (the downloads at time 0)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def traits(self) -> Traits: ...
+
+    def payload(self, params, num_nodes: int) -> Payload: ...
+
+    def default_hparams(self) -> dict[str, float]: ...
+
+    def init(self, ctx: RoundContext, params, node_rng, hparams) -> tuple[NodeState, ServerState]: ...
+
+    def eval_models(self, state: SimState) -> tuple[Any, Any]: ...
+
+    def describe(self) -> dict: ...
+
+    def slots(self, num_nodes: int) -> int: ...
+
+    def check_nodes(self, num_nodes: int) -> None: ...
+
+    window: int
+
+    def window_step(self, ctx: RoundContext, state: SimState, data, window, hparams) -> tuple[SimState, dict]: ...
+
+
+def missing_parts(algorithm) -> list[str]:
+    """The protocol parts ``algorithm`` lacks (``AsynchronousAlgorithm``'s when its traits say it
+    is asynchronous, else ``Algorithm``'s); empty when it follows the protocol."""
+    asynchronous = hasattr(algorithm, "traits") and algorithm.traits().asynchronous
+    protocol = AsynchronousAlgorithm if asynchronous else Algorithm
+    if isinstance(algorithm, protocol):
+        return []
+    parts = [n for n in (*protocol.__dict__, *protocol.__annotations__) if not n.startswith("_")]
+    return [n for n in dict.fromkeys(parts) if not hasattr(algorithm, n)]
+
+
+def check_same_model(algorithm, model, ctx: RoundContext) -> None:
+    """An algorithm built over its own ``model`` (FedMD, FedRep, APFL) must be given the
+    simulation's: the same parameter names and shapes, else a ``ValueError`` naming both."""
+    mine = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    same = jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(ctx.params_shape) and all(
+        a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ctx.params_shape)))
+    if not same:
+        raise ValueError(f"{algorithm.name} was built over model {model.name!r}, whose parameters differ from those "
+                         f"of the simulation's model {ctx.model.name!r}; build it over the model the Simulation trains")
 
 
 def describe_algorithm(algorithm) -> dict:

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edgejax.algorithms.base import Payload, Traits
+from edgejax.algorithms.base import Payload, Traits, check_same_model
 from edgejax.algorithms.decentralized import node_mean
 from edgejax.algorithms.heterogeneous import submodel_costs
 from edgejax.algorithms.server import gather, scatter, server_metrics
@@ -157,6 +157,7 @@ class FedMD:
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         """Every node starts from the global model (with the scheme's block structure applied)."""
+        check_same_model(self, self.model, ctx)
         if self.scheme is not None:
             self.scheme.check(node_rng.shape[0])
             structure = self.scheme.structure(jax.tree_util.tree_leaves(global_params)[0].dtype)

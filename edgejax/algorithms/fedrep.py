@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from edgejax.algorithms.base import Payload, Traits
+from edgejax.algorithms.base import Payload, Traits, check_same_model
 from edgejax.algorithms.personalized import scan_minibatches, static_schedule
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, scatter, server_metrics,
                                        weighted_change)
@@ -88,6 +88,7 @@ class FedRep:
                 "weighting": self.weighting}
 
     def init(self, ctx, global_params, node_rng, hparams):
+        check_same_model(self, self.model, ctx)
         _, head = _split(global_params, self.head)
         return (NodeState(rng=node_rng, extra=Heads(tree_broadcast(head, node_rng.shape[0]))),
                 ServerState(global_params))

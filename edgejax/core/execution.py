@@ -201,7 +201,7 @@ class RoundContext:
     """What an algorithm's ``init`` and ``round`` get from the simulation (static).
 
     ``execution``: the built strategy (``train`` / ``delta``, see the module docstring);
-    ``local``: the ``LocalTraining`` schedule; ``model_bytes``: one model's size;
+    ``model``: the simulation's ``Model``; ``local``: the ``LocalTraining`` schedule; ``model_bytes``: one model's size;
     ``payload``: the algorithm's bytes up and down per participating node
     (``Algorithm.payload``); ``params_shape``: one model's parameters as shape structs
     (e.g. for a compressed message's size); ``group_size``: how other node-wise work (evaluation) is mapped;
@@ -209,6 +209,7 @@ class RoundContext:
     """
 
     execution: Any
+    model: Model
     local: LocalTraining
     model_bytes: int
     payload: Any

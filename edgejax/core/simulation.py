@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from edgejax.algorithms.base import REQUIRED_METRICS, Algorithm, AsynchronousAlgorithm, missing_parts
 from edgejax.core.evaluate import evaluate
 from edgejax.core.event_loop import run_ticks, skipped_metric
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
@@ -33,11 +34,6 @@ from edgejax.parallel.nodes import NodeAxis, check_node_mesh
 from edgejax.system.clock import Payload
 from edgejax.system.model import SystemModel
 
-# the algorithm protocol (documented in edgejax.algorithms.base): its parts and the metrics every round reports
-ALGORITHM_PARTS = ("name", "traits", "payload", "default_hparams", "init", "round", "eval_models", "describe")
-REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
-# an asynchronous algorithm runs windows of the event clock (edgejax.core.event_loop) instead of rounds
-ASYNC_PARTS = ("slots", "check_nodes", "window", "window_step")
 # init compiles faster on XLA:CPU without its fusion emitters (W1: 2.3-2.4 s instead of 2.6-3.0 s,
 # benchmarks/results/startup-cpu.md) and gives the same bits; it runs once, so its speed does not matter
 INIT_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
@@ -66,16 +62,14 @@ class Simulation:
 
     model: Model
     data: FederatedData
-    algorithm: Any
+    algorithm: Algorithm | AsynchronousAlgorithm
     local: LocalTraining = LocalTraining()
     clients_per_round: int | None = None
     system: SystemModel = SystemModel()
     mesh: Mesh | None = None
 
     def __post_init__(self):
-        asynchronous = hasattr(self.algorithm, "traits") and self.algorithm.traits().asynchronous
-        parts = tuple(p for p in ALGORITHM_PARTS if p != "round") + ASYNC_PARTS if asynchronous else ALGORITHM_PARTS
-        missing = [name for name in parts if not hasattr(self.algorithm, name)]
+        missing = missing_parts(self.algorithm)
         if missing:
             raise TypeError(f"{type(self.algorithm).__name__} is not an edgejax algorithm: it lacks {missing} "
                             "(see edgejax.algorithms.base)")
@@ -152,6 +146,7 @@ class Simulation:
         needs = self.algorithm.traits().needs
         return RoundContext(
             execution=build_execution(self.model, self.local, max_steps, shuffles, group_size, needs, self.mesh),
+            model=self.model,
             local=self.local,
             model_bytes=num_bytes(self.params_shape),
             payload=self.payload,
