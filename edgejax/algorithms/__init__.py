@@ -15,7 +15,7 @@ fine-tuning), ``Ditto``, ``FedRep``, ``APFL``; ``personalized_report`` (mean, wo
 Aggregators (how a server combines updates; ``FedAvg(aggregator=...)``, ``FedBuff(aggregator=...)``):
 ``Mean`` (the default), ``CoordinateMedian``, ``TrimmedMean``.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
-each over a ``Topology``.
+``DIGing`` (gradient tracking), each over a ``Topology``.
 """
 from edgejax.algorithms.aggregation import Aggregator, Mean
 from edgejax.algorithms.apfl import APFL
@@ -31,6 +31,7 @@ from edgejax.algorithms.compressed_uplink import CompressedFedAvg, LowRank
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.fedrep import FedRep
 from edgejax.algorithms.finetune import FineTuned
+from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.personalized import personalized_report
@@ -50,4 +51,4 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
-           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "Mean", "TrimmedMean"]
+           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "Mean", "TrimmedMean"]

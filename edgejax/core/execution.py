@@ -205,7 +205,8 @@ class RoundContext:
     ``payload``: the algorithm's bytes up and down per participating node
     (``Algorithm.payload``); ``params_shape``: one model's parameters as shape structs
     (e.g. for a compressed message's size); ``group_size``: how other node-wise work (evaluation) is mapped;
-    ``num_nodes``: N; ``cohort_size``: K (asynchronous training: the most arrivals in one tick).
+    ``num_nodes``: N; ``cohort_size``: K (asynchronous training: the most arrivals in one tick);
+    ``minibatch_gradient``: one node's ``make_minibatch_gradient`` (``value_and_grad`` below).
     """
 
     execution: Any
@@ -217,3 +218,13 @@ class RoundContext:
     group_size: int | None
     num_nodes: int
     cohort_size: int
+    minibatch_gradient: Callable | None = None
+
+    def value_and_grad(self, params, cohort, keys):
+        """Every cohort node's model loss ``[K]`` and gradient ``[K, ...]`` at its own ``params [K, ...]``
+        on its first minibatch with its key (``edgejax.core.local.make_minibatch_gradient``),
+        mapped over the nodes as local training is (``group_size``)."""
+        def one(args):
+            return self.minibatch_gradient(*args)
+
+        return map_nodes(one, (params, cohort.x, cohort.y, cohort.count, keys), self.group_size)

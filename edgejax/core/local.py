@@ -344,6 +344,23 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
     return update
 
 
+def make_minibatch_gradient(model: Model, spec: LocalTraining, shuffles: int):
+    """Build ``value_and_grad(params, x, y, count, key) -> (loss, grads)`` for one node: the
+    model's loss and its gradient at ``params`` on the first minibatch local training draws with
+    ``key`` (step 0 of ``node_shuffles`` / ``batch_positions``: the node's whole data when
+    ``batch_size >= n_i``)."""
+
+    def loss(params, xb, yb, wb):
+        return model.loss.fn(model.apply(params, xb), yb, wb)
+
+    def value_and_grad(params, x, y, count, key):
+        slots, wb = batch_positions(spec, jnp.zeros((), jnp.int32), count,
+                                    node_shuffles(key, count, x.shape[0], shuffles))
+        return jax.value_and_grad(loss)(params, x[slots], y[slots], wb)
+
+    return value_and_grad
+
+
 def _with_model_gradient(model_value_and_grad: Callable, terms: tuple[LocalTerm, ...]):
     """``grad_fn`` of ``make_local_update`` from a given model loss gradient plus the terms' gradients."""
 

@@ -22,7 +22,7 @@ from edgejax.algorithms.base import REQUIRED_METRICS, Algorithm, AsynchronousAlg
 from edgejax.core.evaluate import evaluate
 from edgejax.core.event_loop import run_ticks, skipped_metric
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
-from edgejax.core.local import LocalTraining
+from edgejax.core.local import LocalTraining, make_minibatch_gradient
 from edgejax.core.results import Results
 from edgejax.core.state import RoundPlan, SimState
 from edgejax.data.federated import FederatedData
@@ -154,6 +154,7 @@ class Simulation:
             group_size=group_size,
             num_nodes=self.num_nodes,
             cohort_size=self.cohort_size,
+            minibatch_gradient=make_minibatch_gradient(self.model, self.local, shuffles),
         )
 
     @functools.cached_property
