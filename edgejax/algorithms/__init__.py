@@ -3,7 +3,7 @@
 The protocol every algorithm follows is ``edgejax.algorithms.base``; server-based rounds
 are composed from ``edgejax.algorithms.server``.
 Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its server optimizer;
-FedProx and FedNova as options), ``SCAFFOLD``, ``FedDyn``, ``CompressedFedAvg`` (quantized, top-k or
+FedProx and FedNova as options), ``FedDF`` (FedAvg + server-side ensemble distillation), ``SCAFFOLD``, ``FedDyn``, ``CompressedFedAvg`` (quantized, top-k or
 low-rank uplink, optional error feedback).
 Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, ``AsyncSGD``,
 ``DCASGD``; decentralized ``ADPSGD``.
@@ -28,6 +28,7 @@ from edgejax.algorithms.ditto import Ditto
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.class_subsets import ClassSubsets
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg, LowRank
+from edgejax.algorithms.feddf import FedDF
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.fedrep import FedRep
 from edgejax.algorithms.finetune import FineTuned
@@ -51,4 +52,4 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
-           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "Mean", "TrimmedMean"]
+           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "FedDF", "Mean", "TrimmedMean"]

@@ -101,7 +101,19 @@ class FedAvg:
 
     def _fused(self) -> bool:
         """The execution computes ``Delta`` itself (the mean, with no per-node state read back)."""
-        return self.aggregator.fusable and not self.keep_local_optimizer
+        return not self.reads_node_models()
+
+    def reads_node_models(self) -> bool:
+        """Whether the round needs every node's trained model (a non-fusable aggregator, a kept
+        local optimizer, or a subclass's ``after_aggregate`` that reads them)."""
+        return not self.aggregator.fusable or self.keep_local_optimizer
+
+    def after_aggregate(self, ctx, state: SimState, server: ServerState, models, active, hparams):
+        """The server's step after aggregation (a hook, e.g. FedDF's distillation): the new
+        ``server`` from it, the cohort's trained ``models [K, ...]`` (``None`` unless
+        ``reads_node_models()``) and ``active [K]``; returns ``(server, extra metrics)``.
+        FedAvg leaves the server as the aggregation made it."""
+        return server, {}
 
     def payload(self, params, num_nodes: int) -> Payload:
         """One model down, one model (change) up."""
@@ -139,7 +151,7 @@ class FedAvg:
         if self.normalized:
             agg = normalized_weights(ctx.local, p, cohort.data.count, plan.step_budget, hparams,
                                      "mu" if self.prox else None, self.tau_eff)
-        nodes, aggregator_state, aggregator_metrics = state.nodes, None, {}
+        nodes, aggregator_state, aggregator_metrics, models = state.nodes, None, {}, None
         if self._fused():
             delta, node_loss, node_steps = ctx.execution.delta(x, cohort.data, cohort.keys, plan.step_budget, agg,
                                                                hparams)
@@ -148,10 +160,12 @@ class FedAvg:
             result = ctx.execution.train(x, cohort.data, cohort.keys, plan.step_budget, hparams, opt_state=opt_state)
             delta, aggregator_state, aggregator_metrics = aggregated_change(self.aggregator, agg, result.params, x,
                                                                             state, hparams)
-            node_loss, node_steps = result.loss, result.steps
+            node_loss, node_steps, models = result.loss, result.steps, result.params
             if self.keep_local_optimizer:
                 nodes = nodes._replace(opt_state=scatter(nodes.opt_state, result.opt_state, plan, cohort.full))
         server = server_step(self.server_optimizer_for(hparams), state.server, delta, jnp.sum(cohort.weights) > 0,
                              aggregator=aggregator_state)
-        metrics = {**server_metrics(p, node_loss, node_steps, plan, ctx.payload), **aggregator_metrics}
+        server, hook_metrics = self.after_aggregate(ctx, state, server, models, cohort.weights > 0, hparams)
+        metrics = {**server_metrics(p, node_loss, node_steps, plan, ctx.payload), **aggregator_metrics,
+                   **hook_metrics}
         return state._replace(server=server, nodes=nodes), metrics

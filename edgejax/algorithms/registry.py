@@ -12,6 +12,7 @@ from edgejax.algorithms.ditto import Ditto
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
 from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
+from edgejax.algorithms.feddf import FedDF
 from edgejax.algorithms.feddyn import FedDyn
 from edgejax.algorithms.fedrep import FedRep
 from edgejax.algorithms.gradient_tracking import DIGing
@@ -26,7 +27,7 @@ ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD,
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
 # built from Python objects (a sub-model scheme over a model, a compressor, a public set), so not among the
 # CLI's ALGORITHMS
-PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg, "fedmd": FedMD}
+PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAvg, "fedmd": FedMD, "feddf": FedDF}
 # personalized FL (each node's own model judged on its own data): Python API only for now (FedRep and APFL are
 # built over a model; the CLI's option checks do not know these algorithms)
 PERSONALIZED = {"finetune": FineTuned, "ditto": Ditto, "fedrep": FedRep, "apfl": APFL}
@@ -41,6 +42,7 @@ def get_algorithm(name: str, **options):
     one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous, ``diging``: gradient tracking), ``submodels``
     (``SubmodelFedAvg``: give ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg``
     (``CompressedFedAvg``: give ``compressor=...``) or ``fedmd`` (``FedMD``: give ``model=...``,
+    ``public_x=...``) or ``feddf`` (``FedDF``: FedAvg + server-side ensemble distillation; give
     ``public_x=...``); a personalized one: ``finetune`` (``FineTuned``: FedAvg then local fine-tuning; give
     ``base=FedAvg(...)``, ``finetune_steps=k``), ``ditto`` (``Ditto``), ``fedrep`` (``FedRep``: give ``model=...``,
     ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); ``options`` are the dataclass's fields
