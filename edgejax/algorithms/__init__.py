@@ -6,7 +6,7 @@ Server-based: ``FedAvg`` (+ FedAvgM, FedAdagrad, FedAdam, FedYogi through its se
 FedProx and FedNova as options), ``FedDF`` (FedAvg + server-side ensemble distillation), ``SCAFFOLD``, ``FedDyn``, ``CompressedFedAvg`` (quantized, top-k or
 low-rank uplink, optional error feedback).
 Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, ``AsyncSGD``,
-``DCASGD``; decentralized ``ADPSGD``.
+``DCASGD``, ``ExactDCASGD``; decentralized ``ADPSGD``.
 Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
 FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models; ``FedMD`` (federated distillation:
 nodes keep their own models and exchange logits on a public set, optionally over sub-models).
@@ -23,6 +23,7 @@ from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
 from edgejax.algorithms.base import Algorithm, AsynchronousAlgorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
+from edgejax.algorithms.delay_compensation import ExactDCASGD
 from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.ditto import Ditto
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
@@ -52,4 +53,4 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
-           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "FedDF", "Mean", "TrimmedMean"]
+           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean", "TrimmedMean"]

@@ -102,7 +102,8 @@ class AsyncServer(NamedTuple):
 
 
 class Trained(NamedTuple):
-    """A group of arrivals' local trainings: their starts, trained models, losses and steps."""
+    """A group of arrivals' local work: their starts, what they send (``params``: the trained
+    models, or what the rule's ``local_work`` computes), losses and steps."""
 
     start: Any
     params: Any
@@ -145,16 +146,17 @@ def train_group_size(ctx, window: int) -> int:
     return window if size is None else min(size, window)
 
 
-def train_group(ctx, data, node_rng, win, starts, first, group: int, hparams) -> Trained:
-    """Train the window's arrivals ``first .. first + group - 1`` (those past ``n_events`` get no
-    steps) from ``starts(rows)``: node ``i``'s job ``j`` uses the key ``fold_in(node_rng[i], j)``."""
+def train_group(ctx, data, node_rng, win, starts, first, group: int, hparams, local_work) -> Trained:
+    """The local work (``local_work``, the rule's) of the window's arrivals ``first .. first + group - 1``
+    (those past ``n_events`` get no steps) from ``starts(rows)``: node ``i``'s job ``j`` uses the key
+    ``fold_in(node_rng[i], j)``."""
     rows = first + jnp.arange(group)
     safe = jnp.minimum(rows, win.node.shape[0] - 1)
     ids = win.node[safe]
     keys, budget = job_inputs(ctx, data.train, node_rng, ids, win.job[safe], rows < win.n_events)
     start = starts(safe)
-    result = ctx.execution.train(start, cohort_data(data.train, ids, full=False), keys, budget, hparams)
-    return Trained(start, result.params, result.loss, result.steps)
+    sent, loss, steps = local_work(ctx, start, cohort_data(data.train, ids, full=False), keys, budget, hparams)
+    return Trained(start, sent, loss, steps)
 
 
 def ticks_with_arrivals(win):
@@ -162,7 +164,7 @@ def ticks_with_arrivals(win):
     return jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
 
 
-def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_event, tick_end, carry):
+def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_event, tick_end, carry, local_work):
     """The window's arrivals in order: ``carry = apply_event(e, trained_e, carry)`` for each,
     ``carry = tick_end(t, carry)`` after the last arrival of each tick (and for the ticks
     without arrivals, which only end a window).  Arrivals are trained ``group`` at a time,
@@ -173,7 +175,7 @@ def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_even
     def one_group(g, c):
         carry, loss, steps = c
         first = g * group
-        trained = train_group(ctx, data, node_rng, win, starts(carry), first, group, hparams)
+        trained = train_group(ctx, data, node_rng, win, starts(carry), first, group, hparams, local_work)
 
         def one_event(e, c):
             carry, loss, steps = c
@@ -302,6 +304,12 @@ class _AsyncServerAlgorithm:
     def init_rule(self, params):
         return ()
 
+    def local_work(self, ctx, start, cohort, keys, budget, hparams):
+        """What the arrivals send, computed from their downloaded ``start [G, ...]`` (a hook):
+        their trained models through the execution strategy; ``(sent, loss [G], steps [G])``."""
+        result = ctx.execution.train(start, cohort, keys, budget, hparams)
+        return result.params, result.loss, result.steps
+
     def start_downloads(self, ctx, server: ServerState, events, train, hparams) -> ServerState:
         """The downloads at time 0, once the event clock has started (``events``); the arrival-time
         training needs nothing more."""
@@ -363,7 +371,7 @@ class _AsyncServerAlgorithm:
                  jnp.zeros((ticks,), jnp.int32))
         (x, version, rule, snaps, out, versions), loss, steps = run_window(
             ctx, data, state.nodes.rng, win, starts, hparams, train_group_size(ctx, self.window), apply_event,
-            tick_end, carry)
+            tick_end, carry, self.local_work)
         new_state = state._replace(server=state.server._replace(params=x, extra=AsyncServer(version, snaps, rule)))
         return new_state, self._metrics(ctx, win, loss, steps, out, downloaded, versions)
 
@@ -662,7 +670,8 @@ class DCASGD(_AsyncServerAlgorithm):
     ``lambda`` variant (traced ``dc_lambda``) with server step ``server_lr``.  The gradient is
     recovered from the update as ``g = (x_{v_i} - y_i) / client_lr``, exact for one local SGD
     step (``LocalTraining(steps=1, optimizer="sgd")``); with more steps it compensates the
-    accumulated update.  (It has no staleness weight: ``event_weight`` is 1.)"""
+    accumulated update (``ExactDCASGD``, ``edgejax.algorithms.delay_compensation``, sends the
+    gradient itself, exact for any schedule).  (It has no staleness weight: ``event_weight`` is 1.)"""
 
     @property
     def name(self) -> str:

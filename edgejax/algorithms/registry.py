@@ -10,6 +10,7 @@ from edgejax.algorithms.apfl import APFL
 from edgejax.algorithms.compressed_uplink import CompressedFedAvg
 from edgejax.algorithms.ditto import Ditto
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
+from edgejax.algorithms.delay_compensation import ExactDCASGD
 from edgejax.algorithms.distillation import FedMD
 from edgejax.algorithms.fedavg import PRESETS, FedAvg
 from edgejax.algorithms.feddf import FedDF
@@ -23,7 +24,8 @@ from edgejax.algorithms.scaffold import SCAFFOLD
 DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip, "adpsgd": ADPSGD,
                  "diging": DIGing}
 SERVER_BASED = {"scaffold": SCAFFOLD, "feddyn": FedDyn}
-ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD}
+ASYNCHRONOUS = {"fedasync": FedAsync, "fedbuff": FedBuff, "async_sgd": AsyncSGD, "dcasgd": DCASGD,
+                "dcasgd_exact": ExactDCASGD}
 ALGORITHMS = (*PRESETS, *SERVER_BASED, *ASYNCHRONOUS, *DECENTRALIZED)
 # built from Python objects (a sub-model scheme over a model, a compressor, a public set), so not among the
 # CLI's ALGORITHMS
@@ -38,7 +40,7 @@ COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk"
 def get_algorithm(name: str, **options):
     """An algorithm by name: the FedAvg family (``fedavg``, ``fedavgm``, ``fedadagrad``,
     ``fedadam``, ``fedyogi``, ``fedprox``, ``fednova``), ``scaffold``, ``feddyn``, an asynchronous one (``fedasync``, ``fedbuff``,
-    ``async_sgd``, ``dcasgd``), a decentralized
+    ``async_sgd``, ``dcasgd``, ``dcasgd_exact``), a decentralized
     one (``dpsgd``, ``pushsum``, ``choco``, ``pairwise``, ``adpsgd``: asynchronous, ``diging``: gradient tracking), ``submodels``
     (``SubmodelFedAvg``: give ``scheme=WidthScaled(...)`` or ``ClassSubsets(...)``) or ``compressed_fedavg``
     (``CompressedFedAvg``: give ``compressor=...``) or ``fedmd`` (``FedMD``: give ``model=...``,
