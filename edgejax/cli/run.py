@@ -30,11 +30,12 @@ DEFAULTS = {
     "stragglers": "none",
     "deadline_policy": "wait_all",
     "hparam": [], "seed": 0, "eval_every": 10, "out": None, "overwrite": False, "checkpoint_every": None,
-    "keep_checkpoints": 2, "progress": True,
+    "keep_checkpoints": 2, "progress": True, "tensorboard": None,
     "shard_nodes": False, "coordinator": None, "num_processes": None, "process_id": None, "join_timeout": 300,
 }
 # options that do not change a run's results (the processes of a multi-host run are where it ran)
-NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id", "join_timeout")
+NOT_STORED = ("out", "progress", "overwrite", "coordinator", "num_processes", "process_id", "join_timeout",
+              "tensorboard")
 
 
 class _RealDefaults(argparse.HelpFormatter):
@@ -121,6 +122,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, help="save the full state every k rounds into OUT/checkpoints "
                    "(default: no checkpoints)")
     g.add_argument("--keep-checkpoints", type=int, help="how many of the newest checkpoints to keep")
+    g.add_argument("--tensorboard", metavar="DIR", help="also write every round's metrics and every evaluation "
+                   "as TensorBoard scalars into DIR (needs tensorboardX: pip install 'edgejax[tensorboard]')")
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its "
                    "stored options (bit-identical to an uninterrupted run)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bar")
@@ -342,9 +345,11 @@ def build(o: dict):
 def run(o: dict) -> int:
     from edgejax.cli.compile_cache import enable_compilation_cache
     from edgejax.core.rundir import default_out, prepare
+    from edgejax.core.callbacks import TensorBoard
     from edgejax.core.runner import DivergenceError, RunFailed, RunInterrupted
 
     main = _join_processes(o)
+    callbacks = [TensorBoard(o["tensorboard"])] if o["tensorboard"] and main else []
     out = prepare(o["out"] or default_out(), overwrite=bool(o["overwrite"]), resume=bool(o.get("resume"))) \
         if main else None
     enable_compilation_cache()
@@ -359,7 +364,7 @@ def run(o: dict) -> int:
         results = sim.run(o["rounds"], seed=o["seed"], hparams=hparams, eval_every=o["eval_every"],
                           out_dir=out, progress=o["progress"] and main, checkpoint_every=o["checkpoint_every"],
                           keep_checkpoints=o["keep_checkpoints"], overwrite=bool(o["overwrite"]),
-                          resume=bool(o.get("resume")), extra_config={"cli": stored})
+                          resume=bool(o.get("resume")), extra_config={"cli": stored}, callbacks=callbacks)
     except DivergenceError as err:
         print(f"stopped: {err}; results so far in {out}", file=sys.stderr)
         return 3

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from edgejax.core import rundir
+from edgejax.core.callbacks import Chunk
 from edgejax.core.results import Results, run_info
 from edgejax.core.validation import check_seed
 
@@ -51,7 +52,7 @@ class RunInterrupted(RuntimeError):
 def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_every: int = 10,
         out_dir: str | Path | None = None, progress: bool = False, checkpoint_every: int | None = None,
         keep_checkpoints: int = 2, resume: bool = False, overwrite: bool = False,
-        extra_config: dict | None = None) -> Results:
+        extra_config: dict | None = None, callbacks=()) -> Results:
     """Run ``rounds`` rounds from seed ``seed``, evaluating every ``eval_every`` rounds.
 
     Returns ``Results``.  With ``out_dir`` (claimed before any compute: it must be writable
@@ -69,11 +70,18 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     ``DivergenceError`` naming the first bad round; SIGINT/SIGTERM stop it at the end of the
     current chunk (with a checkpoint when checkpointing) and raise ``RunInterrupted``.
     ``extra_config`` is stored in ``run.json``'s configuration (the CLI keeps its options there).
+    ``callbacks`` are called after every chunk (``edgejax.core.callbacks``); one that returns
+    ``True`` stops the run there (``Results.status`` names it); those with ``close()`` are closed
+    when the run ends.
     """
     for name, value in (("rounds", rounds), ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     check_seed(seed)
+    callbacks = tuple(callbacks)
+    for callback in callbacks:
+        if not callable(callback):
+            raise ValueError(f"callbacks must be callables taking a Chunk (edgejax.core.callbacks); got {callback!r}")
     if out_dir is None and (checkpoint_every or resume):
         raise ValueError("checkpoint_every and resume need an out_dir")
     if jax.process_count() > 1 and (checkpoint_every or resume or (out_dir is not None and jax.process_index())):
@@ -87,7 +95,8 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
                                                   overwrite, resume)
     run_ = _Run(config, output)
     try:
-        return _loop(sim, hp, rounds, chunk, run_, sim._jit_init(jax.random.PRNGKey(seed), hp), resume, progress)
+        return _loop(sim, hp, rounds, chunk, run_, sim._jit_init(jax.random.PRNGKey(seed), hp), resume, progress,
+                     callbacks)
     except OSError as err:
         if output is None:
             raise
@@ -95,9 +104,13 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     finally:
         if output is not None:
             output.close()
+        for callback in callbacks:
+            if hasattr(callback, "close"):
+                callback.close()
 
 
-def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool) -> Results:
+def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool,
+          callbacks: tuple = ()) -> Results:
     """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
     restored = run_.restore(sim.logical_state(state)) if resume else None
     if restored is not None:
@@ -107,9 +120,10 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
         run_.log.add_eval(0, sim._jit_chunk(state, sim.stored_data, hp, chunk, 0)[2])
         run_.claim()
     bar = _progress(rounds, done, progress)
+    stopped_by = None
     with _StopSignals() as stop:
         try:
-            while done < rounds and not stop.received:
+            while done < rounds and not stop.received and stopped_by is None:
                 n = min(chunk, rounds - done)
                 state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.stored_data, hp, chunk, n)
                 round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
@@ -120,7 +134,10 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
                 bar.update(n)
                 shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
                 bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
-                run_.record("running", sim.logical_state(state) if run_.checkpoint_due(done - n, done) else None)
+                stopped_by = _call_back(callbacks, Chunk(done - n + 1, done, round_metrics, _scalars(eval_metrics),
+                                                         sim.logical_state(state))) if callbacks else None
+                due = run_.checkpoint_due(done - n, done) or stopped_by is not None
+                run_.record("running", sim.logical_state(state) if due else None)
         finally:
             bar.close()
     if stop.received:
@@ -128,8 +145,23 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
         run_.record(status, sim.logical_state(state))
         raise RunInterrupted(f"run {status}", stop.received, run_.results(status))
     _warn_if_never_trained(run_.log)
-    run_.record("finished")
-    return run_.results("finished", sim.logical_state(state))
+    status = "finished" if stopped_by is None else f"stopped by {stopped_by!r} after round {done}"
+    run_.record(status)
+    return run_.results(status, sim.logical_state(state))
+
+
+def _call_back(callbacks: tuple, chunk: Chunk):
+    """Call every callback with ``chunk``; the first that asks to stop, or ``None``."""
+    stop = None
+    for callback in callbacks:
+        if callback(chunk) is True and stop is None:
+            stop = callback
+    return stop
+
+
+def _scalars(metrics: dict) -> dict:
+    """An evaluation's metrics as Python floats (non-scalars kept as arrays)."""
+    return {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in metrics.items()}
 
 
 def _check_divergence(metrics: dict[str, np.ndarray], done: int, run_: "_Run"):

@@ -405,7 +405,7 @@ class Simulation:
     def run(self, rounds: int, **options) -> Results:
         """Run ``rounds`` rounds: the host loop ``edgejax.core.runner.run`` (see there for the
         options: ``seed``, ``hparams``, ``eval_every``, ``out_dir``, ``progress``,
-        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``)."""
+        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``, ``callbacks``)."""
         from edgejax.core.runner import run
 
         return run(self, rounds, **options)
