@@ -156,3 +156,28 @@ def test_lax_map_groups_give_the_same_numbers_as_vmap(x64):
         assert sim.context.group_size == group
         results.append(sim.run(3, seed=0, eval_every=3).final_state.server.params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13), *results)
+
+
+def test_a_server_optimizer_given_as_an_optax_factory_equals_the_named_one(x64):
+    """``server_optimizer`` also takes ``hparams -> optax.GradientTransformation`` (fed -Delta), as the
+    local optimizer does: heavy-ball momentum written by hand is FedAvgM."""
+    import optax
+
+    data, _, _ = make_data([6, 5, 7, 4], seed=12)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+
+    def heavy_ball(h):
+        return optax.sgd(h["server_lr"], momentum=0.9)
+
+    finals = []
+    for server in ("momentum", heavy_ball):
+        sim = ej.Simulation(model, data, ej.FedAvg(server_optimizer=server), ej.LocalTraining(batch_size=4),
+                            clients_per_round=3)
+        hp = sim.hparams({"server_lr": 0.7})
+        finals.append(sim.run(4, hparams=hp, eval_every=4))
+    np.testing.assert_array_equal(finals[0].final_state.server.params["out"]["w"],
+                                  finals[1].final_state.server.params["out"]["w"])
+    assert finals[1].config["algorithm"]["server_optimizer"] == "heavy_ball"
+    assert ej.FedAvg(server_optimizer=heavy_ball).name == "fedheavy_ball"
+    with pytest.raises(ValueError, match="unknown server optimizer 'nesterov'.*or pass a callable"):
+        ej.FedAvg(server_optimizer="nesterov")

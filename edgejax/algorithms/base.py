@@ -175,4 +175,6 @@ def _plain(value):
         return f"array{tuple(value.shape)}"
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
+    if callable(value) and hasattr(value, "__name__"):   # e.g. an optimizer factory: its name, not its address
+        return value.__name__
     return repr(value)

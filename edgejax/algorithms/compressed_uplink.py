@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, w
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, round_aggregator_key, scatter,
                                        server_metrics, server_step)
-from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
+from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.core.validation import check_choice
@@ -95,13 +95,13 @@ class CompressedFedAvg:
     error_feedback: bool = False
     per_tensor: bool = True
     weighting: str = "samples"
-    server_optimizer: str = "sgd"
+    server_optimizer: Any = "sgd"
     aggregator: Aggregator = Mean()
 
     def __post_init__(self):
         check_aggregator(self.aggregator)
         check_choice("weighting", self.weighting, WEIGHTINGS)
-        check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        check_server_optimizer(self.server_optimizer)
         if not isinstance(self.compressor, (compression.Compressor, LowRank)):
             raise ValueError(f"compressor must be an edgejax.compression.Compressor or LowRank; "
                              f"got {self.compressor!r}")

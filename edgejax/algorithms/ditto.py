@@ -19,6 +19,7 @@ weighting are FedAvg's options.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, scatter, server_metrics,
                                        server_step, weighted_change)
-from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
+from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
 from edgejax.core.local import LocalTerm, masked_weighted_sum
 from edgejax.core.state import NodeState, ServerState, SimState, tree_broadcast
@@ -49,11 +50,11 @@ DITTO_TERM = LocalTerm("ditto", _pull_to)
 class Ditto:
     """Ditto with the traced ``ditto_lambda`` (see the module docstring)."""
 
-    server_optimizer: str = "sgd"
+    server_optimizer: Any = "sgd"
     weighting: str = "samples"
 
     def __post_init__(self):
-        check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        check_server_optimizer(self.server_optimizer)
         check_choice("weighting", self.weighting, WEIGHTINGS)
 
     @property

@@ -30,6 +30,7 @@ Two variants are options of the same dataclass (a few lines each):
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -37,7 +38,8 @@ from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, w
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import (WEIGHTINGS, aggregated_change, cohort_inputs, gather, normalize,
                                        normalized_weights, proximal, scatter, server_metrics, server_step)
-from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
+from edgejax.algorithms.server_optimizers import (check_server_optimizer, make_server_optimizer, server_hparams,
+                                                  server_optimizer_name)
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_broadcast
 from edgejax.core.validation import check_choice
@@ -54,7 +56,8 @@ class FedAvg:
     """FedAvg with a server optimizer on the pseudo-gradient (static options).
 
     Attributes:
-      server_optimizer: one of ``SERVER_OPTIMIZERS`` (``sgd`` is plain FedAvg).
+      server_optimizer: one of ``SERVER_OPTIMIZERS`` (``sgd`` is plain FedAvg), or a callable
+        ``hparams -> optax.GradientTransformation`` fed the pseudo-gradient ``-Delta``.
       weighting: ``samples`` weights node updates by their sample counts (the paper),
         ``uniform`` weights every active node equally.
       bias_correction: Adam/Yogi-style bias correction on the server (off in Reddi et al.).
@@ -69,7 +72,7 @@ class FedAvg:
         reads every node's change, so it runs ``per_node``.
     """
 
-    server_optimizer: str = "sgd"
+    server_optimizer: Any = "sgd"
     weighting: str = "samples"
     bias_correction: bool = False
     prox: bool = False
@@ -80,7 +83,7 @@ class FedAvg:
 
     def __post_init__(self):
         check_aggregator(self.aggregator)
-        check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        check_server_optimizer(self.server_optimizer)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("tau_eff", self.tau_eff, TAU_EFF)
 
@@ -89,10 +92,11 @@ class FedAvg:
         return self._base_name() + with_aggregator(self.aggregator)
 
     def _base_name(self) -> str:
+        server = server_optimizer_name(self.server_optimizer)
         if not (self.prox or self.normalized):
-            return {"sgd": "fedavg", "momentum": "fedavgm"}.get(self.server_optimizer, f"fed{self.server_optimizer}")
+            return {"sgd": "fedavg", "momentum": "fedavgm"}.get(server, f"fed{server}")
         base = "fednova" if self.normalized else "fedprox"
-        return base if self.server_optimizer == "sgd" else f"{base}+server_{self.server_optimizer}"
+        return base if server == "sgd" else f"{base}+server_{server}"
 
     def traits(self) -> Traits:
         return Traits(needs=Needs(terms=(proximal("mu"),) if self.prox else (),

@@ -18,7 +18,7 @@ SGD, so the local optimizer must be ``sgd``.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, w
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.server import (WEIGHTINGS, aggregated_change, cohort_inputs, gather, linear, normalize,
                                        scatter, server_metrics, server_step)
-from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_hparams
+from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.core.validation import check_choice
@@ -53,14 +53,14 @@ class SCAFFOLD:
 
     weighting: str = "uniform"
     control_average: str = "paper"
-    server_optimizer: str = "sgd"
+    server_optimizer: Any = "sgd"
     aggregator: Aggregator = Mean()
 
     def __post_init__(self):
         check_aggregator(self.aggregator)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("control_average", self.control_average, CONTROL_AVERAGES)
-        check_choice("server optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        check_server_optimizer(self.server_optimizer)
 
     @property
     def name(self) -> str:

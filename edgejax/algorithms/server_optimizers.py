@@ -86,16 +86,33 @@ def scale_by_adaptive_server(kind: str, b1, b2, tau, bias_correction: bool = Fal
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def server_hparams(name: str) -> dict[str, float]:
-    """Traced hyper-parameters of server optimizer ``name`` with their defaults."""
-    if name not in SERVER_OPTIMIZERS:
-        raise ValueError(f"unknown server optimizer {name!r}; choose from {SERVER_OPTIMIZERS}")
-    return dict(_DEFAULTS[name])
+def check_server_optimizer(optimizer) -> None:
+    """A name in ``SERVER_OPTIMIZERS`` or a callable ``hparams -> optax.GradientTransformation``
+    (as ``LocalTraining``'s optimizer), else a ``ValueError`` naming the value."""
+    if not callable(optimizer) and optimizer not in SERVER_OPTIMIZERS:
+        raise ValueError(f"unknown server optimizer {optimizer!r}; choose from {SERVER_OPTIMIZERS} or pass a "
+                         "callable hparams -> optax.GradientTransformation (fed the pseudo-gradient -Delta)")
 
 
-def make_server_optimizer(name: str, hparams: dict, bias_correction: bool = False) -> optax.GradientTransformation:
-    """The server optimizer ``name`` as optax, fed with the gradient ``-Delta``."""
+def server_optimizer_name(optimizer) -> str:
+    """A name for ``optimizer``: its own, or a callable's ``__name__``."""
+    return optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
+
+
+def server_hparams(optimizer) -> dict[str, float]:
+    """Traced hyper-parameters of the server optimizer with their defaults (a callable gets
+    ``server_lr``, 1.0, to read from ``hparams`` as it likes)."""
+    check_server_optimizer(optimizer)
+    return {"server_lr": 1.0} if callable(optimizer) else dict(_DEFAULTS[optimizer])
+
+
+def make_server_optimizer(name, hparams: dict, bias_correction: bool = False) -> optax.GradientTransformation:
+    """The server optimizer as optax, fed with the gradient ``-Delta``: a name in
+    ``SERVER_OPTIMIZERS``, or a callable ``hparams -> optax.GradientTransformation``
+    (e.g. ``lambda h: optax.sgd(h["server_lr"], nesterov=True, momentum=0.9)``)."""
     h = hparams
+    if callable(name):
+        return name(h)
     if name == "sgd":
         return optax.sgd(h["server_lr"])
     if name == "momentum":
