@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -167,3 +168,27 @@ def test_a_sweep_of_points_equals_separate_runs(data):
                          eval_every=4)
         np.testing.assert_allclose(metrics["train_loss"][p], single.rounds["train_loss"], rtol=2e-5, atol=1e-6)
         assert float(final["test_accuracy"][p]) == pytest.approx(single.evals["test_accuracy"][-1], abs=1e-6)
+
+
+def test_a_run_can_start_from_given_global_and_per_node_models():
+    """``init(params=...)`` starts every algorithm from a given model; ``node_params=`` gives each
+    node its own (decentralized training), equal to editing the state by hand; the rest refuse it."""
+    data, _, _ = make_data([5] * 4, seed=21, dtype=np.float32)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    rng = np.random.default_rng(0)
+    one = {"out": {"w": rng.normal(size=(5, 3)).astype(np.float32), "b": np.ones(3, np.float32)}}
+    nodes = {"out": {"w": rng.normal(size=(4, 5, 3)).astype(np.float32), "b": np.zeros((4, 3), np.float32)}}
+    fedavg = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=5))
+    state = fedavg.init(jax.random.PRNGKey(0), fedavg.hparams(), params=one)
+    np.testing.assert_array_equal(state.server.params["out"]["w"], one["out"]["w"])
+    with pytest.raises(ValueError, match="fedavg keeps no per-node models"):
+        fedavg.init(jax.random.PRNGKey(0), fedavg.hparams(), node_params=nodes)
+    with pytest.raises(ValueError, match=r"params must have the model's parameters with shapes .*\(5, 3\)"):
+        fedavg.init(jax.random.PRNGKey(0), fedavg.hparams(), params={"out": {"w": np.zeros((3, 5)), "b": np.zeros(3)}})
+    gossip = ej.Simulation(model, data, ej.DPSGD(ej.Topology("ring")), ej.LocalTraining(batch_size=5, steps=1))
+    hp = gossip.hparams()
+    given = gossip.init(jax.random.PRNGKey(0), hp, node_params=nodes)
+    by_hand = gossip.init(jax.random.PRNGKey(0), hp)
+    by_hand = by_hand._replace(nodes=by_hand.nodes._replace(params=jax.tree_util.tree_map(jnp.asarray, nodes)))
+    a, b = (jax.jit(gossip.round)(s, data, hp)[0].nodes.params["out"]["w"] for s in (given, by_hand))
+    np.testing.assert_array_equal(a, b)

@@ -202,12 +202,19 @@ class Simulation:
         return hp
 
     # ----- pure functions ---------------------------------------------------------------
-    def init(self, key: jax.Array, hparams: dict) -> SimState:
-        """Initial state: one global model from ``key``, per-node keys, algorithm state."""
+    def init(self, key: jax.Array, hparams: dict, params=None, node_params=None) -> SimState:
+        """Initial state: one global model from ``key`` (or the given ``params``), per-node keys,
+        algorithm state.  ``node_params [N, ...]``: every node's own starting model, for
+        algorithms that keep one (decentralized training, FedMD); the others refuse it."""
         k_model, k_nodes, k_run, k_system = jax.random.split(key, 4)
-        params = self.model.init(k_model)
+        params = self.model.init(k_model) if params is None else self._checked_params(params, "params")
         node_rng = jax.random.split(k_nodes, self.num_nodes)
         nodes, server = self.algorithm.init(self.context, params, node_rng, hparams)
+        if node_params is not None:
+            if nodes.params == ():
+                raise ValueError(f"{self.algorithm.name} keeps no per-node models (every node starts each round from "
+                                 "the server's); give its starting model as params=")
+            nodes = nodes._replace(params=self._checked_params(node_params, "node_params", (self.num_nodes,)))
         traits = self.algorithm.traits()
         network = () if traits.topology is None else traits.topology.init_state(
             self.num_nodes, self.system.link_failures, neighbours=traits.asynchronous)
@@ -220,6 +227,17 @@ class Simulation:
                 server = self.algorithm.start_downloads(self.context, server, system.events, self.data.train, hparams)
         return SimState(round=jnp.zeros((), jnp.int32), rng=k_run, nodes=nodes, server=server, system=system,
                         network=network)
+
+    def _checked_params(self, params, name: str, lead: tuple = ()):
+        """``params`` with the model's structure and shapes (after the ``lead`` axes) and dtypes."""
+        expected = self.params_shape
+        leaves, got = jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(params)
+        if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(expected)
+                or any(tuple(g.shape) != lead + tuple(e.shape) for g, e in zip(got, leaves))):
+            shapes = jax.tree_util.tree_map(lambda e: lead + tuple(e.shape), expected)
+            raise ValueError(f"{name} must have the model's parameters with shapes {shapes}; got "
+                             f"{jax.tree_util.tree_map(lambda g: tuple(jnp.shape(g)), params)}")
+        return jax.tree_util.tree_map(lambda g, e: jnp.asarray(g, e.dtype), params, expected)
 
     def _plan(self, state: SimState, data: FederatedData, hparams: dict):
         self._refuse_asynchronous_plan()
