@@ -186,7 +186,7 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
 def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp_path, monkeypatch):
     # the kernel inherits this environment: XLA_FLAGS set inside the notebook must be what jax sees
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    texts = _execute("past_one_device.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20, clients=2000)
+    texts = _execute("past_one_device.ipynb", tmp_path, monkeypatch, rounds=10, nodes=20, clients=2000)
     everything = "\n".join(texts)
     assert "devices: 8 |" in everything and "already imported" not in everything, everything
     # the sharded run equals the one-device run
@@ -201,9 +201,10 @@ def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp
     assert "Results.final_state: ndarray (20, 64, 32)" in everything
     # host-resident clients
     assert "host-resident clients: 2000;" in everything
-    accuracy = re.search(r"FedAvg over 2000 host-resident clients, 16 a round, 3 rounds: test accuracy ([0-9.]+)",
+    accuracy = re.search(r"FedAvg over 2000 host-resident clients, 16 a round, 10 rounds: test accuracy ([0-9.]+)",
                          everything)
-    assert accuracy and 0.0 <= float(accuracy.group(1)) <= 1.0
+    # well above chance (0.1): 0.50 here; a test set in other units than the pool (scaled twice) gives 0.21
+    assert accuracy and float(accuracy.group(1)) > 0.35, everything
     # the pipeline's loss and gradients are the unpartitioned model's; the stage plans
     pipeline = re.findall(r"^S=4, M=(\d): .* loss difference ([0-9.e+-]+), max gradient difference ([0-9.e+-]+)$",
                           everything, re.M)
