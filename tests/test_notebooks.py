@@ -155,9 +155,25 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
 
 
+def _majority_class_accuracy(nodes: int, seed: int) -> float:
+    """The heterogeneous-models notebook's nodes (digits, ``Shards(3)``): the mean over nodes of the
+    accuracy on its local test split of always predicting its most common training class."""
+    import numpy as np
+
+    import edgejax as ej
+
+    data, _ = ej.federate(ej.data.load_dataset("digits"), nodes, ej.data.Shards(3), seed=seed)
+    train, test = data.train, data.local_test
+    scores = []
+    for i in range(nodes):
+        majority = np.bincount(np.asarray(train.y[i][:int(train.count[i])]), minlength=data.num_classes).argmax()
+        scores.append(np.mean(np.asarray(test.y[i][:int(test.count[i])]) == majority))
+    return float(np.mean(scores))
+
+
 @pytest.mark.notebook
 def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes(tmp_path, monkeypatch):
-    texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=10, nodes=20)
     everything = "\n".join(texts)
     # one sub-model per device tier: the full model, half and a quarter width, each cheaper than the last
     tiers = {t: (float(r), float(c)) for t, r, c in re.findall(
@@ -170,7 +186,11 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
         r"^(FedAvg|HeteroFL|class subsets|FedMD)\s+accuracy ([0-9.]+), node compute ([0-9.]+) of the full model "
         r"\(min [0-9.]+\), uplink ([0-9.]+) kB/round, ([0-9.]+) simulated s$", everything, re.M)}
     assert set(runs) == {"FedAvg", "HeteroFL", "class subsets", "FedMD"}, everything
-    assert all(0.0 <= acc <= 1.0 for acc, *_ in runs.values())
+    # every method learned in 10 rounds: the global models well above chance (0.1; at 10 rounds FedAvg
+    # 0.62, HeteroFL 0.37, class subsets 0.38), FedMD's own models well above each node predicting its
+    # most common training class on its own test split (0.36 here; FedMD 0.60)
+    assert runs["FedAvg"][0] > 0.45 and min(runs["HeteroFL"][0], runs["class subsets"][0]) > 0.25, runs
+    assert runs["FedMD"][0] > _majority_class_accuracy(nodes=20, seed=0) + 0.1, runs
     full = runs["FedAvg"]
     assert full[1] == 1.0
     for name in ("HeteroFL", "class subsets"):
