@@ -335,13 +335,12 @@ def run_deadlines(rounds: int, seeds: Sequence[int], chunk: int) -> dict:
 
 
 # ---- plots and report ------------------------------------------------------------------------
-def plot_fedprox(fp: dict, metric: str, ylabel: str, path: Path) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+def plot_fedprox(fp: dict, metric: str, ylabel: str, path: Path) -> Path:
+    import matplotlib   # a dependency of edgejax: a missing one is an error, not a report without plots
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     names = list(fp["datasets"])
     fig, axes = plt.subplots(len(STRAGGLERS), len(names), figsize=(3.6 * len(names), 2.7 * len(STRAGGLERS)),
                              squeeze=False, sharex=True)
@@ -512,8 +511,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for metric, label, suffix in (("global_train_loss", "training loss", "loss"),
                                       ("test_accuracy", "test accuracy", "accuracy")):
             path = plot_fedprox(report["fedprox"], metric, label, args.out_dir / f"{stem}-{suffix}.png")
-            if path is not None:
-                report["plots"].append(str(path.name))
+            report["plots"].append(str(path.name))
     if "deadlines" not in args.skip:
         report["deadlines"] = run_deadlines(d_rounds, seeds, 2 if args.quick else 5)
     report["total_wall_s"] = time.perf_counter() - start

@@ -155,9 +155,25 @@ def test_asynchronous_notebook_compares_against_simulated_time(tmp_path, monkeyp
         assert _is_png(tmp_path / f"{name}.png"), f"plot {name}.png was not written"
 
 
+def _majority_class_accuracy(nodes: int, seed: int) -> float:
+    """The heterogeneous-models notebook's nodes (digits, ``Shards(3)``): the mean over nodes of the
+    accuracy on its local test split of always predicting its most common training class."""
+    import numpy as np
+
+    import edgejax as ej
+
+    data, _ = ej.federate(ej.data.load_dataset("digits"), nodes, ej.data.Shards(3), seed=seed)
+    train, test = data.train, data.local_test
+    scores = []
+    for i in range(nodes):
+        majority = np.bincount(np.asarray(train.y[i][:int(train.count[i])]), minlength=data.num_classes).argmax()
+        scores.append(np.mean(np.asarray(test.y[i][:int(test.count[i])]) == majority))
+    return float(np.mean(scores))
+
+
 @pytest.mark.notebook
 def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes(tmp_path, monkeypatch):
-    texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20)
+    texts = _execute("heterogeneous_models.ipynb", tmp_path, monkeypatch, rounds=10, nodes=20)
     everything = "\n".join(texts)
     # one sub-model per device tier: the full model, half and a quarter width, each cheaper than the last
     tiers = {t: (float(r), float(c)) for t, r, c in re.findall(
@@ -170,7 +186,11 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
         r"^(FedAvg|HeteroFL|class subsets|FedMD)\s+accuracy ([0-9.]+), node compute ([0-9.]+) of the full model "
         r"\(min [0-9.]+\), uplink ([0-9.]+) kB/round, ([0-9.]+) simulated s$", everything, re.M)}
     assert set(runs) == {"FedAvg", "HeteroFL", "class subsets", "FedMD"}, everything
-    assert all(0.0 <= acc <= 1.0 for acc, *_ in runs.values())
+    # every method learned in 10 rounds: the global models well above chance (0.1; at 10 rounds FedAvg
+    # 0.62, HeteroFL 0.37, class subsets 0.38), FedMD's own models well above each node predicting its
+    # most common training class on its own test split (0.36 here; FedMD 0.60)
+    assert runs["FedAvg"][0] > 0.45 and min(runs["HeteroFL"][0], runs["class subsets"][0]) > 0.25, runs
+    assert runs["FedMD"][0] > _majority_class_accuracy(nodes=20, seed=0) + 0.1, runs
     full = runs["FedAvg"]
     assert full[1] == 1.0
     for name in ("HeteroFL", "class subsets"):
@@ -186,7 +206,7 @@ def test_heterogeneous_models_notebook_tables_accuracy_against_compute_and_bytes
 def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp_path, monkeypatch):
     # the kernel inherits this environment: XLA_FLAGS set inside the notebook must be what jax sees
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    texts = _execute("past_one_device.ipynb", tmp_path, monkeypatch, rounds=3, nodes=20, clients=2000)
+    texts = _execute("past_one_device.ipynb", tmp_path, monkeypatch, rounds=10, nodes=20, clients=2000)
     everything = "\n".join(texts)
     assert "devices: 8 |" in everything and "already imported" not in everything, everything
     # the sharded run equals the one-device run
@@ -201,9 +221,10 @@ def test_past_one_device_notebook_shards_nodes_streams_clients_and_pipelines(tmp
     assert "Results.final_state: ndarray (20, 64, 32)" in everything
     # host-resident clients
     assert "host-resident clients: 2000;" in everything
-    accuracy = re.search(r"FedAvg over 2000 host-resident clients, 16 a round, 3 rounds: test accuracy ([0-9.]+)",
+    accuracy = re.search(r"FedAvg over 2000 host-resident clients, 16 a round, 10 rounds: test accuracy ([0-9.]+)",
                          everything)
-    assert accuracy and 0.0 <= float(accuracy.group(1)) <= 1.0
+    # well above chance (0.1): 0.50 here; a test set in other units than the pool (scaled twice) gives 0.21
+    assert accuracy and float(accuracy.group(1)) > 0.35, everything
     # the pipeline's loss and gradients are the unpartitioned model's; the stage plans
     pipeline = re.findall(r"^S=4, M=(\d): .* loss difference ([0-9.e+-]+), max gradient difference ([0-9.e+-]+)$",
                           everything, re.M)

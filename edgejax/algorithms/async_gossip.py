@@ -35,6 +35,7 @@ from edgejax.algorithms.decentralized import consensus_distance, node_mean
 from edgejax.algorithms.topology_spec import Topology
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, ServerState, SimState, tree_broadcast, tree_take
+from edgejax.core.streams import stream_key
 from edgejax.models.base import num_bytes
 
 
@@ -119,7 +120,7 @@ class ADPSGD:
         def apply_event(e, trained, carry):
             x, xhat, changes, read, partner, staleness, distance = carry
             i = win.node[e]
-            tick_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round + win.tick[e]), 6)
+            tick_key = stream_key(jax.random.fold_in(state.rng, state.round + win.tick[e]), "gossip_partner")
             logits = jnp.where(edges[i], 0.0, -jnp.inf)
             j = neighbours[i, jax.random.categorical(jax.random.fold_in(tick_key, win.position[e]), logits)]
             delta = jax.tree_util.tree_map(jnp.subtract, trained.params, trained.start)

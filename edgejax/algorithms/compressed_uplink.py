@@ -36,6 +36,7 @@ from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normal
 from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
 
@@ -154,7 +155,7 @@ class CompressedFedAvg:
         update = jax.tree_util.tree_map(lambda xi, x0: xi - x0, result.params, x)
         if self.error_feedback:
             update = jax.tree_util.tree_map(jnp.add, update, gather(state.nodes.extra.e, plan, cohort.full))
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(cohort.keys)
+        keys = jax.vmap(lambda k: stream_key(k, "uplink_compression"))(cohort.keys)
         sent = jax.vmap(self.compress)(keys, update)
         nodes = state.nodes
         if self.error_feedback:

@@ -31,6 +31,7 @@ from edgejax.algorithms.topology_spec import Topology, messages_sent
 from edgejax.compression import Compressor, Identity, compress_tree, tree_payload_bits
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, ServerState, SimState, round_keys, tree_broadcast
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
 
@@ -272,7 +273,7 @@ class CHOCO(_Gossip):
         return PublicCopy(jax.tree_util.tree_map(lambda p: jnp.zeros((n, *p.shape), p.dtype), global_params))
 
     def _compress(self, state, diff, n):
-        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.rng, state.round), 2), n)
+        keys = jax.random.split(stream_key(jax.random.fold_in(state.rng, state.round), "choco_compression"), n)
         return jax.vmap(lambda k, d: compress_tree(self.compressor, k, d, self.per_tensor))(keys, diff)
 
     def round(self, ctx, state: SimState, data, plan, hparams):
@@ -328,7 +329,7 @@ class PairwiseGossip(_Gossip):
         x = state.nodes.params
         x_half, loss, steps, state = self.local_steps(ctx, state, data, plan, x, hparams)
         n = plan.active.shape[0]
-        partner = tp.random_matching(jax.random.fold_in(jax.random.fold_in(state.rng, state.round), 3), n)
+        partner = tp.random_matching(stream_key(jax.random.fold_in(state.rng, state.round), "pairwise_matching"), n)
         if self.order == "atc":
             new = tp.pairwise_average(x_half, partner)
         else:

@@ -62,12 +62,12 @@ from edgejax.algorithms.server import gather, scatter, server_metrics
 from edgejax.core.execution import Needs
 from edgejax.core.local import map_nodes, mask_tree, masked_weighted_sum
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, round_keys, tree_broadcast
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice
 from edgejax.data.host import cohort_data
 from edgejax.models.base import Model
 
 DISTILL_LOSSES = ("l1", "l2", "kl")
-_PUBLIC_STREAM = 0x46454D44   # folded into the round's run key to draw the public subset
 
 
 def distill_loss(kind: str, logits: jax.Array, target: jax.Array, temperature) -> jax.Array:
@@ -174,7 +174,7 @@ class FedMD:
         public = jnp.asarray(self.public_x, jax.tree_util.tree_leaves(state.nodes.params)[0].dtype)
         if self.public_per_round is None:
             return public
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), _PUBLIC_STREAM)
+        key = stream_key(jax.random.fold_in(state.rng, state.round), "public_subset")
         return public[jax.random.choice(key, public.shape[0], (self.public_per_round,), replace=False)]
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):

@@ -31,10 +31,9 @@ from edgejax.algorithms.server_optimizers import check_server_optimizer, make_se
 from edgejax.core.execution import Needs
 from edgejax.core.local import LocalTerm, masked_weighted_sum
 from edgejax.core.state import NodeState, ServerState, SimState, tree_broadcast
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice
 from edgejax.models.base import num_bytes
-
-_PERSONAL_STREAM = 0x44_54
 
 
 def _pull_to(params, anchor, target, hparams):
@@ -92,7 +91,7 @@ class Ditto:
         no_pull = {**hparams, "ditto_lambda": jnp.zeros_like(hparams["ditto_lambda"])}
         glob = ctx.execution.train(w_k, cohort.data, cohort.keys, plan.step_budget, no_pull, anchor)
         v = gather(state.nodes.params, plan, cohort.full)
-        personal_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(cohort.keys, _PERSONAL_STREAM)
+        personal_keys = jax.vmap(lambda k: stream_key(k, "ditto_personal"))(cohort.keys)
         pers = ctx.execution.train(v, cohort.data, personal_keys, plan.step_budget, hparams, anchor)
         active = plan.active > 0
         v_new = jax.tree_util.tree_map(

@@ -27,9 +27,8 @@ import jax.numpy as jnp
 from edgejax.algorithms.base import Traits, describe_algorithm
 from edgejax.algorithms.fedavg import FedAvg
 from edgejax.core.state import SimState, round_keys, tree_broadcast
+from edgejax.core.streams import stream_key
 from edgejax.data.host import cohort_data
-
-_FINETUNE_STREAM = 0x46_54    # folded into each node's key: fine-tuning minibatches differ from training's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +71,7 @@ class FineTuned:
     def finetune(self, ctx, state: SimState, data, hparams):
         """Every node's fine-tuned model ``[N, ...]`` from the server model (also usable on its own)."""
         n = data.train.num_nodes
-        rng = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.nodes.rng, _FINETUNE_STREAM)
+        rng = jax.vmap(lambda k: stream_key(k, "finetune"))(state.nodes.rng)   # not training's minibatches
         budget = jnp.full((n,), jnp.iinfo(jnp.int32).max if self.finetune_steps is None else self.finetune_steps,
                           jnp.int32)
         # plain local steps: a FedProx base's pull toward x is switched off (mu = 0) while fine-tuning

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.core.local import SubModelMask
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice
 from edgejax.models.base import Model
 from edgejax.models.layout import chain_mask, gemm_layout
@@ -128,7 +129,7 @@ class WidthScaled:
         rates = np.asarray(self.rates)[:, None]
         allowed = jnp.asarray(np.asarray(self.levels)[None, :] <= rates)[nodes]          # [K, J]
         logits = jnp.where(allowed, 0.0, -jnp.inf)
-        draw = jax.vmap(lambda k, lg: jax.random.categorical(jax.random.fold_in(k, 1), lg))(keys, logits)
+        draw = jax.vmap(lambda k, lg: jax.random.categorical(stream_key(k, "width_draw"), lg))(keys, logits)
         return self._table(self.levels)[draw]
 
     def masks(self, round_, nodes: jax.Array, keys: jax.Array, dtype) -> SubModelMask:

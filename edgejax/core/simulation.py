@@ -25,6 +25,7 @@ from edgejax.core.execution import RoundContext, build_execution, resolve_execut
 from edgejax.core.local import LocalTraining, make_minibatch_gradient
 from edgejax.core.results import Results
 from edgejax.core.state import RoundPlan, SimState
+from edgejax.core.streams import stream_key
 from edgejax.data.federated import FederatedData
 from edgejax.data.host import HostNodeData
 from edgejax.core.preflight import preflight
@@ -220,7 +221,7 @@ class Simulation:
             self.num_nodes, self.system.link_failures, neighbours=traits.asynchronous)
         system = self.system.init(k_system, self.num_nodes)
         if traits.asynchronous:
-            system = self.system.start_events(jax.random.fold_in(k_system, 1), system, self.local,
+            system = self.system.start_events(stream_key(k_system, "event_clock"), system, self.local,
                                               self.data.train.count, self.context.payload, hparams,
                                               self.algorithm.concurrency, self.cohort_size)
             if hasattr(self.algorithm, "start_downloads"):   # optional: the first downloads, once the clock started

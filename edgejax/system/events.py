@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.core.state import tree_take
+from edgejax.core.streams import stream_key
 from edgejax.system.clock import node_times, round_cost
 from edgejax.system.profiles import DeviceProfiles
 
@@ -172,7 +173,8 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
                     availability, hparams, *, window: int, cohort: int, bounded: bool, steps, batch_size,
                     payload, jitter, trace):
     """Schedule up to ``window`` arrivals (at most ``ticks_left`` ticks), starting at global tick
-    ``first_tick``; tick t's availability key is ``fold_in(fold_in(run_key, t), 4)``.
+    ``first_tick``; tick t's availability key is ``stream_key(fold_in(run_key, t), "tick_availability")``
+    (``edgejax.core.streams``: ``fold_in(fold_in(run_key, t), 4)``).
 
     ``steps [N]``: each node's local steps; ``payload``: the algorithm's ``Payload``.  Returns
     ``(Window, new EventState, online_state, clock)``.  A slot restarts at most once per window
@@ -236,9 +238,9 @@ def schedule_window(run_key, first_tick, ticks_left, state: EventState, online_s
         if availability.kind == "always":   # every node online: no per-tick O(N) draw
             online_now = None
         else:
-            online_now, online = availability.step(jax.random.fold_in(tick_key, 4), online, first_tick + win.n_ticks,
-                                                   hparams)
-        draw_key = jax.random.fold_in(jax.random.fold_in(st.key, first_tick + win.n_ticks), 7)
+            online_now, online = availability.step(stream_key(tick_key, "tick_availability"), online,
+                                                   first_tick + win.n_ticks, hparams)
+        draw_key = stream_key(jax.random.fold_in(st.key, first_tick + win.n_ticks), "idle_pick")
 
         def restart(q, inner):
             st, win, kept, horizon = inner

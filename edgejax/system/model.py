@@ -36,6 +36,7 @@ import numpy as np
 
 from edgejax import topology as tp
 from edgejax.core.state import RoundPlan, default_float, tree_take
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice
 from edgejax.system.availability import Availability
 from edgejax.system.clock import POLICIES, deadline_plan, node_times, round_cost
@@ -162,7 +163,7 @@ class SystemModel:
         budget = jnp.where(active > 0, budget, 0).astype(jnp.int32)
         live = ()
         if self.link_failures:
-            live = tp.draw_live_edges(jax.random.fold_in(key, 1), links, hparams["link_failure"])
+            live = tp.draw_live_edges(stream_key(key, "link_failures"), links, hparams["link_failure"])
         return RoundPlan(nodes.astype(jnp.int32), active, budget, live), system._replace(online=state)
 
     @staticmethod
