@@ -8,11 +8,11 @@ import pytest
 from edgejax.core import streams
 from edgejax.core.streams import KNOWN_SPLIT_OVERLAPS, PARENT_KEYS, SPLIT_POSITIONS, STREAMS, stream_key
 
-# the integers each module folded in before the table existed: every result depends on them ("aggregator":
-# AGGREGATOR_STREAM of edgejax.algorithms.aggregation, in progress on main, reserved here)
+# the integers each module folded in before the table existed: every result depends on them (the
+# aggregators' streams came with the aggregator seam, with these numbers)
 BEFORE_THE_TABLE = {
     "link_failures": 1, "choco_compression": 2, "pairwise_matching": 3, "tick_availability": 4, "gossip_partner": 6,
-    "public_subset": 0x46454D44, "aggregator": 0x41474752, "idle_pick": 7, "event_clock": 1, "width_draw": 1,
+    "public_subset": 0x46454D44, "aggregator": 0x41474752, "flush_aggregator": 0x41474752, "idle_pick": 7, "event_clock": 1, "width_draw": 1,
     "uplink_compression": 2, "ditto_personal": 0x4454, "finetune": 0x4654,
 }
 

@@ -33,9 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.core.local import masked_weighted_sum
-
-# the aggregator's key for a server step: fold_in(parent key, AGGREGATOR_STREAM)
-AGGREGATOR_STREAM = 0x41474752
+from edgejax.core.streams import stream_key
 
 
 @runtime_checkable
@@ -67,9 +65,9 @@ def with_aggregator(aggregator) -> str:
     return "" if isinstance(aggregator, Mean) else f"+{aggregator.name}"
 
 
-def aggregator_key(key):
-    """The aggregator's key for a server step from the step's parent key."""
-    return jax.random.fold_in(key, AGGREGATOR_STREAM)
+def aggregator_key(round_key):
+    """The aggregator's key for a synchronous server step: the round key's ``aggregator`` stream."""
+    return stream_key(round_key, "aggregator")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,13 +62,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edgejax.algorithms.aggregation import Aggregator, Mean, aggregator_key, check_aggregator, with_aggregator
+from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
 from edgejax.algorithms.base import Payload, Traits, describe_algorithm
 from edgejax.algorithms.download_training import first_downloads, job_inputs, queue_restarts, train_queue
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
 from edgejax.core.shared_base import LayerFactors, factor_rows, factor_sum
 from edgejax.core.state import NodeState, ServerState, SimState, tree_take
+from edgejax.core.streams import stream_key
 from edgejax.core.validation import Range, check_choice
 from edgejax.data.host import cohort_data
 from edgejax.models.base import num_bytes
@@ -488,8 +489,9 @@ class Buffer(NamedTuple):
 
 
 def flush_key(run_key, version):
-    """The aggregator's key for the server step that makes version ``version + 1``."""
-    return jax.random.fold_in(aggregator_key(run_key), version)
+    """The aggregator's key for the server step that makes version ``version + 1``: ``version``
+    folded into the run key's ``flush_aggregator`` stream."""
+    return jax.random.fold_in(stream_key(run_key, "flush_aggregator"), version)
 
 
 @dataclasses.dataclass(frozen=True)

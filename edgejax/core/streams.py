@@ -14,6 +14,7 @@ The parent keys (``PARENT_KEYS``):
   ``t``'s key is the round key of ``t``.  The synchronous plan also splits it,
   ``split(round key, 4)``: availability, selection, stragglers, partial epochs
   (``SystemModel.plan``; see ``SPLIT_POSITIONS``).
+``"run"``, the run key ``SimState.rng`` itself (the round key folds the round number into it).
 ``"event_tick"``, the event clock's tick key: ``fold_in(EventState.key, t)`` for global
   tick ``t`` (``edgejax.system.events``; the same ``EventState.key`` folded with a node
   index and a job number draws a job's duration jitter).
@@ -63,8 +64,10 @@ STREAMS: dict[str, int] = {
     "tick_availability": 4,          # event clock: who is online at tick t (sync rounds: split position 0)
     "gossip_partner": 6,             # AD-PSGD: the neighbour each arrival of tick t averages with
     "public_subset": 0x46454D44,     # FedMD: the round's public samples ("FEMD")
-    "aggregator": 0x41474752,        # reserved ("AGGR"): a server step's aggregator key
-                                     # (edgejax.algorithms.aggregation, in progress on main)
+    "aggregator": 0x41474752,        # a synchronous server step's aggregator key ("AGGR";
+                                     # edgejax.algorithms.aggregation)
+    # the run key
+    "flush_aggregator": 0x41474752,  # FedBuff: the flush to version v folds v into this stream
     # the event clock's tick key
     "idle_pick": 7,                  # bounded concurrency: which idle node takes a freed slot
     # the system key
@@ -80,6 +83,7 @@ STREAMS: dict[str, int] = {
 PARENT_KEYS: dict[str, tuple[str, ...]] = {
     "round": ("link_failures", "choco_compression", "pairwise_matching", "tick_availability", "gossip_partner",
               "public_subset", "aggregator"),
+    "run": ("flush_aggregator",),
     "event_tick": ("idle_pick",),
     "system": ("event_clock",),
     "node_round": ("width_draw", "uplink_compression", "ditto_personal"),
