@@ -4,9 +4,9 @@ All N nodes are one array axis; a round for every node is one jit-compiled progr
 """
 from edgejax import algorithms, data, models
 from edgejax import compression, parallel, system, topology
-from edgejax.algorithms import (ADPSGD, CHOCO, DPSGD, Aggregator, AsyncSGD, CoordinateMedian, DCASGD, FedAsync, FedAvg,
-                                FedBuff, FedDyn, Mean, PairwiseGossip, PushSum, SCAFFOLD, Topology, TrimmedMean,
-                                get_algorithm)
+from edgejax.algorithms import (ADPSGD, CHOCO, DPSGD, Aggregator, AsyncSGD, CenteredClipping, CoordinateMedian, DCASGD,
+                                FedAsync, FedAvg, FedBuff, FedDyn, GeometricMedian, Krum, Mean, MultiKrum, NormBounded,
+                                PairwiseGossip, PushSum, SCAFFOLD, Topology, TrimmedMean, get_algorithm)
 from edgejax.core.compile_cache import enable_compilation_cache
 from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.local import LocalTerm, LocalTraining
@@ -29,7 +29,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgejax' has no attribute {name!r}")
 
 
-__all__ = ["ADPSGD", "Aggregator", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
+__all__ = ["ADPSGD", "Aggregator", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunFailed", "RunInterrupted", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
            "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models", "sweep", "system", "topology"]
