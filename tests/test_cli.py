@@ -201,6 +201,9 @@ def test_the_aggregator_from_the_cli():
     o = resolve_options(["run", "--algorithm", "fedbuff", "--aggregator", "trimmed_mean:0.2"])
     assert _algorithm(o).aggregator == ej.TrimmedMean(0.2)
     assert _algorithm(resolve_options(["run", "--algorithm", "scaffold"])).aggregator == ej.Mean()
+    o = resolve_options(["run", "--algorithm", "fedbuff", "--aggregator", "multikrum:1:3"])
+    assert _algorithm(o).aggregator == ej.MultiKrum(byzantine=1, select=3)
+    assert _algorithm(resolve_options(["run", "--aggregator", "cclip"])).aggregator == ej.CenteredClipping()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -208,7 +211,9 @@ def test_the_aggregator_from_the_cli():
     (["--profiles", "tiered", "--tiers", "0.9:1,0.2:0.1"], "must sum to 1; got '0.9:1,0.2:0.1'"),
     (["--tiers", "0.9:1,0.1:0.1"], "--tiers does not apply"),
     (["--buffer-size", "3"], "--buffer-size does not apply"),
-    (["--aggregator", "mode"], "bad aggregator 'mode'; accepted: 'mean', 'median', 'trimmed_mean:<trim>'"),
+    (["--aggregator", "mode"], "bad aggregator 'mode'; accepted: 'mean', 'median', 'trimmed_mean:<trim>', "
+                               "'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', 'cclip', 'normbound'"),
+    (["--aggregator", "krum:-1"], "Krum: byzantine=-1 must be an integer >= 0"),
     (["--aggregator", "trimmed_mean:0.7"], "trim=0.7 must be in [0, 0.5)"),
     (["--aggregator", "median", "--algorithm", "fedasync"], "--aggregator does not apply"),
 ])

@@ -13,7 +13,8 @@ nodes keep their own models and exchange logits on a public set, optionally over
 Personalized (each node's own model, judged on its own data): ``FineTuned`` (FedAvg + local
 fine-tuning), ``Ditto``, ``FedRep``, ``APFL``; ``personalized_report`` (mean, worst 10%, spread).
 Aggregators (how a server combines updates; ``FedAvg(aggregator=...)``, ``FedBuff(aggregator=...)``):
-``Mean`` (the default), ``CoordinateMedian``, ``TrimmedMean``.
+``Mean`` (the default), ``CoordinateMedian``, ``TrimmedMean``; over whole updates ``Krum``, ``MultiKrum``,
+``GeometricMedian`` (RFA), ``CenteredClipping``, ``NormBounded``.
 Decentralized: ``DPSGD``, ``PushSum`` (SGP), ``CHOCO`` (compressed gossip), ``PairwiseGossip``,
 ``DIGing`` (gradient tracking), each over a ``Topology``.
 """
@@ -21,6 +22,8 @@ from edgejax.algorithms.aggregation import Aggregator, Mean
 from edgejax.algorithms.apfl import APFL
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
+from edgejax.algorithms.byzantine_aggregators import (CenteredClipping, GeometricMedian, Krum, MultiKrum,
+                                                     NormBounded)
 from edgejax.algorithms.base import Algorithm, AsynchronousAlgorithm, Payload, Traits, describe_algorithm
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.delay_compensation import ExactDCASGD
@@ -53,4 +56,5 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
-           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean", "TrimmedMean"]
+           "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean",
+           "TrimmedMean", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from edgejax import compression
 from edgejax.algorithms.aggregation import Mean
+from edgejax.algorithms.byzantine_aggregators import CenteredClipping, GeometricMedian, Krum, MultiKrum, NormBounded
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
@@ -64,19 +65,39 @@ def get_algorithm(name: str, **options):
     raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED)}")
 
 
+AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
+                        "'cclip', 'normbound'")
+
+
 def parse_aggregator(spec: str):
-    """``mean``, ``median`` (``CoordinateMedian``), ``trimmed_mean:<trim>`` (``TrimmedMean``)."""
+    """``mean``, ``median`` (``CoordinateMedian``), ``trimmed_mean:<trim>`` (``TrimmedMean``),
+    ``krum:<f>`` (``Krum(byzantine=f)``), ``multikrum:<f>:<m>`` (``MultiKrum(byzantine=f, select=m)``),
+    ``geomedian`` (``GeometricMedian()``), ``cclip`` (``CenteredClipping()``: its radius is the traced
+    ``cclip_tau``) and ``normbound`` (``NormBounded()``: its bound is the traced ``norm_bound``)."""
     kind, _, arg = spec.strip().lower().partition(":")
-    if kind == "mean" and not arg:
-        return Mean()
-    if kind == "median" and not arg:
-        return CoordinateMedian()
-    if kind == "trimmed_mean" and arg:
-        try:
-            return TrimmedMean(float(arg))
-        except ValueError as err:
-            raise ValueError(f"bad aggregator {spec!r}: {err}") from err
-    raise ValueError(f"bad aggregator {spec!r}; accepted: 'mean', 'median', 'trimmed_mean:<trim>'")
+    args = arg.split(":") if arg else []
+    simple = {"mean": Mean, "median": CoordinateMedian, "geomedian": GeometricMedian, "cclip": CenteredClipping,
+              "normbound": NormBounded}
+    try:
+        if kind in simple and not args:
+            return simple[kind]()
+        if kind == "trimmed_mean" and len(args) == 1:
+            return TrimmedMean(float(args[0]))
+        if kind == "krum" and len(args) == 1:
+            return Krum(byzantine=_count(args[0]))
+        if kind == "multikrum" and len(args) == 2:
+            return MultiKrum(byzantine=_count(args[0]), select=_count(args[1]))
+    except ValueError as err:
+        raise ValueError(f"bad aggregator {spec!r}: {err}") from err
+    raise ValueError(f"bad aggregator {spec!r}; accepted: {AGGREGATOR_SPELLINGS}")
+
+
+def _count(text: str) -> int:
+    """A whole number written in an aggregator spec (``ValueError`` naming it otherwise)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
 
 
 def parse_compressor(spec: str) -> compression.Compressor:

@@ -28,7 +28,7 @@ def _sorted_columns(u, mask):
     return jnp.sort(jnp.where(keep, u, jnp.inf), axis=0)
 
 
-def _scaled(statistic, weights, mask):
+def scaled_statistic(statistic, weights, mask):
     """The aggregator contract: the statistic times the rows' total weight; zero with no row."""
     total = jnp.sum(jnp.where(mask, weights, 0))
     return jax.tree_util.tree_map(lambda s: jnp.where(jnp.any(mask), total * s, 0).astype(s.dtype), statistic)
@@ -54,7 +54,7 @@ class CoordinateMedian:
             s = _sorted_columns(u, mask)
             return 0.5 * (jnp.take(s, (m - 1) // 2, axis=0) + jnp.take(s, m // 2, axis=0))
 
-        return _scaled(jax.tree_util.tree_map(median, updates), weights, mask), state, {}
+        return scaled_statistic(jax.tree_util.tree_map(median, updates), weights, mask), state, {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,4 +87,4 @@ class TrimmedMean:
             inside = (rank >= cut) & (rank < m - cut)
             return jnp.sum(jnp.where(inside, s, 0), axis=0) / kept.astype(u.dtype)
 
-        return _scaled(jax.tree_util.tree_map(trimmed, updates), weights, mask), state, {}
+        return scaled_statistic(jax.tree_util.tree_map(trimmed, updates), weights, mask), state, {}

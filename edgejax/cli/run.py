@@ -64,8 +64,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("algorithm")
     g.add_argument("--algorithm", choices=ALGORITHMS, help="server-side algorithm")
     g.add_argument("--weighting", choices=("samples", "uniform"), help="aggregation weights of node updates")
-    g.add_argument("--aggregator", help="how the server combines updates: mean | median | trimmed_mean:<trim> "
-                   "(coordinate-wise; fedbuff: each flush)")
+    g.add_argument("--aggregator", help="how the server combines updates (fedbuff: each flush): mean | median | "
+                   "trimmed_mean:<trim> (coordinate-wise) | krum:<f> | multikrum:<f>:<m> (f Byzantine nodes, the "
+                   "mean of the m best) | geomedian (RFA) | cclip (centered clipping, radius --hparam cclip_tau=...) "
+                   "| normbound (rows clipped to --hparam norm_bound=...)")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
                    "steps (default: 10)")

@@ -75,6 +75,7 @@ HPARAM_RANGES: dict[str, Range] = {
     "deadline": _RATE,
     "consensus_step": Range(0.0, 1.0, closed_low=False),
     "clients_per_round": Range(1.0, COHORT, integer=True),
+    "cclip_tau": _RATE, "norm_bound": _RATE,  # CenteredClipping's radius, NormBounded's bound
 }
 
 
