@@ -201,9 +201,18 @@ def test_the_aggregator_from_the_cli():
     o = resolve_options(["run", "--algorithm", "fedbuff", "--aggregator", "trimmed_mean:0.2"])
     assert _algorithm(o).aggregator == ej.TrimmedMean(0.2)
     assert _algorithm(resolve_options(["run", "--algorithm", "scaffold"])).aggregator == ej.Mean()
+    assert _algorithm(resolve_options(["run", "--aggregator", "dp:1e-6"])).aggregator == ej.GaussianDP(delta=1e-6)
     o = resolve_options(["run", "--algorithm", "fedbuff", "--aggregator", "multikrum:1:3"])
     assert _algorithm(o).aggregator == ej.MultiKrum(byzantine=1, select=3)
     assert _algorithm(resolve_options(["run", "--aggregator", "cclip"])).aggregator == ej.CenteredClipping()
+
+
+def test_a_dp_run_from_the_cli_reports_epsilon(tmp_path):
+    assert main(["run", *SMALL, "--out", str(tmp_path), "--weighting", "uniform", "--aggregator", "dp",
+                 "--hparam", "dp_clip=0.5", "--hparam", "dp_noise_multiplier=1.0"]) == 0
+    rounds = np.genfromtxt(tmp_path / "metrics.csv", delimiter=",", names=True)
+    epsilon = rounds["epsilon"][1:]
+    assert np.all(np.isfinite(epsilon)) and np.all(np.diff(epsilon) > 0)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -212,7 +221,7 @@ def test_the_aggregator_from_the_cli():
     (["--tiers", "0.9:1,0.1:0.1"], "--tiers does not apply"),
     (["--buffer-size", "3"], "--buffer-size does not apply"),
     (["--aggregator", "mode"], "bad aggregator 'mode'; accepted: 'mean', 'median', 'trimmed_mean:<trim>', "
-                               "'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', 'cclip', 'normbound'"),
+                               "'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', 'cclip', 'normbound', 'dp', 'dp:<delta>'"),
     (["--aggregator", "krum:-1"], "Krum: byzantine=-1 must be an integer >= 0"),
     (["--aggregator", "trimmed_mean:0.7"], "trim=0.7 must be in [0, 0.5)"),
     (["--aggregator", "median", "--algorithm", "fedasync"], "--aggregator does not apply"),

@@ -40,6 +40,7 @@ from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.personalized import personalized_report
+from edgejax.algorithms.privacy import GaussianDP
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
 from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, PERSONALIZED, get_algorithm,
                                          parse_compressor)
@@ -57,4 +58,4 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
            "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean",
-           "TrimmedMean", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded"]
+           "TrimmedMean", "GaussianDP", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from edgejax import compression
 from edgejax.algorithms.aggregation import Mean
 from edgejax.algorithms.byzantine_aggregators import CenteredClipping, GeometricMedian, Krum, MultiKrum, NormBounded
+from edgejax.algorithms.privacy import GaussianDP
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
 from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff
@@ -66,14 +67,15 @@ def get_algorithm(name: str, **options):
 
 
 AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
-                        "'cclip', 'normbound'")
+                        "'cclip', 'normbound', 'dp', 'dp:<delta>'")
 
 
 def parse_aggregator(spec: str):
     """``mean``, ``median`` (``CoordinateMedian``), ``trimmed_mean:<trim>`` (``TrimmedMean``),
     ``krum:<f>`` (``Krum(byzantine=f)``), ``multikrum:<f>:<m>`` (``MultiKrum(byzantine=f, select=m)``),
     ``geomedian`` (``GeometricMedian()``), ``cclip`` (``CenteredClipping()``: its radius is the traced
-    ``cclip_tau``) and ``normbound`` (``NormBounded()``: its bound is the traced ``norm_bound``)."""
+    ``cclip_tau``), ``normbound`` (``NormBounded()``: its bound is the traced ``norm_bound``) and ``dp`` /
+    ``dp:<delta>`` (``GaussianDP``: DP-FedAvg, traced ``dp_clip`` and ``dp_noise_multiplier``)."""
     kind, _, arg = spec.strip().lower().partition(":")
     args = arg.split(":") if arg else []
     simple = {"mean": Mean, "median": CoordinateMedian, "geomedian": GeometricMedian, "cclip": CenteredClipping,
@@ -81,6 +83,8 @@ def parse_aggregator(spec: str):
     try:
         if kind in simple and not args:
             return simple[kind]()
+        if kind == "dp" and len(args) <= 1:
+            return GaussianDP(delta=float(args[0])) if args else GaussianDP()
         if kind == "trimmed_mean" and len(args) == 1:
             return TrimmedMean(float(args[0]))
         if kind == "krum" and len(args) == 1:

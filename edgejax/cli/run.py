@@ -67,7 +67,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--aggregator", help="how the server combines updates (fedbuff: each flush): mean | median | "
                    "trimmed_mean:<trim> (coordinate-wise) | krum:<f> | multikrum:<f>:<m> (f Byzantine nodes, the "
                    "mean of the m best) | geomedian (RFA) | cclip (centered clipping, radius --hparam cclip_tau=...) "
-                   "| normbound (rows clipped to --hparam norm_bound=...)")
+                   "| normbound (rows clipped to --hparam norm_bound=...) | dp, dp:<delta> (DP-FedAvg: --hparam "
+                   "dp_clip=... dp_noise_multiplier=...; every round reports epsilon at delta, default 1e-5)")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
                    "steps (default: 10)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from edgejax.algorithms.privacy import privacy_accountant
 from edgejax.core import rundir
 from edgejax.core.callbacks import Chunk
 from edgejax.core.results import Results, run_info
@@ -88,15 +89,20 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
         raise ValueError("in a multi-host run only process 0 writes results (out_dir), and checkpoint_every / "
                          "resume are single-process only (edgejax.parallel.multihost)")
     hp = sim.hparams(hparams)
+    accountant = privacy_accountant(sim, hp)
     chunk = min(eval_every, rounds)
     config = {**sim.describe(), "seed": seed, "rounds": rounds, "eval_every": chunk,
               "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}, **(extra_config or {})}
+    if accountant is not None:
+        config["privacy"] = {"accountant": "dp_accounting RDP", "delta": sim.algorithm.aggregator.delta,
+                             "sampling": f"Poisson, q = K/N = {sim.cohort_size}/{sim.num_nodes} (the cohort is "
+                                         "a fixed-size uniform sample)"}
     output = None if out_dir is None else _Output(out_dir, config, checkpoint_every, keep_checkpoints,
                                                   overwrite, resume)
     run_ = _Run(config, output)
     try:
         return _loop(sim, hp, rounds, chunk, run_, sim._jit_init(jax.random.PRNGKey(seed), hp), resume, progress,
-                     callbacks)
+                     callbacks, accountant)
     except OSError as err:
         if output is None:
             raise
@@ -110,7 +116,7 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
 
 
 def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: bool, progress: bool,
-          callbacks: tuple = ()) -> Results:
+          callbacks: tuple = (), accountant=None) -> Results:
     """The chunks of ``run`` from its initial (or restored) state to the end or a stop."""
     restored = run_.restore(sim.logical_state(state)) if resume else None
     if restored is not None:
@@ -127,6 +133,8 @@ def _loop(sim, hp: dict, rounds: int, chunk: int, run_: "_Run", state, resume: b
                 n = min(chunk, rounds - done)
                 state, round_metrics, eval_metrics = sim._jit_chunk(state, sim.stored_data, hp, chunk, n)
                 round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
+                if accountant is not None:   # user-level DP: epsilon after each round (edgejax.algorithms.privacy)
+                    round_metrics["epsilon"] = accountant(np.arange(done + 1, done + n + 1))
                 _check_divergence(round_metrics, done, run_)
                 run_.log.add_rounds(done, round_metrics)
                 done += n

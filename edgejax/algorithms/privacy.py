@@ -1,0 +1,127 @@
+"""User-level differential privacy on the aggregator seam: DP-FedAvg's Gaussian mechanism and its
+accounting with Google's ``dp-accounting`` (RDP).
+
+``GaussianDP(clip, noise_multiplier, delta)`` (McMahan et al. 2018, "Learning Differentially
+Private Recurrent Language Models", Algorithm 1 with the fixed-denominator estimator)::
+
+    clip_C(u) = u min(1, C / ||u||)                       (flat L2 over the whole update)
+    aggregate = (sum_{i in mask} clip_C(u_i) + N(0, (z C)^2 I)) / K
+
+``K`` is the cohort size (the static number of rows), so an absent node changes only the sum;
+the sum's sensitivity to adding or removing one user is ``C``.  The weights' sizes are not used
+(every user counts the same, which the sensitivity needs; use ``weighting="uniform"`` for a
+non-DP baseline with the same weights).  Traced ``dp_clip`` (C) and ``dp_noise_multiplier`` (z),
+whose defaults are the constructor's values; the noise comes from the server step's key.
+In FedBuff's flush the rows are the K buffered, staleness-weighted updates.
+
+Accounting (``epsilon``): ``dp_accounting.rdp.RdpAccountant`` (integer orders 2..64 and up to
+512, ``RDP_ORDERS``) composing, once per round, a
+Poisson-sampled Gaussian mechanism with sampling rate ``q = K / N`` and noise multiplier ``z``
+(``dp_accounting.PoissonSampledDpEvent``), the assumption of McMahan et al.'s analysis;
+edgejax draws a fixed-size uniform cohort, which the Poisson accountant treats as approximate
+(said in ``run.json``).  ``Simulation.run`` then reports ``epsilon`` at ``delta`` every round.
+It refuses the accounting where the cohort is not a uniform sample of all N users (another
+selection rule, an availability process, or asynchronous training, whose participation is
+set by the event clock): the synchronous cases are refused; asynchronously the noise is added at
+every flush and no epsilon is claimed (a warning says so).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _finite_positive(name: str, value, allow_zero: bool = False) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"GaussianDP: {name}={value!r} must be a finite {'non-negative' if allow_zero else 'positive'} "
+                         "number")
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianDP:
+    """DP-FedAvg's clipped sum plus Gaussian noise over the fixed cohort size (module docstring)."""
+
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    name = "gaussian_dp"
+    fusable = False
+
+    def __post_init__(self):
+        _finite_positive("clip", self.clip)
+        _finite_positive("noise_multiplier", self.noise_multiplier, allow_zero=True)
+        if not (isinstance(self.delta, float) and 0 < self.delta < 1):
+            raise ValueError(f"GaussianDP: delta={self.delta!r} must be a float in (0, 1)")
+
+    def default_hparams(self) -> dict[str, float]:
+        return {"dp_clip": float(self.clip), "dp_noise_multiplier": float(self.noise_multiplier)}
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, weights, mask, state, key, hparams):
+        leaves, tree = jax.tree_util.tree_flatten(updates)
+        k = mask.shape[0]
+        present = [jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, 0) for u in leaves]
+        norms = jnp.sqrt(sum(jnp.sum(jnp.square(u).reshape(k, -1), axis=1) for u in present))
+        clip = hparams["dp_clip"]
+        factor = jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
+        std = hparams["dp_noise_multiplier"] * clip
+        noised = [(jnp.tensordot(factor.astype(u.dtype), u, axes=1)
+                   + std * jax.random.normal(jax.random.fold_in(key, i), u.shape[1:], u.dtype)) / k
+                  for i, u in enumerate(present)]
+        metrics = {"dp_clipped": jnp.sum(mask & (norms > clip)).astype(jnp.result_type(float))}
+        return jax.tree_util.tree_unflatten(tree, noised), state, metrics
+
+
+# integer Renyi orders: computed exactly by the accountant (its fractional orders below 2 may not
+# converge at the large sampling rates of cross-device cohorts)
+RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512)
+
+
+def epsilon(noise_multiplier: float, sampling_rate: float, rounds, delta: float) -> np.ndarray:
+    """``epsilon`` after each of ``rounds`` (an int or an array of round counts) of a
+    Poisson-sampled Gaussian mechanism, from ``dp_accounting``'s RDP accountant."""
+    try:
+        import dp_accounting
+    except ImportError as err:
+        raise ImportError("privacy accounting needs the dp-accounting package: pip install 'edgejax[privacy]' "
+                          "(or pip install dp-accounting)") from err
+    event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+    out = []
+    for count in np.atleast_1d(rounds):
+        accountant = dp_accounting.rdp.RdpAccountant(RDP_ORDERS)
+        accountant.compose(event, int(count))
+        out.append(accountant.get_epsilon(delta))
+    return np.asarray(out)
+
+
+def privacy_accountant(sim, hparams: dict):
+    """``rounds -> epsilon`` for a run whose aggregator is ``GaussianDP`` (``None`` for any other, and,
+    with a warning, for asynchronous training); a ``ValueError`` where a synchronous cohort is not a
+    uniform sample of all N users (module docstring)."""
+    aggregator = getattr(sim.algorithm, "aggregator", None)
+    if not isinstance(aggregator, GaussianDP):
+        return None
+    system = sim.system
+    if sim.algorithm.traits().asynchronous:
+        warnings.warn(f"{sim.algorithm.name}: GaussianDP noises every flush, but no epsilon is reported: asynchronous "
+                      "participation follows the event clock, not a uniform sample of the users", UserWarning,
+                      stacklevel=3)
+        return None
+    reason = (f"selection={system.selection!r}" if system.selection != "uniform"
+              else f"availability {system.availability.kind!r}" if system.availability.kind != "always" else None)
+    if reason is not None:
+        raise ValueError(f"GaussianDP's accounting assumes a uniformly sampled cohort of all N users; this run has "
+                         f"{reason}. Use the uniform selection of always-online users, or another aggregator")
+    z = float(hparams["dp_noise_multiplier"])   # as the run holds it (the noise drawn uses this value)
+    q = sim.cohort_size / sim.num_nodes
+    if z == 0:
+        return lambda rounds: np.full(np.shape(np.atleast_1d(rounds)), np.inf)
+    epsilon(z, q, 1, aggregator.delta)   # before any compute: the accountant is there and takes these values
+    return lambda rounds: epsilon(z, q, rounds, aggregator.delta)
