@@ -165,7 +165,15 @@ def ticks_with_arrivals(win):
     return jnp.where(win.n_events > 0, win.tick[jnp.maximum(win.n_events - 1, 0)] + 1, 0)
 
 
-def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_event, tick_end, carry, local_work):
+def train_locally(ctx, start, cohort, keys, budget, hparams):
+    """Arrivals' local work by default: their trained models through the execution strategy;
+    ``(sent, loss [G], steps [G])``."""
+    result = ctx.execution.train(start, cohort, keys, budget, hparams)
+    return result.params, result.loss, result.steps
+
+
+def run_window(ctx, data, node_rng, win, starts, hparams, group: int, apply_event, tick_end, carry,
+               local_work=train_locally):
     """The window's arrivals in order: ``carry = apply_event(e, trained_e, carry)`` for each,
     ``carry = tick_end(t, carry)`` after the last arrival of each tick (and for the ticks
     without arrivals, which only end a window).  Arrivals are trained ``group`` at a time,
@@ -307,9 +315,8 @@ class _AsyncServerAlgorithm:
 
     def local_work(self, ctx, start, cohort, keys, budget, hparams):
         """What the arrivals send, computed from their downloaded ``start [G, ...]`` (a hook):
-        their trained models through the execution strategy; ``(sent, loss [G], steps [G])``."""
-        result = ctx.execution.train(start, cohort, keys, budget, hparams)
-        return result.params, result.loss, result.steps
+        ``train_locally`` (their trained models); ``(sent, loss [G], steps [G])``."""
+        return train_locally(ctx, start, cohort, keys, budget, hparams)
 
     def start_downloads(self, ctx, server: ServerState, events, train, hparams) -> ServerState:
         """The downloads at time 0, once the event clock has started (``events``); the arrival-time
