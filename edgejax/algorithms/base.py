@@ -79,9 +79,8 @@ class Traits(NamedTuple):
     ranges: tuple = ()
 
 
-@runtime_checkable
-class Algorithm(Protocol):
-    """What ``Simulation`` requires of an algorithm (see the module docstring)."""
+class _Parts(Protocol):
+    """The parts every algorithm has, synchronous or asynchronous (see the module docstring)."""
 
     @property
     def name(self) -> str: ...
@@ -94,35 +93,25 @@ class Algorithm(Protocol):
 
     def init(self, ctx: RoundContext, params, node_rng, hparams) -> tuple[NodeState, ServerState]: ...
 
-    def round(self, ctx: RoundContext, state: SimState, data, plan: RoundPlan, hparams) -> tuple[SimState, dict]: ...
-
     def eval_models(self, state: SimState) -> tuple[Any, Any]: ...
 
     def describe(self) -> dict: ...
 
 
 @runtime_checkable
-class AsynchronousAlgorithm(Protocol):
+class Algorithm(_Parts, Protocol):
+    """What ``Simulation`` requires of an algorithm (see the module docstring)."""
+
+    def round(self, ctx: RoundContext, state: SimState, data, plan: RoundPlan, hparams) -> tuple[SimState, dict]: ...
+
+
+@runtime_checkable
+class AsynchronousAlgorithm(_Parts, Protocol):
     """What ``Simulation`` requires of an asynchronous algorithm (``Traits.asynchronous``): the
     protocol's parts but ``round``, and the event clock's (``edgejax.core.event_loop``): ``slots(N)``
     (nodes in flight), ``check_nodes(N)``, ``window`` (arrivals trained together) and
     ``window_step(ctx, state, data, window, hparams) -> (state, per-tick metrics)``; optionally
     ``start_downloads(ctx, server, events, train, hparams)`` (the downloads at time 0)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def traits(self) -> Traits: ...
-
-    def payload(self, params, num_nodes: int) -> Payload: ...
-
-    def default_hparams(self) -> dict[str, float]: ...
-
-    def init(self, ctx: RoundContext, params, node_rng, hparams) -> tuple[NodeState, ServerState]: ...
-
-    def eval_models(self, state: SimState) -> tuple[Any, Any]: ...
-
-    def describe(self) -> dict: ...
 
     def slots(self, num_nodes: int) -> int: ...
 
@@ -140,7 +129,9 @@ def missing_parts(algorithm) -> list[str]:
     protocol = AsynchronousAlgorithm if asynchronous else Algorithm
     if isinstance(algorithm, protocol):
         return []
-    parts = [n for n in (*protocol.__dict__, *protocol.__annotations__) if not n.startswith("_")]
+    layers = (_Parts, protocol)
+    parts = [n for cls in layers for n in (*vars(cls), *cls.__dict__.get("__annotations__", {}))
+             if not n.startswith("_")]
     return [n for n in dict.fromkeys(parts) if not hasattr(algorithm, n)]
 
 
