@@ -9,9 +9,11 @@ drawn uniformly from the idle ones (itself included).  Rules: FedBuff (K = 10, w
 ``(1 + s)^-1/2``, server lr 1) or FedAsync (polynomial, alpha 0.6, a = 0.5).
 
 ``kernel``: edgejax, one compiled chunk of ``updates`` ticks (one arrival each), timed the
-second time it runs (the first includes compilation, reported separately).  ``loop``: a plain
-heapq event loop in NumPy training the same clients on the same kind of schedule, one update
-at a time, the way event-loop simulators run it.  Each prints one JSON line.
+second time it runs (the first includes compilation, reported separately).  ``loop`` and
+``torch``: a plain heapq event loop training the same clients on the same kind of schedule, one
+update at a time, the way event-loop simulators run it: in NumPy (hand-written backward), or in
+PyTorch the way a PyTorch user writes it (``nn.Sequential``, autograd, ``optim.SGD``, one
+thread).  Each prints one JSON line.
 """
 from __future__ import annotations
 
@@ -97,13 +99,48 @@ def _local_update(model, x, y, rng):
     return w
 
 
-def run_loop(n, concurrency, rule, updates, seed, data_dir):
+def torch_trainer(x, y):
+    """``(to_model, local_update)`` for the PyTorch loop: the model as ``[(weight [out, in],
+    bias)]`` tensors, trained by ``nn.Sequential`` + autograd + ``optim.SGD`` on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    net = torch.nn.Sequential(torch.nn.Linear(784, 200), torch.nn.ReLU(), torch.nn.Linear(200, 200),
+                              torch.nn.ReLU(), torch.nn.Linear(200, 10))
+    layers = [m for m in net if isinstance(m, torch.nn.Linear)]
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
+
+    def to_model(model):
+        return [(torch.from_numpy(a.T.copy()), torch.from_numpy(b)) for a, b in model]
+
+    def local_update(model, i, rng):
+        with torch.no_grad():
+            for layer, (w, b) in zip(layers, model):
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+        opt = torch.optim.SGD(net.parameters(), lr=LR)
+        for _ in range(STEPS):
+            pick = torch.from_numpy(rng.permutation(SAMPLES)[:BATCH])
+            loss = torch.nn.functional.cross_entropy(net(tx[i][pick]), ty[i][pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in layers]
+
+    return to_model, local_update
+
+
+def run_loop(n, concurrency, rule, updates, seed, data_dir, backend="numpy"):
     x, y, durations, _, _ = population(n, seed, data_dir)
     rng = np.random.default_rng(seed + 1)
     c = n if concurrency is None else concurrency
     order = rng.permutation(n)
     idle = list(order[c:])
-    server, version = _init_mlp(rng), 0
+    if backend == "torch":
+        to_model, local_update = torch_trainer(x, y)
+    else:
+        to_model, local_update = (lambda m: m), (lambda m, i, r: _local_update(m, x[i], y[i], r))
+    server, version = to_model(_init_mlp(rng)), 0
     versions, holders = {0: server}, {0: c}
     downloaded = {int(i): 0 for i in order[:c]}
     heap = [(float(durations[i]), int(i)) for i in order[:c]]
@@ -115,7 +152,7 @@ def run_loop(n, concurrency, rule, updates, seed, data_dir):
         t, i = heapq.heappop(heap)
         v = downloaded.pop(i)
         base = versions[v]
-        trained = _local_update(base, x[i], y[i], rng)
+        trained = local_update(base, i, rng)
         s = version - v
         staleness.append(s)
         if rule == "fedasync":
@@ -140,13 +177,13 @@ def run_loop(n, concurrency, rule, updates, seed, data_dir):
         holders[version] = holders.get(version, 0) + 1
         heapq.heappush(heap, (t + float(durations[j]), j))
     elapsed = time.perf_counter() - start
-    return {"ms_per_update": 1e3 * elapsed / updates, "updates": updates,
+    return {"ms_per_update": 1e3 * elapsed / updates, "updates": updates, "backend": backend,
             "mean_staleness": float(np.mean(staleness[warmup:]))}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("side", choices=("kernel", "loop"))
+    parser.add_argument("side", choices=("kernel", "loop", "torch"))
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--rule", choices=("fedbuff", "fedasync"), required=True)
@@ -155,8 +192,9 @@ def main():
     parser.add_argument("--data-dir", type=Path, default=DATA)
     a = parser.parse_args()
     concurrency = None if a.concurrency >= a.nodes else a.concurrency
-    run = run_kernel if a.side == "kernel" else run_loop
-    print(json.dumps(run(a.nodes, concurrency, a.rule, a.updates, a.seed, a.data_dir)))
+    args = (a.nodes, concurrency, a.rule, a.updates, a.seed, a.data_dir)
+    result = run_kernel(*args) if a.side == "kernel" else run_loop(*args, backend="torch" if a.side == "torch" else "numpy")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,11 @@
 2. **Speed per client update** (``benchmarks/async_workers.py``): the W2 population (MNIST,
    MLP 784-200-200-10, 4 local steps of batch 4, durations from U(5, 1000) s) at N = 10^2 ..
    10^5 clients with 100 or 1,000 in flight, FedBuff (K = 10) and FedAsync, the kernel against
-   a plain heapq event loop in NumPy training the same clients on the same kind of schedule,
-   each side a fresh process pinned to one core, alternating.
+   a plain heapq event loop training the same clients on the same kind of schedule, in PyTorch
+   (``nn.Sequential``, autograd, ``optim.SGD``; skipped when torch is not installed:
+   ``pip install torch --index-url https://download.pytorch.org/whl/cpu``) and in NumPy, each
+   side a fresh process pinned to one core, alternating.  Targets (issue: asynchronous speed):
+   at least 10x the PyTorch loop at N = 10^3 and 30x at N = 10^4.
 
 Results: ``benchmarks/results/asynchronous-<device>.json`` / ``.md``.  Run::
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -131,29 +135,61 @@ def _side(side: str, nodes: int, concurrency: int, rule: str, updates: int, seed
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def torch_sentence() -> str:
+    """What the PyTorch loop is, with torch's version, or that it was skipped."""
+    if importlib.util.find_spec("torch") is None:
+        return "No PyTorch loop: torch is not installed."
+    from importlib.metadata import version
+    return (f"The PyTorch loop (torch {version('torch')}, one thread) is what a PyTorch user writes: nn.Sequential, "
+            "autograd, optim.SGD, the downloaded version's weights copied in.")
+
+
+def loop_sides() -> tuple[str, ...]:
+    """The plain event loops to time: PyTorch where it is installed, and NumPy."""
+    return (("torch",) if importlib.util.find_spec("torch") else ()) + ("loop",)
+
+
 def speed(grid, updates: int, seed: int) -> list[dict]:
-    """ms per client update of the kernel and of the NumPy event loop, side by side (A B per
-    configuration, and A B again for ``TARGETS``)."""
-    rows = []
+    """ms per client update of the kernel and of the plain event loops, side by side (kernel,
+    loops, in turn, per configuration; twice for ``TARGETS``)."""
+    rows, loops = [], loop_sides()
     for nodes, concurrency in grid:
         for rule in ("fedbuff", "fedasync"):
             reps = 2 if (nodes, concurrency) in TARGETS else 1
-            kernel, loop = [], []
+            runs = {side: [] for side in ("kernel", *loops)}
             for _ in range(reps):
-                kernel.append(_side("kernel", nodes, concurrency, rule, updates, seed))
-                loop.append(_side("loop", nodes, concurrency, rule, updates, seed))
-            k_ms = [r["ms_per_update"] for r in kernel]
-            l_ms = [r["ms_per_update"] for r in loop]
-            row = {"nodes": nodes, "concurrency": min(concurrency, nodes), "rule": rule, "kernel_ms": k_ms,
-                   "loop_ms": l_ms, "ratio": float(np.median(l_ms) / np.median(k_ms)),
+                for side in runs:
+                    runs[side].append(_side(side, nodes, concurrency, rule, updates, seed))
+            ms = {side: [r["ms_per_update"] for r in rs] for side, rs in runs.items()}
+            kernel = runs["kernel"]
+            row = {"nodes": nodes, "concurrency": min(concurrency, nodes), "rule": rule, "kernel_ms": ms["kernel"],
+                   "loop_ms": ms["loop"], "ratio": float(np.median(ms["loop"]) / np.median(ms["kernel"])),
                    "kernel_first_chunk_s": kernel[0]["first_chunk_s"], "execution": kernel[0]["execution"],
-                   "kernel_staleness": kernel[0]["mean_staleness"], "loop_staleness": loop[0]["mean_staleness"],
+                   "kernel_staleness": kernel[0]["mean_staleness"], "loop_staleness": runs["loop"][0]["mean_staleness"],
                    "kernel_test_accuracy": kernel[0]["test_accuracy"]}
+            if "torch" in runs:
+                row.update(torch_ms=ms["torch"], torch_ratio=float(np.median(ms["torch"]) / np.median(ms["kernel"])),
+                           torch_staleness=runs["torch"][0]["mean_staleness"])
             rows.append(row)
-            print(f"  N={nodes:>6} C={row['concurrency']:>5} {rule:<8}: kernel {np.median(k_ms):.3f} ms/update, "
-                  f"NumPy loop {np.median(l_ms):.3f} ms/update ({row['ratio']:.2f}x); mean staleness "
+            against = f", torch loop {np.median(ms['torch']):.3f} ({row['torch_ratio']:.2f}x)" if "torch" in runs else ""
+            print(f"  N={nodes:>6} C={row['concurrency']:>5} {rule:<8}: kernel {np.median(ms['kernel']):.3f} ms/update"
+                  f"{against}, NumPy loop {np.median(ms['loop']):.3f} ({row['ratio']:.2f}x); mean staleness "
                   f"{row['kernel_staleness']:.1f} / {row['loop_staleness']:.1f}", flush=True)
     return rows
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """Each speed target against the measured PyTorch ratio (every in-flight count at that N)."""
+    lines = []
+    for nodes, target in ((1000, 10.0), (10_000, 30.0)):
+        found = [r for r in rows if r["nodes"] == nodes and "torch_ratio" in r]
+        if not found:
+            continue
+        cells = ", ".join(f"{r['rule']} C={r['concurrency']:,}: {r['torch_ratio']:.1f}x" for r in found)
+        met = all(r["torch_ratio"] >= target for r in found)
+        lines.append(f"- N = {nodes:,}, target {target:.0f}x the PyTorch loop: {cells} "
+                     f"({'met' if met else 'not met'})")
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -172,16 +208,21 @@ def markdown(report: dict) -> str:
               "for synchronous FedAvgM, relative to FedBuff):", ""]
     for name, value in report["ratios"].items():
         lines.append(f"- {name}: {'n/a (a method did not reach the target)' if value is None else f'{value:.2f}x'}")
+    torch = any("torch_ms" in r for r in report["speed"])
     lines += ["", "## Speed per client update: the kernel against a plain event loop, side by side", "",
               report["speed_setting"], "",
-              "| N | in flight | rule | edgejax ms/update | NumPy loop ms/update | loop / edgejax | first chunk s "
-              "(compile + first chunk) | mean staleness (edgejax / loop) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| N | in flight | rule | edgejax ms/update |" + (" PyTorch loop ms/update | PyTorch / edgejax |" if torch else "")
+              + " NumPy loop ms/update | NumPy / edgejax | first chunk s (compile + first chunk) | mean staleness "
+              "(edgejax / loop) |",
+              "| --- " * (8 + 2 * torch) + "|"]
     for r in report["speed"]:
         ms = lambda v: " / ".join(f"{x:.3f}" for x in v)  # noqa: E731
-        lines.append(f"| {r['nodes']:,} | {r['concurrency']:,} | {r['rule']} | {ms(r['kernel_ms'])} | "
+        torch_cells = f" {ms(r['torch_ms'])} | {r['torch_ratio']:.2f}x |" if torch else ""
+        lines.append(f"| {r['nodes']:,} | {r['concurrency']:,} | {r['rule']} | {ms(r['kernel_ms'])} |{torch_cells} "
                      f"{ms(r['loop_ms'])} | {r['ratio']:.2f}x | {r['kernel_first_chunk_s']:.1f} | "
                      f"{r['kernel_staleness']:.1f} / {r['loop_staleness']:.1f} |")
+    if torch:
+        lines += ["", "Targets, as ratios measured in this run:", "", *target_lines(report["speed"])]
     lines += ["", report["notes"], ""]
     return "\n".join(lines)
 
@@ -219,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 f"uniformly drawn idle client; FedBuff K = 10 or FedAsync (alpha 0.6, polynomial "
                                 f"a = 0.5). Each side is a fresh process pinned to core 1 (taskset -c 1), the sides "
                                 f"alternating; edgejax times its second compiled chunk of {updates} ticks (one arrival "
-                                f"each), the loop the same updates {updates + 1}..{2 * updates} of its run. The loop is NumPy (no "
-                                f"torch on this machine). Two values: the configuration was measured twice, A B A B."),
+                                f"each), the loops the same updates {updates + 1}..{2 * updates} of their runs. "
+                                f"{torch_sentence()} The NumPy loop has a hand-written backward. Two values: the "
+                                f"configuration was measured twice, in turn."),
               "notes": ("One seed. The convergence runs apply one arrival per tick. Execution (auto): "
                         + ", ".join(sorted({f"{r['rule']} {r['execution']}" for r in rows}))
                         + "; with shared_base FedBuff trains every update at download (the K downloads between two "
