@@ -229,3 +229,20 @@ def test_a_dp_run_from_the_cli_reports_epsilon(tmp_path):
 def test_bad_tiers_and_buffer_sizes_are_named(args, message, tmp_path, capsys):
     assert main(["run", *SMALL, "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compile_choices_train_the_same_rounds(tmp_path, capsys):
+    """--compile fast / optimized (auto, the default, picks fast for this small run) change the
+    compile only: the training columns of metrics.csv are equal, the evaluations to float rounding."""
+    tables = {}
+    for choice in ("fast", "optimized"):
+        assert main(["run", *SMALL, "--out", str(tmp_path / choice), "--compile", choice]) == 0
+        tables[choice] = pd.read_csv(tmp_path / choice / "metrics.csv")
+    evaluated = [c for c in tables["fast"].columns if c.startswith("test_")]
+    pd.testing.assert_frame_equal(tables["fast"].drop(columns=evaluated), tables["optimized"].drop(columns=evaluated),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(tables["fast"][evaluated], tables["optimized"][evaluated], rtol=1e-6)
+    assert resolve_options(["run"])["compile"] == "auto"
+    with pytest.raises(SystemExit):
+        main(["run", *SMALL, "--out", str(tmp_path / "bad"), "--compile", "quick"])
+    assert "quick" in capsys.readouterr().err

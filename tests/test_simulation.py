@@ -34,6 +34,32 @@ def test_init_has_the_bits_of_a_plain_jitted_init(data):
     assert jax.tree_util.tree_all(same)
 
 
+@pytest.mark.parametrize("execution", ["per_node", "shared_base"])
+def test_a_fast_compiled_run_trains_the_same_bits_as_an_optimized_one(data, execution):
+    """compile="fast" (no fusion emitters on a CPU) changes the compile, not the training: every
+    round's metrics are the same bits; an evaluation's mean may differ in its last bit."""
+    sim = _sim(data, execution=execution)
+    fast, optimized = (sim.run(6, seed=2, eval_every=3, compile=c).to_dataframe() for c in ("fast", "optimized"))
+    assert sim.chunk_program(6, "fast") is not sim.chunk_program(6, "optimized")
+    evaluated = [c for c in fast.columns if c.startswith("test_")]
+    assert evaluated
+    pd.testing.assert_frame_equal(fast.drop(columns=evaluated), optimized.drop(columns=evaluated), check_exact=True)
+    pd.testing.assert_frame_equal(fast[evaluated], optimized[evaluated], check_exact=False, rtol=1e-6)
+
+
+def test_auto_compile_is_fast_only_for_a_small_run(data):
+    sim = _sim(data)
+    per_round = sim.training_flops(1)
+    assert per_round == 6.0 * sum(p.size for p in jax.tree_util.tree_leaves(sim.params_shape)) * 2 * \
+        sim.schedule[0] * 3
+    small, large = int(ej.core.simulation.FAST_COMPILE_MAX_FLOPS // per_round), \
+        int(ej.core.simulation.FAST_COMPILE_MAX_FLOPS // per_round) + 1
+    assert sim.chunk_program(small, "auto") is sim.chunk_program(small, "fast")
+    assert sim.chunk_program(large, "auto") is sim.chunk_program(large, "optimized")
+    with pytest.raises(ValueError, match="compile.*'quick'"):
+        sim.run(2, compile="quick")
+
+
 def test_a_run_traces_the_algorithms_round_once(data):
     sim = _sim(data)
     algorithm, calls = sim.algorithm, []

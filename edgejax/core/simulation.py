@@ -29,15 +29,21 @@ from edgejax.core.streams import stream_key
 from edgejax.data.federated import FederatedData
 from edgejax.data.host import HostNodeData
 from edgejax.core.preflight import preflight
-from edgejax.core.validation import check_hparams
+from edgejax.core.validation import check_choice, check_hparams
 from edgejax.models.base import Model, num_bytes, num_parameters
 from edgejax.parallel.nodes import NodeAxis, check_node_mesh
 from edgejax.system.clock import Payload
 from edgejax.system.model import SystemModel
 
-# init compiles faster on XLA:CPU without its fusion emitters (W1: 2.3-2.4 s instead of 2.6-3.0 s,
-# benchmarks/results/startup-cpu.md) and gives the same bits; it runs once, so its speed does not matter
-INIT_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# XLA:CPU compiles faster without its fusion emitters, with the same training bits on every program measured
+# (an evaluation's mean can differ in its last bit; benchmarks/results/startup-cpu.md): init always (it runs
+# once; W1: 2.3-2.4 s instead of 2.6-3.0 s), the round chunk of a run with compile="fast" (the default run's:
+# about 4 s instead of 7 s, its rounds 10-25% slower)
+FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# compile="auto" compiles for speed only when the run's local training would take longer than that saves:
+# above about 5e10 FLOPs (a few seconds of this arithmetic on one CPU core, of which 25% is about a second)
+FAST_COMPILE_MAX_FLOPS = 5e10
+COMPILE_CHOICES = ("optimized", "fast", "auto")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -367,9 +373,32 @@ class Simulation:
     def _jit_chunk(self):
         """``run_chunk`` compiled; with a ``mesh`` it takes and returns the stored (padded,
         sharded) state and data (``edgejax.parallel.nodes``)."""
+        return self._chunk_program(None)
+
+    @functools.cached_property
+    def _jit_chunk_fast(self):
+        """``_jit_chunk`` compiled for a short compile (``FAST_COMPILE_OPTIONS``) on a CPU; the
+        same program elsewhere."""
+        return self._chunk_program(FAST_COMPILE_OPTIONS) if jax.default_backend() == "cpu" else self._jit_chunk
+
+    def chunk_program(self, rounds: int, compile: str):
+        """The round chunk a run of ``rounds`` rounds calls: ``compile`` is ``"optimized"``,
+        ``"fast"`` (a shorter compile, slower rounds, on a CPU) or ``"auto"`` (fast when the
+        run's local training is estimated below ``FAST_COMPILE_MAX_FLOPS``)."""
+        check_choice("compile", compile, COMPILE_CHOICES)
+        fast = compile == "fast" or (compile == "auto" and self.training_flops(rounds) < FAST_COMPILE_MAX_FLOPS)
+        return self._jit_chunk_fast if fast else self._jit_chunk
+
+    def training_flops(self, rounds: int) -> float:
+        """A rough count of a run's local-training FLOPs: ``6 x parameters x batch x max local
+        steps x cohort x rounds`` (forward and backward of a dense model)."""
+        return 6.0 * num_parameters(self.params_shape) * self.local.batch_size * self.schedule[0] * \
+            self.cohort_size * rounds
+
+    def _chunk_program(self, options):
         donate = (0,) if jax.default_backend() != "cpu" else ()
         if self.mesh is None:
-            return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate)
+            return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate, compiler_options=options)
         axis = self.node_axis
 
         def stored_chunk(state, data, hparams, num_rounds, active_rounds):
@@ -381,14 +410,15 @@ class Simulation:
             return axis.pad(state), round_metrics, eval_metrics
 
         stored = axis.shardings(self.state_shape)
-        return jax.jit(stored_chunk, static_argnums=(3,), donate_argnums=donate, out_shardings=(stored, None, None))
+        return jax.jit(stored_chunk, static_argnums=(3,), donate_argnums=donate, out_shardings=(stored, None, None),
+                       compiler_options=options)
 
     @functools.cached_property
     def _jit_init(self):
         """``init`` as one compiled program (eagerly it compiles dozens of tiny ones); with a
         ``mesh`` it returns the stored state.  On a CPU it is compiled without XLA's fusion
-        emitters (``INIT_COMPILER_OPTIONS``)."""
-        options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+        emitters (``FAST_COMPILE_OPTIONS``)."""
+        options = FAST_COMPILE_OPTIONS if jax.default_backend() == "cpu" else None
         if self.mesh is None:
             return jax.jit(self.init, compiler_options=options)
         axis = self.node_axis
@@ -424,7 +454,8 @@ class Simulation:
     def run(self, rounds: int, **options) -> Results:
         """Run ``rounds`` rounds: the host loop ``edgejax.core.runner.run`` (see there for the
         options: ``seed``, ``hparams``, ``eval_every``, ``out_dir``, ``progress``,
-        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``, ``callbacks``)."""
+        ``checkpoint_every``, ``keep_checkpoints``, ``resume``, ``overwrite``, ``callbacks``,
+        ``compile``)."""
         from edgejax.core.runner import run
 
         return run(self, rounds, **options)
