@@ -56,9 +56,8 @@ def module_imports(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "edgejax":
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
-                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists() or \
-                    (PACKAGE.parent / Path(*sub.split("."))).is_dir()
-                found.add(sub if is_module else node.module)
+                where = PACKAGE.parent / Path(*sub.split("."))
+                found.add(sub if where.with_suffix(".py").exists() or where.is_dir() else node.module)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "edgejax")
     return found

@@ -52,8 +52,8 @@ def test_auto_compile_is_fast_only_for_a_small_run(data):
     per_round = sim.training_flops(1)
     assert per_round == 6.0 * sum(p.size for p in jax.tree_util.tree_leaves(sim.params_shape)) * 2 * \
         sim.schedule[0] * 3
-    small, large = int(ej.core.simulation.FAST_COMPILE_MAX_FLOPS // per_round), \
-        int(ej.core.simulation.FAST_COMPILE_MAX_FLOPS // per_round) + 1
+    small = int(ej.core.simulation.FAST_COMPILE_MAX_FLOPS // per_round)   # the most rounds still under the bound
+    large = small + 1
     assert sim.chunk_program(small, "auto") is sim.chunk_program(small, "fast")
     assert sim.chunk_program(large, "auto") is sim.chunk_program(large, "optimized")
     with pytest.raises(ValueError, match="compile.*'quick'"):

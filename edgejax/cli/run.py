@@ -52,6 +52,7 @@ class _RealDefaults(argparse.HelpFormatter):
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``edgejax run`` on the top-level subparsers."""
     from edgejax.algorithms import ALGORITHMS, GRAPHS
+    from edgejax.core.simulation import COMPILE_CHOICES, FAST_COMPILE_MAX_FLOPS
     from edgejax.system import POLICIES, SELECTIONS, STRAGGLERS
     from edgejax.core.local import LOCAL_OPTIMIZERS
     from edgejax.data import DATASETS
@@ -130,10 +131,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its "
                    "stored options (bit-identical to an uninterrupted run)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bar")
-    g.add_argument("--compile", choices=("auto", "fast", "optimized"),
+    g.add_argument("--compile", choices=COMPILE_CHOICES,
                    help="how the round program is compiled: fast (on a CPU about half the compile time, rounds "
                    "10-25%% slower), optimized (XLA's defaults), or auto: fast for a run whose local training is "
-                   "small (under about 5e10 FLOPs)")
+                   f"small (under about {FAST_COMPILE_MAX_FLOPS:.0e} FLOPs)")
     g = p.add_argument_group("devices and hosts (edgejax.parallel; the same results to float reassociation)")
     g.add_argument("--shard-nodes", action="store_true", default=None,
                    help="split the node axis over every device jax sees (a 'nodes' mesh)")

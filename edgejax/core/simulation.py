@@ -36,9 +36,9 @@ from edgejax.system.clock import Payload
 from edgejax.system.model import SystemModel
 
 # XLA:CPU compiles faster without its fusion emitters, with the same training bits on every program measured
-# (an evaluation's mean can differ in its last bit; benchmarks/results/startup-cpu.md): init always (it runs
-# once; W1: 2.3-2.4 s instead of 2.6-3.0 s), the round chunk of a run with compile="fast" (the default run's:
-# about 4 s instead of 7 s, its rounds 10-25% slower)
+# (an evaluation's mean can differ in its last bit: tests/test_simulation.py): init always (it runs once; W1:
+# 2.3-2.4 s instead of 2.6-3.0 s, benchmarks/results/startup-cpu.md), the round chunk of a run with
+# compile="fast" (the default run's: about 4 s instead of 7 s, its rounds 10-25% slower)
 FAST_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 # compile="auto" compiles for speed only when the run's local training would take longer than that saves:
 # above about 5e10 FLOPs (a few seconds of this arithmetic on one CPU core, of which 25% is about a second)
