@@ -294,7 +294,7 @@ def markdown(report: dict) -> str:
     lines = report_header("seconds to the first result", report)
     runs = report["runs"]
     lines += [f"Each row: a fresh process pinned to one core (`taskset -c {report['core']}`), wall time from launch to exit; "
-              "the 1-minute load average before each run (another engineer shared the 2 cores).", "",
+              "the 1-minute load average before each run (the machine may be shared: read it).", "",
               "## 1. End to end (s)", "",
               "| job | runs (load before each) | best | programs compiled or loaded | cache hits |",
               "|---|---|---:|---:|---:|"]
