@@ -2,7 +2,7 @@
 
 Three parts:
 
-1. **Mixing cost, dense vs sparse**: one jitted gossip step ``edgejax.topology.mix(op, params)``
+1. **Mixing cost, dense vs sparse**: one jitted gossip step ``edgejax.network.mix(op, params)``
    on a ring with Metropolis-Hastings weights, for every node holding its own logistic
    regression (MNIST-shaped, 784 x 10 + 10 = 7,850 parameters) or the GEMM-conv CNN
    (32x32x3 inputs, 545,098 parameters).  Ways, all on the same per-node parameters:
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import edgejax
-from edgejax import topology as tp
+from edgejax import network as tp
 from edgejax.compression import TopK
 from edgejax.data.partition import IID, Dirichlet
 
@@ -277,7 +277,7 @@ def markdown_report(report: dict) -> str:
     lines = report_header("gossip", report)
     if report["mixing"]:
         lines += ["## 1. One gossip step on a ring (Metropolis-Hastings), ms (x the copy floor)", "",
-                  "Every node holds its own parameters (float32); one jitted `edgejax.topology.mix(op, params)`; "
+                  "Every node holds its own parameters (float32); one jitted `edgejax.network.mix(op, params)`; "
                   "median of the timed calls after a compiling warm-up. `dense (mix)`: the package's `Dense` "
                   "operator (`tensordot(W, x)`); `sparse (mix)`: its `Sparse` neighbour lists (one gather per "
                   "neighbour column, weighted and accumulated, `sum_k w[:, k] * take(x, nb[:, k])`). `copy "
@@ -304,7 +304,7 @@ def markdown_report(report: dict) -> str:
                   f"node), DPSGD(Topology(\"ring\", representation=\"sparse\")), LocalTraining(batch_size="
                   f"{rs['batch']}, steps=1))` (local update + mixing + round metrics incl. the consensus "
                   "distance), against the mixing step alone on the same node parameters; medians after a "
-                  "compiling warm-up; both use the package as it is (`edgejax.topology.mix` with the `Sparse` "
+                  "compiling warm-up; both use the package as it is (`edgejax.network.mix` with the `Sparse` "
                   "operator the round holds). Peak RSS: this process's peak resident memory after the row "
                   "(cumulative over the run).", "",
                   "| N | parameters (GB a copy) | round (s) | mixing alone (s) | mixing share | peak RSS (GB) |",

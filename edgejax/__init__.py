@@ -3,7 +3,7 @@
 All N nodes are one array axis; a round for every node is one jit-compiled program.
 """
 from edgejax import algorithms, data, models
-from edgejax import compression, parallel, system, topology
+from edgejax import compression, network, parallel, system
 from edgejax.algorithms import (ADPSGD, CHOCO, DIGing, DPSGD, Aggregator, Algorithm, AsyncSGD, CenteredClipping,
                                 CoordinateMedian, DCASGD, ExactDCASGD, FedAsync, FedAvg, FedBuff, FedDF, FedDyn,
                                 GaussianDP, GeometricMedian, Krum, Mean, MultiKrum, NormBounded, PairwiseGossip, PushSum, SCAFFOLD,
@@ -34,4 +34,4 @@ def __getattr__(name: str):
 __all__ = ["Chunk", "StopAt", "TensorBoard", "ADPSGD", "DIGing", "ExactDCASGD", "FedDF", "Aggregator", "Algorithm", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "GaussianDP", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunFailed", "RunInterrupted", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
-           "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models", "sweep", "system", "topology"]
+           "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models", "network", "sweep", "system"]

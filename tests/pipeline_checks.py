@@ -25,7 +25,7 @@ from jax.sharding import Mesh  # noqa: E402
 
 import edgejax as ej  # noqa: E402
 from edgejax.algorithms.decentralized import DPSGD  # noqa: E402
-from edgejax.algorithms.topology_spec import Topology  # noqa: E402
+from edgejax.network.spec import Topology  # noqa: E402
 from edgejax.parallel import Pipelined, pipeline_value_and_grad  # noqa: E402
 from conftest import make_data  # noqa: E402
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgejax import topology as tp
-from edgejax.algorithms.topology_spec import Topology, _near_square
-from edgejax.topology.circulant import circulant_operator
+from edgejax import network as tp
+from edgejax.network.spec import Topology, _near_square
+from edgejax.network.circulant import circulant_operator
 
 
 @pytest.mark.parametrize("n", [2, 3, 12, 97, 120])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import edgejax as ej
-from edgejax import topology as tp
+from edgejax import network as tp
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum
-from edgejax.algorithms.topology_spec import Topology
+from edgejax.network.spec import Topology
 from edgejax.compression import TopK
 from conftest import make_data
 from references import logreg_loss_grad

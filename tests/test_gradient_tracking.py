@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import edgejax as ej
-from edgejax.algorithms.topology_spec import Topology
+from edgejax.network.spec import Topology
 from conftest import make_data
 from references import logreg_loss_grad
 

@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgejax"
 # (layer, module prefix); the longest matching prefix decides a module's layer
 LAYERS = (
     (0, "edgejax.core.state"), (0, "edgejax.core.validation"), (0, "edgejax.core.streams"),
-    (0, "edgejax.topology"), (0, "edgejax.compression"),
+    (0, "edgejax.network"), (0, "edgejax.compression"),
     (1, "edgejax.models"), (1, "edgejax.system"), (1, "edgejax.parallel.nodes"),
     (2, "edgejax.data"),
     (3, "edgejax.core.local"), (3, "edgejax.core.execution"), (3, "edgejax.core.shared_base"),

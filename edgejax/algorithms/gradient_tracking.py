@@ -28,9 +28,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from edgejax import topology as tp
+from edgejax import network as tp
 from edgejax.algorithms.decentralized import _Gossip, _round_metrics
-from edgejax.algorithms.topology_spec import messages_sent
+from edgejax.network.spec import messages_sent
 from edgejax.core.state import round_keys
 from edgejax.models.base import num_bytes
 

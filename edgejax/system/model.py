@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edgejax import topology as tp
+from edgejax import network as tp
 from edgejax.core.state import RoundPlan, default_float, tree_take
 from edgejax.core.streams import stream_key
 from edgejax.core.validation import check_choice

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edgejax.topology.graphs import from_adjacency
-from edgejax.topology.weights import check_column_stochastic, check_doubly_stochastic, check_row_stochastic, \
+from edgejax.network.graphs import from_adjacency
+from edgejax.network.weights import check_column_stochastic, check_doubly_stochastic, check_row_stochastic, \
     check_square
 
 PyTree = Any
@@ -227,7 +227,7 @@ def one_peer_exponential_operator(n: int, t) -> Sparse:
     """:class:`Sparse` form of round ``t``'s one-peer exponential weights; ``t`` may be traced.
 
     ``x_i <- (x_i + x_{i - 2^(t mod tau)}) / 2``, ``tau = ceil(log2 n)`` (static ``n``),
-    matching :func:`~edgejax.topology.weights.one_peer_exponential_weights`.
+    matching :func:`~edgejax.network.weights.one_peer_exponential_weights`.
     """
     n = int(n)
     i = jnp.arange(n, dtype=jnp.int32)
@@ -245,7 +245,7 @@ def neighbour_table(adj, max_degree: int | None = None) -> NeighbourTable:
     """The in-neighbour table of a graph (``adj[j, i]``: j sends to i) for per-round weights.
 
     ``K = 1 + max in-degree`` (or ``1 + max_degree``).  For an undirected graph this is the
-    sparsity pattern of :func:`~edgejax.topology.weights.metropolis_hastings` in the same
+    sparsity pattern of :func:`~edgejax.network.weights.metropolis_hastings` in the same
     column order as :func:`to_sparse`.
     """
     adj = from_adjacency(adj)
@@ -289,7 +289,7 @@ def live_metropolis_hastings(neighbours: jax.Array, edge_mask: jax.Array, live: 
     :func:`draw_live_edges`) on an undirected graph the result is symmetric and doubly
     stochastic every round; a node that is not present has no edges and self weight 1, so it
     neither sends nor receives and keeps its value.  With everything live it equals
-    :func:`~edgejax.topology.weights.metropolis_hastings`.  Pure ``jnp``: jittable, vmappable.
+    :func:`~edgejax.network.weights.metropolis_hastings`.  Pure ``jnp``: jittable, vmappable.
 
     ``neighbours``/``edge_mask`` are a :class:`NeighbourTable`'s fields (column 0 must be the
     node itself), so ``live_metropolis_hastings(*table, live, present)`` works.

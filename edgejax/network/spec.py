@@ -27,15 +27,15 @@ import numpy as np
 
 from typing import NamedTuple
 
-from edgejax import topology as tp
+from edgejax import network as tp
 from edgejax.core.validation import check_choice
-from edgejax.topology.circulant import CIRCULANT_GRAPHS, circulant_edges, circulant_operator
+from edgejax.network.circulant import CIRCULANT_GRAPHS, circulant_edges, circulant_operator
 
 GRAPHS = ("ring", "torus", "exponential", "one_peer_exponential", "random_regular", "erdos_renyi", "star",
           "complete", "adjacency", "schedule")
 WEIGHTS = ("metropolis", "uniform", "lazy_metropolis", "column")
 # from this many nodes on, rings, tori and exponential graphs are built as neighbour lists
-# (edgejax.topology.circulant): the dense N x N construction is what limits N
+# (edgejax.network.circulant): the dense N x N construction is what limits N
 CIRCULANT_MIN_NODES = 2048
 
 
@@ -72,7 +72,7 @@ class Topology:
       adjacency: a user's ``[N, N]`` boolean adjacency (``adj[i, j]``: i sends to j).
       schedule: a sequence of such adjacency matrices whose union is connected, for ``schedule``.
       representation: ``auto``, ``dense`` or ``sparse`` (same numbers, see
-        ``edgejax.topology.choose_representation``).
+        ``edgejax.network.choose_representation``).
       seed: seed of random graphs.
 
     ``one_peer_exponential`` (Ying et al. 2021): in round t node i receives from
@@ -134,7 +134,7 @@ class Topology:
         return adj
 
     def _as_lists(self, n: int) -> bool:
-        """Build the graph as neighbour lists (``edgejax.topology.circulant``), not N x N."""
+        """Build the graph as neighbour lists (``edgejax.network.circulant``), not N x N."""
         return n >= CIRCULANT_MIN_NODES and self.graph in CIRCULANT_GRAPHS
 
     def _circulant_shape(self, n: int) -> dict:

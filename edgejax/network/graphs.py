@@ -2,7 +2,7 @@
 
 Convention: ``adj[i, j] == True`` means an edge **from i to j** (node i sends to node j).
 Undirected graphs are symmetric matrices.  There are no self loops: a node's own value is
-handled by the mixing weights (:mod:`edgejax.topology.weights`), not by the graph.  With a
+handled by the mixing weights (:mod:`edgejax.network.weights`), not by the graph.  With a
 mixing matrix acting as ``x_i <- sum_j W_ij x_j``, ``W_ij`` may be non-zero only where
 ``adj[j, i]`` (j sends to i) or ``i == j``.
 
@@ -175,7 +175,7 @@ def exponential(n: int, directed: bool = True) -> np.ndarray:
     directed: each node sends to the ``ceil(log2 n)`` nodes ``2^0, 2^1, ...`` hops ahead and
     receives from as many behind (the BlueFog ``ExponentialTwoGraph`` used for the paper's
     experiments is a ``networkx.DiGraph`` built the same way).  It is in- and out-regular,
-    so uniform weights ``1/(ceil(log2 n)+1)`` (:func:`~edgejax.topology.weights.uniform_weights`,
+    so uniform weights ``1/(ceil(log2 n)+1)`` (:func:`~edgejax.network.weights.uniform_weights`,
     the paper's weights) are doubly stochastic but not symmetric.
     ``directed=False`` adds the reverse edges (``i -- i +- 2^k``), which Metropolis-Hastings
     weights need; its degree is up to twice as large.
@@ -198,7 +198,7 @@ def one_peer_exponential(n: int, t: int) -> np.ndarray:
 
     Every node i sends to ``i + 2^(t mod tau) mod n`` only, ``tau = ceil(log2 n)``.  Cycling
     through ``t = 0..tau-1`` with the 1/2-1/2 weights of
-    :func:`~edgejax.topology.weights.one_peer_exponential_weights` averages exactly when n is
+    :func:`~edgejax.network.weights.one_peer_exponential_weights` averages exactly when n is
     a power of two.
     """
     n = _check_n(n)

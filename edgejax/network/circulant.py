@@ -8,7 +8,7 @@ float64 at N = 10^5).  ``circulant_operator`` returns the same ``Sparse`` operat
 order (self first, then ascending node ids) and the same weights, up to the summation
 order of a diagonal entry ``1 - sum_j W_ij`` (a few ulps).
 
-Weights (``edgejax.topology.weights``): ``metropolis`` ``W_ij = 1/(1 + max(deg_i, deg_j))``,
+Weights (``edgejax.network.weights``): ``metropolis`` ``W_ij = 1/(1 + max(deg_i, deg_j))``,
 ``lazy_metropolis`` ``(I + W) / 2``, ``uniform`` ``1/(indeg_i + 1)`` over self and
 in-neighbours, ``column`` ``1/(outdeg_j + 1)`` (push-sum).
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from edgejax.topology.graphs import _exp_offsets
-from edgejax.topology.mixing import Sparse, _float
+from edgejax.network.graphs import _exp_offsets
+from edgejax.network.mixing import Sparse, _float
 
 CIRCULANT_GRAPHS = ("ring", "torus", "exponential")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgejax.topology.graphs import _one_peer_tau, components, from_adjacency, in_degrees, is_symmetric, \
+from edgejax.network.graphs import _one_peer_tau, components, from_adjacency, in_degrees, is_symmetric, \
     out_degrees
 
 __all__ = ["check_column_stochastic", "check_connected", "check_doubly_stochastic", "check_nonnegative",
@@ -173,7 +173,7 @@ def one_peer_exponential_weights(n: int, t: int) -> np.ndarray:
     """Mixing matrix of round ``t`` on the one-peer exponential graph (Ying et al. 2021).
 
     ``x_i <- (x_i + x_{i - 2^(t mod tau)}) / 2`` with ``tau = ceil(log2 n)``: node i receives
-    from the node that sends to it in :func:`~edgejax.topology.graphs.one_peer_exponential`.
+    from the node that sends to it in :func:`~edgejax.network.graphs.one_peer_exponential`.
     Doubly stochastic (a half identity plus a half cyclic shift); for n a power of two the
     product over ``t = 0..tau-1`` is exactly ``ones((n, n)) / n``.
     """

@@ -1,4 +1,4 @@
-"""edgejax.topology: graph families, mixing weights, dense/sparse mixing, link failures, gossip."""
+"""edgejax.network: graph families, mixing weights, dense/sparse mixing, link failures, gossip."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edgejax import topology as T
+from edgejax import network as T
 
 
 def _undirected_checks(adj):
