@@ -24,7 +24,8 @@ from edgejax.algorithms.async_gossip import ADPSGD
 from edgejax.algorithms.asynchronous import DCASGD, AsyncSGD, FedAsync, FedBuff, staleness_weight
 from edgejax.algorithms.byzantine_aggregators import (CenteredClipping, GeometricMedian, Krum, MultiKrum,
                                                      NormBounded)
-from edgejax.algorithms.base import Algorithm, AsynchronousAlgorithm, Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import (Algorithm, AsynchronousAlgorithm, DescribedByFields, EvaluatesServerModel, Payload,
+                                    Traits, describe_algorithm)
 from edgejax.algorithms.decentralized import CHOCO, DPSGD, PairwiseGossip, PushSum, consensus_distance
 from edgejax.algorithms.delay_compensation import ExactDCASGD
 from edgejax.algorithms.distillation import FedMD
@@ -46,14 +47,14 @@ from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED
                                          parse_compressor)
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
-from edgejax.algorithms.topology_spec import GRAPHS, NetworkState, Topology
+from edgejax.network.spec import GRAPHS, NetworkState, Topology
 from edgejax.algorithms.widths import HETEROFL_LEVELS, WidthScaled, tier_rates
 
 __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg", "DECENTRALIZED", "DPSGD",
            "FedAvg", "FedDyn", "FedMD", "GRAPHS", "HETEROFL_LEVELS", "LowRank", "NetworkState", "PRESETS",
            "PairwiseGossip",
            "Payload", "PushSum", "SCAFFOLD", "SERVER_OPTIMIZERS", "SubmodelFedAvg", "Topology", "Traits",
-           "WidthScaled", "consensus_distance", "describe_algorithm", "get_algorithm", "linear",
+           "WidthScaled", "consensus_distance", "DescribedByFields", "EvaluatesServerModel", "describe_algorithm", "get_algorithm", "linear",
            "make_server_optimizer", "parse_compressor", "proximal", "scale_by_adaptive_server", "tier_rates",
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",

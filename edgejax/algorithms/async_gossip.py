@@ -30,9 +30,9 @@ import jax.numpy as jnp
 
 from edgejax.algorithms.asynchronous import (arrival_metrics, check_concurrency, check_event_options, run_window,
                                              tick_slots, train_group_size)
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, Payload, Traits
 from edgejax.algorithms.decentralized import consensus_distance, node_mean
-from edgejax.algorithms.topology_spec import Topology
+from edgejax.network.spec import Topology
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, ServerState, SimState, tree_broadcast, tree_take
 from edgejax.core.streams import stream_key
@@ -57,7 +57,7 @@ def _set_rows(tree, i, values):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ADPSGD:
+class ADPSGD(DescribedByFields):
     """AD-PSGD over ``topology`` (see the module docstring).  ``concurrency``: nodes computing at
     once (``None``: all); ``window``: the most arrivals trained in one batch (the results do not
     depend on it).  ``log_events`` adds each tick's ``event_node``, ``event_partner`` and
@@ -85,9 +85,6 @@ class ADPSGD:
 
     def default_hparams(self) -> dict[str, float]:
         return {}
-
-    def describe(self) -> dict:
-        return describe_algorithm(self)
 
     def slots(self, num_nodes: int) -> int:
         """Nodes computing at once."""

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, EvaluatesServerModel, Payload, Traits
 from edgejax.algorithms.download_training import first_downloads, job_inputs, queue_restarts, train_queue
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
@@ -259,7 +259,7 @@ def _tree_add_scaled(x, delta, c):
 
 
 @dataclasses.dataclass(frozen=True)
-class _AsyncServerAlgorithm:
+class _AsyncServerAlgorithm(DescribedByFields, EvaluatesServerModel):
     """Shared machinery: snapshots, the window's application loop, the metrics (module docstring)."""
 
     concurrency: int | None = None
@@ -294,9 +294,6 @@ class _AsyncServerAlgorithm:
         """One model down at each download, one update up at each arrival."""
         return Payload(num_bytes(params), num_bytes(params))
 
-    def describe(self) -> dict:
-        return describe_algorithm(self)
-
     def slots(self, num_nodes: int) -> int:
         """Nodes in flight at once."""
         return num_nodes if self.concurrency is None else self.concurrency
@@ -322,9 +319,6 @@ class _AsyncServerAlgorithm:
         """The downloads at time 0, once the event clock has started (``events``); the arrival-time
         training needs nothing more."""
         return server
-
-    def eval_models(self, state: SimState):
-        return state.server.params, None
 
     def admits(self, staleness):
         """``(fresh, applies)``: the update is not older than the kept versions (``buffer_depth``)

@@ -62,8 +62,8 @@ from edgejax.core.execution import Needs, RoundContext
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState
 from edgejax.system.clock import Payload
 
-__all__ = ["Algorithm", "AsynchronousAlgorithm", "Payload", "REQUIRED_METRICS", "Traits", "describe_algorithm",
-           "missing_parts"]
+__all__ = ["Algorithm", "AsynchronousAlgorithm", "DescribedByFields", "EvaluatesServerModel", "Payload",
+           "REQUIRED_METRICS", "Traits", "describe_algorithm", "missing_parts"]
 
 # the scalar metrics every round (or tick) reports
 REQUIRED_METRICS = ("train_loss", "participants", "local_steps", "bytes_up", "bytes_down")
@@ -144,6 +144,20 @@ def check_same_model(algorithm, model, ctx: RoundContext) -> None:
     if not same:
         raise ValueError(f"{algorithm.name} was built over model {model.name!r}, whose parameters differ from those "
                          f"of the simulation's model {ctx.model.name!r}; build it over the model the Simulation trains")
+
+
+class DescribedByFields:
+    """Mixin for a dataclass algorithm: ``describe()`` is ``describe_algorithm(self)``."""
+
+    def describe(self) -> dict:
+        return describe_algorithm(self)
+
+
+class EvaluatesServerModel:
+    """Mixin for an algorithm whose nodes keep no model: ``eval_models`` is the server's model."""
+
+    def eval_models(self, state: SimState):
+        return state.server.params, None
 
 
 def describe_algorithm(algorithm) -> dict:

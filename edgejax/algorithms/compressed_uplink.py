@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from edgejax import compression
 from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, EvaluatesServerModel, Payload, Traits
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, round_aggregator_key, scatter,
                                        server_metrics, server_step)
 from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
@@ -79,7 +79,7 @@ class LowRank:
 
 
 @dataclasses.dataclass(frozen=True)
-class CompressedFedAvg:
+class CompressedFedAvg(DescribedByFields, EvaluatesServerModel):
     """FedAvg whose nodes send compressed updates (see the module docstring).
 
     Attributes:
@@ -127,9 +127,6 @@ class CompressedFedAvg:
     def default_hparams(self) -> dict[str, float]:
         return {**server_hparams(self.server_optimizer), **self.aggregator.default_hparams()}
 
-    def describe(self) -> dict:
-        return describe_algorithm(self)
-
     def compress(self, key, update):
         """One node's message ``C(update)`` (a pytree like the model)."""
         if isinstance(self.compressor, LowRank):
@@ -143,9 +140,6 @@ class CompressedFedAvg:
         opt = make_server_optimizer(self.server_optimizer, hparams, False)
         return NodeState(rng=node_rng, extra=extra), ServerState(global_params, opt.init(global_params),
                                                                  aggregator=self.aggregator.init(global_params))
-
-    def eval_models(self, state: SimState):
-        return state.server.params, None
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         x = state.server.params

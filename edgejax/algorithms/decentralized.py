@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from edgejax import topology as tp
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
-from edgejax.algorithms.topology_spec import Topology, messages_sent
+from edgejax import network as tp
+from edgejax.algorithms.base import DescribedByFields, Payload, Traits
+from edgejax.network.spec import Topology, messages_sent
 from edgejax.compression import Compressor, Identity, compress_tree, tree_payload_bits
 from edgejax.core.execution import Needs
 from edgejax.core.state import NodeState, ServerState, SimState, round_keys, tree_broadcast
@@ -77,7 +77,7 @@ def _round_metrics(plan, loss, steps, node_params, messages, bytes_per_message, 
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Gossip:
+class _Gossip(DescribedByFields):
     """Shared pieces of the gossip family: traits, state, evaluation, local steps, this round's operator."""
 
     topology: Topology = Topology()
@@ -103,9 +103,6 @@ class _Gossip:
 
     def default_hparams(self) -> dict[str, float]:
         return {}
-
-    def describe(self) -> dict:
-        return describe_algorithm(self)
 
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         n = node_rng.shape[0]

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, Payload, Traits
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, normalize, scatter, server_metrics,
                                        server_step, weighted_change)
 from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
@@ -46,7 +46,7 @@ DITTO_TERM = LocalTerm("ditto", _pull_to)
 
 
 @dataclasses.dataclass(frozen=True)
-class Ditto:
+class Ditto(DescribedByFields):
     """Ditto with the traced ``ditto_lambda`` (see the module docstring)."""
 
     server_optimizer: Any = "sgd"
@@ -70,9 +70,6 @@ class Ditto:
 
     def default_hparams(self) -> dict[str, float]:
         return {**server_hparams(self.server_optimizer), "ditto_lambda": 0.1}
-
-    def describe(self) -> dict:
-        return describe_algorithm(self)
 
     def init(self, ctx, global_params, node_rng, hparams):
         opt = make_server_optimizer(self.server_optimizer, hparams)

@@ -35,7 +35,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, EvaluatesServerModel, Payload, Traits
 from edgejax.algorithms.server import (WEIGHTINGS, aggregated_change, cohort_inputs, gather, normalize,
                                        normalized_weights, proximal, scatter, server_metrics, server_step)
 from edgejax.algorithms.server_optimizers import (check_server_optimizer, make_server_optimizer, server_hparams,
@@ -52,7 +52,7 @@ PRESETS = {"fedavg": {}, "fedavgm": {"server_optimizer": "momentum"}, "fedadagra
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvg:
+class FedAvg(DescribedByFields, EvaluatesServerModel):
     """FedAvg with a server optimizer on the pseudo-gradient (static options).
 
     Attributes:
@@ -127,9 +127,6 @@ class FedAvg:
         return {**server_hparams(self.server_optimizer), **({"mu": 0.01} if self.prox else {}),
                 **self.aggregator.default_hparams()}
 
-    def describe(self) -> dict:
-        return describe_algorithm(self)
-
     def server_optimizer_for(self, hparams):
         """The server step as optax, fed the pseudo-gradient ``-Delta``."""
         return make_server_optimizer(self.server_optimizer, hparams, self.bias_correction)
@@ -141,10 +138,6 @@ class FedAvg:
             return NodeState(rng=node_rng), server
         local_state = ctx.local.make_optimizer(hparams).init(global_params)
         return NodeState(rng=node_rng, opt_state=tree_broadcast(local_state, node_rng.shape[0])), server
-
-    def eval_models(self, state: SimState):
-        """The models evaluation reports: the server's (no per-node models persist)."""
-        return state.server.params, None
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         """One FedAvg round; returns the new state and this round's scalar metrics."""

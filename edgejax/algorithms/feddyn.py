@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, EvaluatesServerModel, Payload, Traits
 from edgejax.algorithms.server import (WEIGHTINGS, cohort_inputs, gather, linear, normalize, proximal, scatter,
                                        aggregated_change,
                                        server_metrics, server_step, weighted_change)
@@ -51,7 +51,7 @@ class DynamicState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class FedDyn:
+class FedDyn(DescribedByFields, EvaluatesServerModel):
     """FedDyn with the traced strength ``alpha`` (see the module docstring); ``aggregator``
     combines the changes ``theta_i - x`` (``edgejax.algorithms.aggregation``; the paper's mean
     by default), the memory ``h`` stays the paper's sum."""
@@ -78,9 +78,6 @@ class FedDyn:
     def default_hparams(self) -> dict[str, float]:
         return {"alpha": 0.01, **self.aggregator.default_hparams()}
 
-    def describe(self) -> dict:
-        return describe_algorithm(self)
-
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         n = node_rng.shape[0]
         memory = jax.tree_util.tree_map(lambda p: jnp.zeros((n, *p.shape), p.dtype), global_params)
@@ -88,9 +85,6 @@ class FedDyn:
         return NodeState(rng=node_rng, extra=GradientMemory(memory)), ServerState(global_params, _ADD_CHANGE.init(global_params),
                                                                         DynamicState(h),
                                                                         self.aggregator.init(global_params))
-
-    def eval_models(self, state: SimState):
-        return state.server.params, None
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         x, h, alpha = state.server.params, state.server.extra.h, hparams["alpha"]

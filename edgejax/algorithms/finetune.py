@@ -24,7 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from edgejax.algorithms.base import Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, Traits
 from edgejax.algorithms.fedavg import FedAvg
 from edgejax.core.state import SimState, round_keys, tree_broadcast
 from edgejax.core.streams import stream_key
@@ -32,7 +32,7 @@ from edgejax.data.host import cohort_data
 
 
 @dataclasses.dataclass(frozen=True)
-class FineTuned:
+class FineTuned(DescribedByFields):
     """FedAvg (``base``) followed by ``finetune_steps`` local steps of every node from the global model."""
 
     base: FedAvg = FedAvg()
@@ -57,9 +57,6 @@ class FineTuned:
 
     def default_hparams(self) -> dict[str, float]:
         return self.base.default_hparams()
-
-    def describe(self) -> dict:
-        return describe_algorithm(self)
 
     def init(self, ctx, global_params, node_rng, hparams):
         nodes, server = self.base.init(ctx, global_params, node_rng, hparams)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from edgejax.algorithms.base import Payload, Traits
+from edgejax.algorithms.base import EvaluatesServerModel, Payload, Traits
 from edgejax.algorithms.server import WEIGHTINGS, cohort_inputs, normalize, server_metrics, server_step
 from edgejax.algorithms.submodels import masked_average_change
 from edgejax.core.execution import Needs
@@ -72,7 +72,7 @@ def submodel_costs(scheme, params, num_nodes: int) -> tuple[np.ndarray, np.ndarr
 
 
 @dataclasses.dataclass(frozen=True)
-class SubmodelFedAvg:
+class SubmodelFedAvg(EvaluatesServerModel):
     """FedAvg over sub-models (static options; see the module docstring).
 
     Attributes:
@@ -117,9 +117,6 @@ class SubmodelFedAvg:
         if structure is not None:
             global_params = jax.tree_util.tree_map(lambda w, m: w * m, global_params, structure)
         return NodeState(rng=node_rng), ServerState(global_params, _ADD_CHANGE.init(global_params))
-
-    def eval_models(self, state: SimState):
-        return state.server.params, None
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         x = state.server.params

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from edgejax.algorithms.aggregation import Aggregator, Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.base import Payload, Traits, describe_algorithm
+from edgejax.algorithms.base import DescribedByFields, EvaluatesServerModel, Payload, Traits
 from edgejax.algorithms.server import (WEIGHTINGS, aggregated_change, cohort_inputs, gather, linear, normalize,
                                        scatter, server_metrics, server_step)
 from edgejax.algorithms.server_optimizers import check_server_optimizer, make_server_optimizer, server_hparams
@@ -43,7 +43,7 @@ class Control(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class SCAFFOLD:
+class SCAFFOLD(DescribedByFields, EvaluatesServerModel):
     """SCAFFOLD with option II control variates (static options; see the module docstring).
 
     State: ``server.extra = Control(c)``, ``nodes.extra = Control(c_i [N, ...])``.  ``aggregator``
@@ -77,9 +77,6 @@ class SCAFFOLD:
     def default_hparams(self) -> dict[str, float]:
         return {**server_hparams(self.server_optimizer), **self.aggregator.default_hparams()}
 
-    def describe(self) -> dict:
-        return describe_algorithm(self)
-
     def init(self, ctx, global_params, node_rng, hparams) -> tuple[NodeState, ServerState]:
         if ctx.local.optimizer != "sgd":
             raise ValueError(f"SCAFFOLD's option II control variates assume local 'sgd'; got {ctx.local.optimizer!r}")
@@ -90,9 +87,6 @@ class SCAFFOLD:
         return NodeState(rng=node_rng, extra=Control(node_c)), ServerState(global_params, opt.init(global_params),
                                                                             Control(zeros),
                                                                             self.aggregator.init(global_params))
-
-    def eval_models(self, state: SimState):
-        return state.server.params, None
 
     def round(self, ctx, state: SimState, data, plan: RoundPlan, hparams):
         x, c = state.server.params, state.server.extra.c
