@@ -4,7 +4,7 @@
 min_size=5) over 100 nodes, 10 a round, MLP 128, 1 local epoch of batch 10, 50 rounds with
 an evaluation every 10, 64 points = 16 seeds x 4 client learning rates.  Each way gets a
 fresh ``Simulation`` and so pays its own compilation (jax's persistent cache is off here):
-``run() x P`` (P sequential ``Simulation.run`` calls) and ``edgejax.sweep.sweep`` with the
+``run() x P`` (P sequential ``Simulation.run`` calls) and ``Simulation.sweep`` with the
 ``loop``, ``map`` and ``vmap`` strategies (map and vmap: all points in one chunk).  Each way
 is timed twice: the first call counts compilation, the second shows the cost once compiled.
 Every sweep run is compared with its separate ``run()`` (largest difference reported).
@@ -108,8 +108,6 @@ def bench_sweep(rounds: int, seeds: int, lrs: Sequence[float]) -> dict:
     """Time P sequential run() calls and each sweep strategy (first and second call)."""
     import jax
 
-    from edgejax.sweep import sweep
-
     points = [{"client_lr": lr} for lr in lrs]
     out = {"points": len(points) * seeds, "rounds": rounds, "ways": {}}
     singles = {}
@@ -128,8 +126,8 @@ def bench_sweep(rounds: int, seeds: int, lrs: Sequence[float]) -> dict:
         times = {}
         for call in ("first", "second"):
             start = time.perf_counter()
-            res = sweep(sim, rounds, points, seeds=range(seeds), eval_every=10, strategy=strategy,
-                        chunk_size=None if strategy == "loop" else out["points"])
+            res = sim.sweep(rounds, points, seeds=range(seeds), eval_every=10, strategy=strategy,
+                            chunk_size=None if strategy == "loop" else out["points"])
             jax.block_until_ready(res.evals)
             times[call] = time.perf_counter() - start
         worst = 0.0

@@ -101,12 +101,12 @@ def compare(name: str) -> dict:
 
 def sweep_over_devices() -> dict:
     """A ``vmap`` sweep whose chunks are split over the 8 devices against the ``loop`` sweep."""
-    from edgejax.sweep.runner import _points_over_devices, sweep
+    from edgejax.sweep.runner import _points_over_devices
 
     sim = build("fedavg", None)
     points = {"client_lr": [0.05, 0.1, 0.2, 0.3, 0.4]}
-    split = sweep(sim, 4, points, seeds=(0, 1), eval_every=2, strategy="vmap", chunk_size=3)
-    loop = sweep(sim, 4, points, seeds=(0, 1), eval_every=2, strategy="loop")
+    split = sim.sweep(4, points, seeds=(0, 1), eval_every=2, strategy="vmap", chunk_size=3)
+    loop = sim.sweep(4, points, seeds=(0, 1), eval_every=2, strategy="loop")
     placed = _points_over_devices("vmap", 3)
     seeds, _ = placed(np.arange(placed.chunk), {})
     return {"chunk": placed.chunk, "seed_devices": len(seeds.sharding.device_set), "runs": len(split.runs),

@@ -564,8 +564,9 @@ def test_a_sweep_of_fedbuff_trained_at_download_equals_its_runs(x64):
     sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=2, concurrency=4), trace, execution="shared_base")
     assert _trains_at_download(sim)
     points = {"client_lr": [0.1, 0.3], "staleness_exponent": [0.5, 1.0]}
-    _, final = sim.sweep(20, points, [0, 1])
-    assert float(final["test_loss"][0]) != float(final["test_loss"][1])
-    for i in range(2):
-        run = sim.run(20, seed=i, hparams={k: v[i] for k, v in points.items()}, eval_every=20)
-        np.testing.assert_allclose(float(final["test_loss"][i]), run.evaluations()["test_loss"].iloc[-1], rtol=1e-12)
+    res = sim.sweep(20, points, seeds=[0, 1], eval_every=20, strategy="vmap")
+    final = res.evals["test_loss"][:, -1]
+    assert len(set(final.tolist())) == 4
+    for r, (p, seed) in enumerate(res.runs):
+        run = sim.run(20, seed=seed, hparams={k: v[p] for k, v in points.items()}, eval_every=20)
+        np.testing.assert_allclose(float(final[r]), run.evaluations()["test_loss"].iloc[-1], rtol=1e-12)

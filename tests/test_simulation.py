@@ -186,14 +186,13 @@ def test_more_nodes_than_samples_is_rejected():
 
 def test_a_sweep_of_points_equals_separate_runs(data):
     sim = _sim(data)
-    lrs, seeds = np.array([0.02, 0.1, 0.3]), np.array([0, 1, 1])
-    metrics, final = sim.sweep(4, {"client_lr": lrs, "clients_per_round": np.array([3.0, 2.0, 3.0])}, seeds)
-    assert metrics["train_loss"].shape == (3, 4)
-    for p in range(3):
-        single = sim.run(4, seed=int(seeds[p]), hparams={"client_lr": lrs[p], "clients_per_round": [3, 2, 3][p]},
-                         eval_every=4)
-        np.testing.assert_allclose(metrics["train_loss"][p], single.rounds["train_loss"], rtol=2e-5, atol=1e-6)
-        assert float(final["test_accuracy"][p]) == pytest.approx(single.evals["test_accuracy"][-1], abs=1e-6)
+    points = {"client_lr": [0.02, 0.3], "clients_per_round": [3, 2]}
+    res = sim.sweep(4, points, seeds=[0, 1], eval_every=4, strategy="vmap")
+    assert res.runs == [(0, 0), (0, 1), (1, 0), (1, 1)] and res.rounds["train_loss"].shape == (4, 4)
+    for r, (p, seed) in enumerate(res.runs):
+        single = sim.run(4, seed=seed, hparams={k: v[p] for k, v in points.items()}, eval_every=4)
+        np.testing.assert_allclose(res.rounds["train_loss"][r], single.rounds["train_loss"], rtol=2e-5, atol=1e-6)
+        assert float(res.evals["test_accuracy"][r, -1]) == pytest.approx(single.evals["test_accuracy"][-1], abs=1e-6)
 
 
 def test_a_run_can_start_from_given_global_and_per_node_models():
@@ -218,3 +217,60 @@ def test_a_run_can_start_from_given_global_and_per_node_models():
     by_hand = by_hand._replace(nodes=by_hand.nodes._replace(params=jax.tree_util.tree_map(jnp.asarray, nodes)))
     a, b = (jax.jit(gossip.round)(s, data, hp)[0].nodes.params["out"]["w"] for s in (given, by_hand))
     np.testing.assert_array_equal(a, b)
+
+
+def test_minibatches_are_the_ones_local_training_uses(x64):
+    """``Simulation.minibatches`` gives the slots every cohort node trains on: a float64 NumPy
+    FedAvg round (plain SGD on exactly those rows, sample-weighted mean) equals the round."""
+    data, xs, ys = make_data([5, 3, 6, 2, 4, 7], seed=4)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=2, epochs=2), clients_per_round=3)
+    hp = sim.hparams({"client_lr": 0.3})
+    state = sim.init(jax.random.PRNGKey(1), hp)
+    state, _ = jax.jit(sim.round)(state, sim.data, hp)   # at round 1 the keys fold in 1
+    plan = sim.make_plan(nodes=[5, 1, 3], step_budget=[7, 4, 3])
+    slots, weights = (np.asarray(a) for a in sim.minibatches(state, plan))
+    assert slots.shape == weights.shape == (3, sim.schedule[0], 2)
+    new, _ = jax.jit(sim.round_with_plan)(state, sim.data, plan, hp)
+
+    w0, b0 = (np.asarray(state.server.params["out"][k]) for k in ("w", "b"))
+    total_w, total_b, total_n = 0.0, 0.0, 0
+    for k, node in enumerate([5, 1, 3]):
+        x, y, n = xs[node], ys[node], len(xs[node])
+        steps = min(2 * -(-n // 2), int(plan.step_budget[k]))
+        assert sorted(slots[k, :-(-n // 2)][weights[k, :-(-n // 2)] > 0].tolist()) == list(range(n))  # an epoch
+        w, b = w0.copy(), b0.copy()
+        for t in range(steps):
+            rows, wt = slots[k, t], weights[k, t]
+            logits = x[np.minimum(rows, n - 1)] @ w + b
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(rows)), y[np.minimum(rows, n - 1)]] -= 1
+            g = wt[:, None] * p / wt.sum()
+            w, b = w - 0.3 * x[np.minimum(rows, n - 1)].T @ g, b - 0.3 * g.sum(axis=0)
+        total_w, total_b, total_n = total_w + n * w, total_b + n * b, total_n + n
+    np.testing.assert_allclose(np.asarray(new.server.params["out"]["w"]), total_w / total_n, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(new.server.params["out"]["b"]), total_b / total_n, rtol=0, atol=1e-13)
+
+
+def test_a_run_can_start_from_a_given_server_optimizer_state():
+    """``init(server_opt_state=...)`` equals editing the state by hand (FedAdam's moments from an
+    earlier run); a state of another structure or shape is named."""
+    data, _, _ = make_data([5] * 4, seed=21, dtype=np.float32)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, ej.FedAvg(server_optimizer="adam"), ej.LocalTraining(batch_size=5))
+    hp = sim.hparams()
+    step = jax.jit(sim.round)
+    earlier = step(sim.init(jax.random.PRNGKey(3), hp), data, hp)[0].server.opt_state
+    given = sim.init(jax.random.PRNGKey(0), hp, server_opt_state=earlier)
+    by_hand = sim.init(jax.random.PRNGKey(0), hp)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(earlier),
+                                                        jax.tree_util.tree_leaves(by_hand.server.opt_state)))
+    by_hand = by_hand._replace(server=by_hand.server._replace(opt_state=earlier))
+    a, b = (step(s, data, hp)[0].server.params["out"]["w"] for s in (given, by_hand))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="server_opt_state must have the structure"):
+        sim.init(jax.random.PRNGKey(0), hp, server_opt_state={"mu": 0})
+    wrong = jax.tree_util.tree_map(lambda x: jnp.zeros((2,) + jnp.shape(x)), earlier)
+    with pytest.raises(ValueError, match=r"server_opt_state has a leaf of shape \(2,"):
+        sim.init(jax.random.PRNGKey(0), hp, server_opt_state=wrong)

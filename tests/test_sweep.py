@@ -6,7 +6,7 @@ import pytest
 
 import edgejax as ej
 from conftest import make_data
-from edgejax.sweep import compile_count, grid, sweep, zip_points
+from edgejax.sweep import compile_count, grid, zip_points
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ POINTS = [{"client_lr": 0.05, "clients_per_round": 3}, {"client_lr": 0.3, "clien
 
 @pytest.mark.parametrize("strategy, chunk, group", [("loop", None, None), ("map", 4, 2), ("vmap", 3, None)])
 def test_each_run_of_a_sweep_equals_its_separate_run(sim, strategy, chunk, group):
-    res = sweep(sim, 5, POINTS, seeds=[0, 4], eval_every=2, strategy=strategy, chunk_size=chunk, group_size=group)
+    res = sim.sweep(5, POINTS, seeds=[0, 4], eval_every=2, strategy=strategy, chunk_size=chunk, group_size=group)
     assert res.runs == [(0, 0), (0, 4), (1, 0), (1, 4)]  # vmap: 4 runs in chunks of 3, the last one padded
     assert res.eval_rounds == [0, 2, 4, 5]
     for r, (p, seed) in enumerate(res.runs):
@@ -36,12 +36,12 @@ def test_each_run_of_a_sweep_equals_its_separate_run(sim, strategy, chunk, group
 
 
 def test_a_second_sweep_compiles_nothing(sim):
-    sweep(sim, 5, {"client_lr": [0.1, 0.2]}, seeds=[0], eval_every=2, strategy="loop")
+    sim.sweep(5, {"client_lr": [0.1, 0.2]}, seeds=[0], eval_every=2, strategy="loop")
     before = compile_count(sim)
-    sweep(sim, 5, {"client_lr": [0.5, 0.01, 0.2]}, seeds=[1, 2], eval_every=2, strategy="loop")
+    sim.sweep(5, {"client_lr": [0.5, 0.01, 0.2]}, seeds=[1, 2], eval_every=2, strategy="loop")
     assert compile_count(sim) == before
-    sim.sweep(5, {"client_lr": [0.3, 0.2, 0.1]}, seeds=[5, 6, 7])  # evaluates only after round 5: one more program
-    sim.sweep(5, {"client_lr": [0.4]}, seeds=[1])
+    sim.sweep(5, {"client_lr": [0.3, 0.2, 0.1]}, seeds=[5, 6], eval_every=5)  # another cadence: one more program
+    sim.sweep(5, {"client_lr": [0.4]}, seeds=[1], eval_every=5)
     assert compile_count(sim) == before + 1
 
 
@@ -61,7 +61,7 @@ def test_programs_go_with_their_simulation(sim):
 
 
 def test_tidy_dataframe_has_a_row_per_run_and_evaluation(sim):
-    res = sweep(sim, 5, grid({"client_lr": [0.1, 0.2], "server_lr": [0.01]}), seeds=[0, 1, 2], eval_every=2)
+    res = sim.sweep(5, grid({"client_lr": [0.1, 0.2], "server_lr": [0.01]}), seeds=[0, 1, 2], eval_every=2)
     df = res.to_dataframe()
     assert len(df) == 2 * 3 * 4  # points x seeds x evaluations (rounds 0, 2, 4, 5)
     assert {"point", "seed", "client_lr", "server_lr", "round", "test_accuracy", "train_loss", "bytes",
@@ -75,13 +75,13 @@ def test_tidy_dataframe_has_a_row_per_run_and_evaluation(sim):
 
 
 def test_results_folder(sim, tmp_path):
-    res = sweep(sim, 5, [{"client_lr": 0.1}], seeds=[0, 1], eval_every=2)
+    res = sim.sweep(5, [{"client_lr": 0.1}], seeds=[0, 1], eval_every=2)
     out = res.save(tmp_path / "sweep")
     assert {p.name for p in out.iterdir()} == {"evals.csv", "rounds.csv", "sweep.json"}
 
 
 def test_the_package_exposes_sweeps_lazily():
-    assert ej.sweep.sweep is sweep
+    assert ej.sweep.grid is grid and not hasattr(ej.sweep, "sweep")   # one way to sweep: Simulation.sweep
 
 
 def test_grid_and_zip():
@@ -101,9 +101,9 @@ def test_grid_and_zip():
 ])
 def test_bad_sweep_input_is_a_clear_error(sim, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sweep(sim, 2, **kwargs)
+        sim.sweep(2, **kwargs)
 
 
-def test_simulation_sweep_lists_of_other_length_name_the_key(sim):
-    with pytest.raises(ValueError, match=r"client_lr'? has 3 values.* but the sweep has 2 points"):
-        sim.sweep(2, {"client_lr": [0.1, 0.2, 0.3]}, seeds=[0, 1])
+def test_zipped_lists_of_other_lengths_name_the_keys(sim):
+    with pytest.raises(ValueError, match=r"different lengths \(client_lr: 3, server_lr: 2\)"):
+        sim.sweep(2, {"client_lr": [0.1, 0.2, 0.3], "server_lr": [0.1, 0.2]})

@@ -98,7 +98,6 @@ def test_latex_compiles(tmp_path):
 def test_run_and_sweep_folders_load_into_one_labelled_table(tmp_path):
     import edgejax as ej
     from conftest import make_data
-    from edgejax.sweep import sweep
     from edgejax.sweep.load import load
 
     data = make_data([5, 3, 6, 4], dtype=np.float32, seed=1)[0]
@@ -106,7 +105,7 @@ def test_run_and_sweep_folders_load_into_one_labelled_table(tmp_path):
     sim = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=2, epochs=1), clients_per_round=2)
     for seed in (0, 1):
         sim.run(2, seed=seed, hparams={"client_lr": 0.2}, eval_every=1, out_dir=tmp_path / f"run{seed}")
-    sweep(sim, 2, {"client_lr": [0.05]}, seeds=[0, 1], eval_every=1).save(tmp_path / "sweep")
+    sim.sweep(2, {"client_lr": [0.05]}, seeds=[0, 1], eval_every=1).save(tmp_path / "sweep")
     evals = load([tmp_path / "run0", tmp_path / "run1", tmp_path / "sweep"])
     assert len(evals) == 4 * 3
     assert sorted(set(evals["label"])) == ["client_lr=0.05", "client_lr=0.2"]

@@ -139,7 +139,7 @@ def _check_names(traced: list[dict], simulations: list, path: Path) -> None:
 def execute(args: dict) -> int:
     """``edgejax sweep`` with parsed arguments: every configuration is built (and checked) before any runs."""
     from edgejax.cli.compile_cache import enable_compilation_cache
-    from edgejax.sweep import load, summarize, sweep, to_markdown
+    from edgejax.sweep import load, summarize, to_markdown
 
     fixed, seeds, statics, traced = read_spec(args["config"])
     out = _output_folder(args["out"])
@@ -151,8 +151,8 @@ def execute(args: dict) -> int:
         print(f"edgejax sweep: {sim.algorithm.name} on {sim.data.name}, N={sim.num_nodes}, model {sim.model.name}"
               f"{' (' + ', '.join(f'{k}={v}' for k, v in static.items()) + ')' if static else ''}: "
               f"{len(points)} point(s) x {len(seeds)} seed(s), {o['rounds']} rounds")
-        results = sweep(sim, o["rounds"], points, seeds, eval_every=o["eval_every"],
-                        strategy=args["strategy"], chunk_size=args["chunk_size"], progress=args["progress"])
+        results = sim.sweep(o["rounds"], points, seeds, eval_every=o["eval_every"],
+                            strategy=args["strategy"], chunk_size=args["chunk_size"], progress=args["progress"])
         results.options = static
         folders.append(results.save(_folder(out, static, len(statics) > 1)))
     print(to_markdown(summarize(load(sorted(folders)))))  # in the order of `edgejax table OUT/*`

@@ -160,6 +160,18 @@ class LocalTraining:
             return jnp.full_like(count, self.steps)
         return self.epochs * self.steps_per_epoch(count)
 
+    def minibatches(self, key: jax.Array, count, size: int, max_steps: int, shuffles: int):
+        """The minibatches local training draws for one node: ``(slots [max_steps, B], weights
+        [max_steps, B])``, rows of the node's padded data ``[size, ...]`` and 1 for a real sample,
+        0 for padding.  The order: ``shuffles`` permutations of the node's ``count`` samples from
+        ``key`` (``node_shuffles``: uniform scores, padded rows scored 2, argsort); step ``t`` takes
+        positions ``(t mod s) B .. (t mod s) B + B - 1`` of permutation ``min(t // s, shuffles - 1)``
+        with ``s = steps_per_epoch(count)``, a position at or past ``count`` being padding.  Steps at
+        or past ``node_steps(count)`` (or the step budget) are not run.  ``key`` is the node's round
+        key (``Simulation.minibatches`` gives a round's slots for every cohort node)."""
+        order = node_shuffles(key, count, size, shuffles)
+        return jax.vmap(batch_positions, in_axes=(None, 0, None, None))(self, jnp.arange(max_steps), count, order)
+
     def schedule(self, counts: np.ndarray) -> tuple[int, int]:
         """Static ``(max_steps, shuffles)`` for nodes with these sample counts."""
         counts = np.asarray(counts)

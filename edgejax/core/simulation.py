@@ -24,7 +24,7 @@ from edgejax.core.event_loop import run_ticks, skipped_metric
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
 from edgejax.core.local import LocalTraining, make_minibatch_gradient
 from edgejax.core.results import Results
-from edgejax.core.state import RoundPlan, SimState
+from edgejax.core.state import RoundPlan, SimState, round_keys
 from edgejax.core.streams import stream_key
 from edgejax.data.federated import FederatedData
 from edgejax.data.host import HostNodeData
@@ -209,10 +209,12 @@ class Simulation:
         return hp
 
     # ----- pure functions ---------------------------------------------------------------
-    def init(self, key: jax.Array, hparams: dict, params=None, node_params=None) -> SimState:
+    def init(self, key: jax.Array, hparams: dict, params=None, node_params=None, server_opt_state=None) -> SimState:
         """Initial state: one global model from ``key`` (or the given ``params``), per-node keys,
         algorithm state.  ``node_params [N, ...]``: every node's own starting model, for
-        algorithms that keep one (decentralized training, FedMD); the others refuse it."""
+        algorithms that keep one (decentralized training, FedMD); the others refuse it.
+        ``server_opt_state``: the server optimizer's starting state (e.g. FedAdam's moments), with
+        the structure, shapes and dtypes of the one ``init`` builds."""
         k_model, k_nodes, k_run, k_system = jax.random.split(key, 4)
         params = self.model.init(k_model) if params is None else self._checked_params(params, "params")
         node_rng = jax.random.split(k_nodes, self.num_nodes)
@@ -222,6 +224,8 @@ class Simulation:
                 raise ValueError(f"{self.algorithm.name} keeps no per-node models (every node starts each round from "
                                  "the server's); give its starting model as params=")
             nodes = nodes._replace(params=self._checked_params(node_params, "node_params", (self.num_nodes,)))
+        if server_opt_state is not None:
+            server = server._replace(opt_state=_like(server_opt_state, server.opt_state, "server_opt_state"))
         traits = self.algorithm.traits()
         network = () if traits.topology is None else traits.topology.init_state(
             self.num_nodes, self.system.link_failures, neighbours=traits.asynchronous)
@@ -289,6 +293,21 @@ class Simulation:
             nodes, active, budget = nodes[order], active[order], budget[order]
         return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0))
 
+    def minibatches(self, state: SimState, plan: RoundPlan) -> tuple[jax.Array, jax.Array]:
+        """The minibatches the cohort of ``plan`` trains on in the round ``state`` is at:
+        ``(slots [K, S, B], weights [K, S, B])``, node ``plan.nodes[k]``'s step ``t`` using rows
+        ``slots[k, t]`` of its padded data (weight 0: padding), drawn from its round key
+        ``fold_in(state.nodes.rng[i], state.round)`` in the order ``LocalTraining.minibatches``
+        documents.  That is the key every synchronous algorithm trains with, except FedRep (it
+        splits the key between its two phases); steps past ``plan.step_budget`` are not run."""
+        max_steps, shuffles = self.schedule
+        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
+        counts = jnp.asarray(self.data.train.count)[plan.nodes]
+        train = self.data.train
+        size = train.source.index.shape[1] if isinstance(train, HostNodeData) else train.x.shape[1]
+        return jax.vmap(self.local.minibatches, in_axes=(0, 0, None, None, None))(keys, counts, size, max_steps,
+                                                                                 shuffles)
+
     def round_with_plan(self, state: SimState, data: FederatedData, plan: RoundPlan, hparams: dict):
         """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
@@ -341,27 +360,27 @@ class Simulation:
         state, round_metrics = self.run_rounds(state, data, hparams, num_rounds, active_rounds)
         return state, round_metrics, self.evaluate(state, data)
 
-    def sweep(self, rounds: int, hparams: dict, seeds) -> tuple[dict, dict]:
-        """Run ``P`` configurations with the sweep's execution strategy (``edgejax.sweep``,
-        compiled once per static configuration): ``hparams`` maps names to arrays of
-        length ``P`` (names left out keep their defaults), ``seeds`` has length ``P``.
+    def sweep(self, rounds: int, points: list[dict] | dict | None = None, seeds=(0,), *, eval_every: int = 10,
+              strategy: str = "auto", chunk_size: int | None = None, group_size: int | None = None,
+              memory_bytes: int | None = None, progress: bool = False):
+        """Run every hyper-parameter point with every seed: an ``edgejax.sweep.SweepResults``.
 
-        Returns ``(round_metrics, final_eval)``: each metric stacked as ``[P, rounds]`` and
-        the final evaluation as ``[P]``.  Point ``p`` equals ``run(rounds, seed=seeds[p],
-        hparams={k: v[p]})`` (same numbers up to floating-point reassociation).
+        ``points``: a list of override dicts (``edgejax.sweep.grid`` builds every combination)
+        or a dict of zipped lists (``{"client_lr": [0.1, 0.3], "mu": [0.0, 0.01]}``: two
+        points); ``None`` is one point of defaults.  Run ``(p, s)`` equals ``run(rounds, seed=s,
+        hparams=points[p], eval_every=eval_every)`` (the same numbers up to floating-point
+        reassociation under ``vmap``).  Every point of one static configuration shares one
+        compiled program, reused by later sweeps with the same ``rounds`` and ``eval_every``.
+        ``strategy``: ``auto`` (``loop`` on a CPU, ``vmap`` on accelerators), ``loop``, ``map``
+        or ``vmap``; ``chunk_size`` points per program call (``map``/``vmap``; default: as many
+        as ``memory_bytes``, 2 GiB, allows); ``group_size``: ``map`` only, points vmapped per
+        step; ``progress``: a progress bar over points.
         """
-        from edgejax.sweep.runner import sweep_arrays
+        from edgejax.sweep.runner import sweep
 
-        defaults = self.default_hparams()
-        unknown = sorted(set(hparams) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown hyper-parameter(s) {unknown}; this simulation takes {sorted(defaults)}")
-        if self.mesh is not None:
-            raise ValueError("sweep() maps points on one device; a simulation with a node mesh runs with run() "
-                             "(build the sweep's Simulation without mesh=)")
-        check_hparams({**defaults, **hparams}, self.cohort_size, points=np.atleast_1d(np.asarray(seeds)).size,
-                      ranges=dict(self.algorithm.traits().ranges))
-        return sweep_arrays(self, rounds, hparams, seeds)
+        options = {} if memory_bytes is None else {"memory_bytes": memory_bytes}
+        return sweep(self, rounds, points, seeds, eval_every=eval_every, strategy=strategy, chunk_size=chunk_size,
+                     group_size=group_size, progress=progress, **options)
 
     @functools.cached_property
     def _traced_round(self):
@@ -459,3 +478,16 @@ class Simulation:
         from edgejax.core.runner import run
 
         return run(self, rounds, **options)
+
+
+def _like(tree, reference, name: str):
+    """``tree`` cast to ``reference``'s dtypes; a ``ValueError`` naming ``name`` unless its structure
+    and shapes are ``reference``'s."""
+    got, want = jax.tree_util.tree_structure(tree), jax.tree_util.tree_structure(reference)
+    if got != want:
+        raise ValueError(f"{name} must have the structure {want}; got {got}")
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(reference)):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(f"{name} has a leaf of shape {jnp.shape(a)} where {jnp.shape(b)} is expected")
+    return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), tree, reference)
+

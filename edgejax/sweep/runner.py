@@ -31,8 +31,14 @@ def _chunk_size(sim, strategy: str, total: int, chunk_size: int | None, memory_b
 
 
 def stack(sim, overrides: list[dict]) -> dict[str, np.ndarray]:
-    """Every point's full hyper-parameters (validated by ``sim.hparams``), stacked on axis 0."""
-    rows = [sim.hparams(o) for o in overrides]
+    """Every point's full hyper-parameters (validated by ``sim.hparams``; an error names the
+    point), stacked on axis 0."""
+    rows = []
+    for p, point in enumerate(overrides):
+        try:
+            rows.append(sim.hparams(point))
+        except ValueError as err:
+            raise ValueError(f"sweep point {p} {point}: {err}") from None
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
 
@@ -103,7 +109,8 @@ def execute(sim, rounds: int, seeds, hparams: dict[str, np.ndarray], *, eval_eve
 def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,), *, eval_every: int = 10,
           strategy: str = "auto", chunk_size: int | None = None, group_size: int | None = None,
           memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = False) -> SweepResults:
-    """Run every point (a list of hyper-parameter dicts, or a dict of zipped lists) with every seed.
+    """``Simulation.sweep``: run every point (a list of hyper-parameter dicts, or a dict of zipped
+    lists) with every seed.
 
     ``strategy``: ``auto`` (``loop`` on a CPU, ``vmap`` on accelerators), ``loop``, ``map``
     or ``vmap``; ``chunk_size`` points per program call (``map``/``vmap``; default: as many as
@@ -111,6 +118,9 @@ def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,),
     count and splits every chunk over them); ``group_size``: ``map`` only, points vmapped per step.  The compiled program is reused by later sweeps of ``sim``
     with the same ``rounds`` and ``eval_every``.
     """
+    if sim.mesh is not None:
+        raise ValueError("a sweep maps points on one device; a simulation with a node mesh runs with run() "
+                         "(build the sweep's Simulation without mesh=)")
     points = zip_points(points) if isinstance(points, dict) else list(points or [{}])
     seeds = [int(s) for s in seeds]
     runs = [(p, s) for p in range(len(points)) for s in seeds]
@@ -126,17 +136,6 @@ def sweep(sim, rounds: int, points: list[dict] | dict | None = None, seeds=(0,),
     return SweepResults(points=points, hparams=full, runs=runs, rounds=round_metrics, evals=evals,
                         eval_rounds=eval_rounds(rounds, min(eval_every, rounds)), config=config,
                         wall_time_s=time.perf_counter() - start)
-
-
-def sweep_arrays(sim, rounds: int, hparams: dict, seeds, strategy: str = "auto") -> tuple[dict, dict]:
-    """``Simulation.sweep``: point ``p`` is (``seeds[p]``, entry ``p`` of every ``hparams`` list).
-
-    Returns ``(round metrics {k: [P, rounds]}, final evaluation {k: [P]})``.
-    """
-    seeds = np.atleast_1d(np.asarray(seeds))
-    stacked = stack(sim, zip_points(hparams, len(seeds)))
-    round_metrics, evals = execute(sim, rounds, seeds, stacked, eval_every=rounds, strategy=strategy)
-    return round_metrics, {k: v[:, -1] for k, v in evals.items()}
 
 
 def _progress(total: int, enabled: bool):
