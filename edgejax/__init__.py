@@ -7,7 +7,7 @@ from edgejax import compression, network, parallel, system
 from edgejax.algorithms import (ADPSGD, CHOCO, DIGing, DPSGD, Aggregator, Algorithm, AsyncSGD, CenteredClipping,
                                 CoordinateMedian, DCASGD, ExactDCASGD, FedAsync, FedAvg, FedBuff, FedDF, FedDyn,
                                 GaussianDP, GeometricMedian, Krum, Mean, MultiKrum, NormBounded, PairwiseGossip, PushSum, SCAFFOLD,
-                                Topology, TrimmedMean, get_algorithm)
+                                SplitFed, SplitLearning, Topology, TrimmedMean, get_algorithm)
 from edgejax.core.callbacks import Chunk, StopAt, TensorBoard
 from edgejax.core.compile_cache import enable_compilation_cache
 from edgejax.core.execution import Needs, RoundContext
@@ -33,5 +33,6 @@ def __getattr__(name: str):
 
 __all__ = ["Chunk", "StopAt", "TensorBoard", "ADPSGD", "DIGing", "ExactDCASGD", "FedDF", "Aggregator", "Algorithm", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "GaussianDP", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunFailed", "RunInterrupted", "SCAFFOLD",
-           "ServerState", "SimState", "Simulation", "SystemModel", "TestData", "Topology", "algorithms",
-           "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models", "network", "sweep", "system"]
+           "ServerState", "SimState", "Simulation", "SplitFed", "SplitLearning", "SystemModel", "TestData", "Topology",
+           "algorithms", "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models",
+           "network", "sweep", "system"]

@@ -10,6 +10,8 @@ Asynchronous (a round is a tick of the event clock): ``FedAsync``, ``FedBuff``, 
 Heterogeneous models per device: ``SubmodelFedAvg`` over ``WidthScaled`` (HeteroFL, FjORD,
 FedRolex) or ``ClassSubsets`` (Chen & Qin 2020) sub-models; ``FedMD`` (federated distillation:
 nodes keep their own models and exchange logits on a public set, optionally over sub-models).
+Split learning (the model cut at a layer, the lower layers on the devices): ``SplitFed``
+(SFLV1, SFLV2), ``SplitLearning`` (vanilla, sequential); ``SplitModel``, ``activation_rows``.
 Personalized (each node's own model, judged on its own data): ``FineTuned`` (FedAvg + local
 fine-tuning), ``Ditto``, ``FedRep``, ``APFL``; ``personalized_report`` (mean, worst 10%, spread).
 Aggregators (how a server combines updates; ``FedAvg(aggregator=...)``, ``FedBuff(aggregator=...)``):
@@ -40,10 +42,11 @@ from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
+from edgejax.algorithms.split_learning import SplitFed, SplitLearning, SplitModel, activation_rows
 from edgejax.algorithms.personalized import personalized_report
 from edgejax.algorithms.privacy import GaussianDP
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
-from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, PERSONALIZED, get_algorithm,
+from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, PERSONALIZED, SPLIT, get_algorithm,
                                          parse_compressor)
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
@@ -59,4 +62,5 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
            "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean",
-           "TrimmedMean", "GaussianDP", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded"]
+           "TrimmedMean", "GaussianDP", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded",
+           "SPLIT", "SplitFed", "SplitLearning", "SplitModel", "activation_rows"]

@@ -1,6 +1,8 @@
 """Algorithms by name, for the CLI and configuration files."""
 from __future__ import annotations
 
+import functools
+
 from edgejax import compression
 from edgejax.algorithms.aggregation import Mean
 from edgejax.algorithms.byzantine_aggregators import CenteredClipping, GeometricMedian, Krum, MultiKrum, NormBounded
@@ -22,6 +24,7 @@ from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
+from edgejax.algorithms.split_learning import SplitFed, SplitLearning
 
 DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip, "adpsgd": ADPSGD,
                  "diging": DIGing}
@@ -35,6 +38,9 @@ PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAv
 # personalized FL (each node's own model judged on its own data): Python API only for now (FedRep and APFL are
 # built over a model; the CLI's option checks do not know these algorithms)
 PERSONALIZED = {"finetune": FineTuned, "ditto": Ditto, "fedrep": FedRep, "apfl": APFL}
+# split learning over a cut model (built over a model and the rows each node sends): Python API only
+SPLIT = {"splitfed_v1": functools.partial(SplitFed, variant="v1"),
+         "splitfed_v2": functools.partial(SplitFed, variant="v2"), "split_learning": SplitLearning}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -49,7 +55,9 @@ def get_algorithm(name: str, **options):
     ``public_x=...``) or ``feddf`` (``FedDF``: FedAvg + server-side ensemble distillation; give
     ``public_x=...``); a personalized one: ``finetune`` (``FineTuned``: FedAvg then local fine-tuning; give
     ``base=FedAvg(...)``, ``finetune_steps=k``), ``ditto`` (``Ditto``), ``fedrep`` (``FedRep``: give ``model=...``,
-    ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); ``options`` are the dataclass's fields
+    ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); split learning: ``splitfed_v1``, ``splitfed_v2``
+(``SplitFed`` with that ``variant``) or ``split_learning`` (``SplitLearning``), each given ``model=...``,
+``cut=...``, ``rows=activation_rows(local, data.node_counts())``; ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
@@ -63,7 +71,9 @@ def get_algorithm(name: str, **options):
         return PYTHON_ONLY[name](**options)
     if name in PERSONALIZED:
         return PERSONALIZED[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED)}")
+    if name in SPLIT:
+        return SPLIT[name](**options)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED, *SPLIT)}")
 
 
 AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
