@@ -21,6 +21,8 @@ from edgejax.algorithms.fedrep import FedRep
 from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
+from edgejax.algorithms.pruning import PrunedFedAvg
+from edgejax.algorithms.quantized import QuantizedFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 
 DECENTRALIZED = {"dpsgd": DPSGD, "pushsum": PushSum, "choco": CHOCO, "pairwise": PairwiseGossip, "adpsgd": ADPSGD,
@@ -35,6 +37,8 @@ PYTHON_ONLY = {"submodels": SubmodelFedAvg, "compressed_fedavg": CompressedFedAv
 # personalized FL (each node's own model judged on its own data): Python API only for now (FedRep and APFL are
 # built over a model; the CLI's option checks do not know these algorithms)
 PERSONALIZED = {"finetune": FineTuned, "ditto": Ditto, "fedrep": FedRep, "apfl": APFL}
+# lightweight training (pruned or quantized models): Python API only for now (pruning is built over a model)
+LIGHTWEIGHT = {"pruned_fedavg": PrunedFedAvg, "quantized_fedavg": QuantizedFedAvg}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -49,7 +53,9 @@ def get_algorithm(name: str, **options):
     ``public_x=...``) or ``feddf`` (``FedDF``: FedAvg + server-side ensemble distillation; give
     ``public_x=...``); a personalized one: ``finetune`` (``FineTuned``: FedAvg then local fine-tuning; give
     ``base=FedAvg(...)``, ``finetune_steps=k``), ``ditto`` (``Ditto``), ``fedrep`` (``FedRep``: give ``model=...``,
-    ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); ``options`` are the dataclass's fields
+    ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); a lightweight one: ``pruned_fedavg``
+    (``PrunedFedAvg``: give ``model=...``, ``final_sparsity=s``) or ``quantized_fedavg`` (``QuantizedFedAvg``:
+    int-``bits`` downlink and uplink); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
@@ -63,7 +69,9 @@ def get_algorithm(name: str, **options):
         return PYTHON_ONLY[name](**options)
     if name in PERSONALIZED:
         return PERSONALIZED[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED)}")
+    if name in LIGHTWEIGHT:
+        return LIGHTWEIGHT[name](**options)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED, *LIGHTWEIGHT)}")
 
 
 AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
