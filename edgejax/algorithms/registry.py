@@ -71,7 +71,8 @@ def get_algorithm(name: str, **options):
         return PERSONALIZED[name](**options)
     if name in LIGHTWEIGHT:
         return LIGHTWEIGHT[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED, *LIGHTWEIGHT)}")
+    choices = (*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED, *LIGHTWEIGHT)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {choices}")
 
 
 AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
