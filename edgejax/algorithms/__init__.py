@@ -14,6 +14,8 @@ Split learning (the model cut at a layer, the lower layers on the devices): ``Sp
 (SFLV1, SFLV2), ``SplitLearning`` (vanilla, sequential); ``SplitModel``, ``activation_rows``.
 Personalized (each node's own model, judged on its own data): ``FineTuned`` (FedAvg + local
 fine-tuning), ``Ditto``, ``FedRep``, ``APFL``; ``personalized_report`` (mean, worst 10%, spread).
+Lightweight training: ``PrunedFedAvg`` (gradual magnitude pruning of the global model, unstructured
+or whole neurons), ``QuantizedFedAvg`` (int-b models and updates on the links).
 Aggregators (how a server combines updates; ``FedAvg(aggregator=...)``, ``FedBuff(aggregator=...)``):
 ``Mean`` (the default), ``CoordinateMedian``, ``TrimmedMean``; over whole updates ``Krum``, ``MultiKrum``,
 ``GeometricMedian`` (RFA), ``CenteredClipping``, ``NormBounded``.
@@ -41,13 +43,15 @@ from edgejax.algorithms.fedrep import FedRep
 from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
+from edgejax.algorithms.pruning import PrunedFedAvg
+from edgejax.algorithms.quantized import QuantizedFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.split_learning import SplitFed, SplitLearning, SplitModel, activation_rows
 from edgejax.algorithms.personalized import personalized_report
 from edgejax.algorithms.privacy import GaussianDP
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
-from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, PERSONALIZED, SPLIT, get_algorithm,
-                                         parse_compressor)
+from edgejax.algorithms.registry import (ALGORITHMS, ASYNCHRONOUS, DECENTRALIZED, LIGHTWEIGHT, PERSONALIZED, SPLIT,
+                                         get_algorithm, parse_compressor)
 from edgejax.algorithms.server import linear, proximal
 from edgejax.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, scale_by_adaptive_server
 from edgejax.network.spec import GRAPHS, NetworkState, Topology
@@ -63,4 +67,5 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
            "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean",
            "TrimmedMean", "GaussianDP", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded",
-           "SPLIT", "SplitFed", "SplitLearning", "SplitModel", "activation_rows"]
+           "SPLIT", "SplitFed", "SplitLearning", "SplitModel", "activation_rows",
+           "LIGHTWEIGHT", "PrunedFedAvg", "QuantizedFedAvg"]

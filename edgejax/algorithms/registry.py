@@ -23,6 +23,8 @@ from edgejax.algorithms.fedrep import FedRep
 from edgejax.algorithms.gradient_tracking import DIGing
 from edgejax.algorithms.finetune import FineTuned
 from edgejax.algorithms.heterogeneous import SubmodelFedAvg
+from edgejax.algorithms.pruning import PrunedFedAvg
+from edgejax.algorithms.quantized import QuantizedFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.split_learning import SplitFed, SplitLearning
 
@@ -41,6 +43,8 @@ PERSONALIZED = {"finetune": FineTuned, "ditto": Ditto, "fedrep": FedRep, "apfl":
 # split learning over a cut model (built over a model and the rows each node sends): Python API only
 SPLIT = {"splitfed_v1": functools.partial(SplitFed, variant="v1"),
          "splitfed_v2": functools.partial(SplitFed, variant="v2"), "split_learning": SplitLearning}
+# lightweight training (pruned or quantized models): Python API only for now (pruning is built over a model)
+LIGHTWEIGHT = {"pruned_fedavg": PrunedFedAvg, "quantized_fedavg": QuantizedFedAvg}
 COMPRESSORS = {"none": compression.Identity, "topk": compression.TopK, "randomk": compression.RandomK,
                "qsgd": compression.QSGD, "sign": compression.Sign}
 
@@ -56,8 +60,10 @@ def get_algorithm(name: str, **options):
     ``public_x=...``); a personalized one: ``finetune`` (``FineTuned``: FedAvg then local fine-tuning; give
     ``base=FedAvg(...)``, ``finetune_steps=k``), ``ditto`` (``Ditto``), ``fedrep`` (``FedRep``: give ``model=...``,
     ``head=(...)``) or ``apfl`` (``APFL``: give ``model=...``); split learning: ``splitfed_v1``, ``splitfed_v2``
-(``SplitFed`` with that ``variant``) or ``split_learning`` (``SplitLearning``), each given ``model=...``,
-``cut=...``, ``rows=activation_rows(local, data.node_counts())``; ``options`` are the dataclass's fields
+    (``SplitFed`` with that ``variant``) or ``split_learning`` (``SplitLearning``), each given ``model=...``,
+    ``cut=...``, ``rows=activation_rows(local, data.node_counts())``; a lightweight one: ``pruned_fedavg``
+    (``PrunedFedAvg``: give ``model=...``, ``final_sparsity=s``) or ``quantized_fedavg`` (``QuantizedFedAvg``:
+    int-``bits`` downlink and uplink); ``options`` are the dataclass's fields
     (e.g. ``weighting``, ``topology``)."""
     if name in PRESETS:
         return FedAvg(**{**PRESETS[name], **options})
@@ -73,7 +79,10 @@ def get_algorithm(name: str, **options):
         return PERSONALIZED[name](**options)
     if name in SPLIT:
         return SPLIT[name](**options)
-    raise ValueError(f"unknown algorithm {name!r}; choose from {(*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED, *SPLIT)}")
+    if name in LIGHTWEIGHT:
+        return LIGHTWEIGHT[name](**options)
+    choices = (*ALGORITHMS, *PYTHON_ONLY, *PERSONALIZED, *SPLIT, *LIGHTWEIGHT)
+    raise ValueError(f"unknown algorithm {name!r}; choose from {choices}")
 
 
 AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
