@@ -270,3 +270,26 @@ def test_a_schedule_of_disconnected_graphs_is_accepted_when_their_union_is_conne
     lonely[0, 1] = lonely[1, 0] = True
     with pytest.raises(ValueError, match="union of the schedule's graphs is not connected"):
         _setup(DPSGD(Topology("schedule", schedule=(lonely, lonely))))
+
+
+def test_pairwise_gossip_matches_reference_with_the_documented_matching_key(x64):
+    """Round t's matching is ``random_matching(stream_key(fold_in(state.rng, t), "pairwise_matching"), N)``
+    (README, Conventions): with it, a float64 NumPy loop of ``X+ = average of partners of (X - lr G(X))``
+    equals three rounds."""
+    from edgejax.core.streams import stream_key
+
+    sim, hp, state, xs, ys = _setup(PairwiseGossip())
+    round_fn = jax.jit(sim.round)
+    w, b = _stack(state)
+    moved = 0
+    for t in range(3):
+        partner = np.asarray(tp.random_matching(stream_key(jax.random.fold_in(state.rng, t), "pairwise_matching"), N))
+        assert sorted(partner[partner].tolist()) == list(range(N))   # an involution
+        moved += int(np.sum(partner != np.arange(N)))
+        gw, gb = _grads(w, b, xs, ys)
+        w, b = w - LR * gw, b - LR * gb
+        w, b = (w + w[partner]) / 2, (b + b[partner]) / 2
+        state, _ = round_fn(state, sim.data, hp)
+        np.testing.assert_allclose(_stack(state)[0], w, rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(_stack(state)[1], b, rtol=1e-11, atol=1e-12)
+    assert moved > 0
