@@ -257,3 +257,41 @@ def test_split_algorithms_run_end_to_end_and_learn(name):
                                                                              hparams={"client_lr": 0.1})
     assert results.evals["test_accuracy"][-1] > 0.9
     assert np.all(results.rounds["bytes_up"] > 0) and np.all(np.isfinite(results.rounds["train_loss"]))
+
+
+def test_vanilla_split_learning_is_charged_its_nodes_in_sequence():
+    """``SplitLearning`` (``Traits(sequential=True)``): the round takes the sum of its active nodes'
+    download + device compute + upload and node k is busy until the nodes before it are done;
+    SplitFed's round takes the slowest node's time.  Per-node deadlines are refused."""
+    sizes = [5, 3, 6, 4]
+    data, _, _ = make_data(sizes, seed=8, dtype=np.float32)
+    model = _mlp(data)
+    local = ej.LocalTraining(batch_size=2, epochs=1)
+    profiles = ej.system.tiered_profiles(len(sizes), seed=1)
+    rows = activation_rows(local, sizes)
+    nodes, active = [2, 0, 3], [1.0, 0.0, 1.0]
+    times = {}
+    for alg in (SplitLearning(model, 1, rows), SplitFed(model, 1, rows, variant="v2")):
+        sim = ej.Simulation(model, data, alg, local, clients_per_round=3, system=ej.SystemModel(profiles=profiles))
+        hp = sim.hparams({"client_lr": 0.1})
+        state = sim.init(jax.random.PRNGKey(0), hp)
+        new, metrics = jax.jit(sim.round_with_plan)(state, sim.data, sim.make_plan(nodes=nodes, active=active), hp)
+        pay = alg.payload(sim.params_shape, len(sizes))
+        total = []
+        for i in nodes:   # by hand, from the profiles' fields
+            steps = -(-sizes[i] // 2)
+            total.append(float(pay.down[i]) / float(profiles.down_bandwidth[i]) + float(profiles.latency[i])
+                         + steps * 2 * pay.compute / float(profiles.speed[i])
+                         + float(pay.up[i]) / float(profiles.up_bandwidth[i]) + float(profiles.latency[i]))
+        total = np.asarray(total) * np.asarray(active)
+        times[alg.name] = (float(metrics["round_time_s"]), np.asarray(new.system.busy_until)[nodes], total)
+    seq_time, seq_busy, total = times["split_learning"]
+    np.testing.assert_allclose(seq_time, total.sum(), rtol=1e-6)
+    np.testing.assert_allclose(seq_busy[[0, 2]], [total[0], total[0] + total[2]], rtol=1e-6)
+    par_time, par_busy, _ = times["splitfed_v2"]
+    np.testing.assert_allclose(par_time, total.max(), rtol=1e-6)
+    np.testing.assert_allclose(par_busy[[0, 2]], total[[0, 2]], rtol=1e-6)
+    assert seq_time > par_time
+    with pytest.raises(ValueError, match="one after another.*deadline_policy='drop_late'"):
+        ej.Simulation(model, data, SplitLearning(model, 1, rows), local, clients_per_round=3,
+                      system=ej.SystemModel(profiles=profiles, deadline_policy="drop_late"))

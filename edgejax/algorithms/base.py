@@ -18,7 +18,9 @@ algorithm are interchangeable.
     shared table ``edgejax.core.validation.HPARAM_RANGES`` is too wide for it) and
     ``needs`` (what local execution must support: the ``LocalTerm``s added to the
     local objective, where nodes start, whether each node's model is read back, whether
-    the local optimizer state persists; see ``edgejax.core.execution.Needs``).
+    the local optimizer state persists; see ``edgejax.core.execution.Needs``) and
+    ``sequential`` (the cohort's nodes train one after another, in cohort order, as in
+    vanilla split learning: the clock charges the sum of their times, not the slowest).
 ``payload(params, num_nodes) -> Payload``
     bytes one participating node sends (``up``) and receives (``down``) in a round and the
     fraction of the full model's training compute it runs (``compute``, default 1)
@@ -77,6 +79,7 @@ class Traits(NamedTuple):
     topology: Any = None
     asynchronous: bool = False
     ranges: tuple = ()
+    sequential: bool = False
 
 
 class _Parts(Protocol):

@@ -57,7 +57,10 @@ receives the device part from its predecessor and passes it on.  A step budget (
 is charged at the planned rows.  ``compute`` is the device part's share of the full model's
 training FLOPs, ``sum_{l < cut} d_in d_out / sum_l d_in d_out`` (biases and activations
 neglected).  The server's compute is not charged by the clock (``edgejax.system.clock`` times
-the nodes only), nor is the server's wait for sequential clients.  Label privacy (the server
+the nodes only).  ``SplitLearning`` is ``Traits(sequential=True)``: its nodes are served one
+after another, so the clock charges the sum of their times (each node's download, device
+compute and upload), not the slowest one's; SplitFed's nodes run in parallel (the slowest
+one's).  Label privacy (the server
 sees the labels here) and activation privacy (what the smashed data reveals) are out of scope.
 
 The cut is one static layer index for every node (no per-node cuts).
@@ -331,7 +334,8 @@ class SplitLearning(_Split):
         return "split_learning"
 
     def traits(self) -> Traits:
-        return Traits(needs=Needs(output="models"))
+        """Nodes served one after another: the clock charges the sum of their times."""
+        return Traits(needs=Needs(output="models"), sequential=True)
 
     def default_hparams(self) -> dict[str, float]:
         return {}

@@ -103,6 +103,10 @@ class Simulation:
             traits.topology.check_link_failures()
         if traits.asynchronous:
             self.algorithm.check_nodes(n)
+        if traits.sequential and (self.system.deadline_policy != "wait_all" or self.system.selection == "deadline"):
+            raise ValueError(f"{self.algorithm.name} serves its nodes one after another, so a per-node round deadline "
+                             f"does not apply (deadline_policy={self.system.deadline_policy!r}, "
+                             f"selection={self.system.selection!r}); use deadline_policy='wait_all' and another selection")
         if self.mesh is not None:
             check_node_mesh(self.mesh)
         self.hparam_owners()
@@ -313,7 +317,8 @@ class Simulation:
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
         self._refuse_asynchronous_plan()
         state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
-        cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload)
+        cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload,
+                                          self.algorithm.traits().sequential)
         state = state._replace(round=state.round + 1, system=system)
         return (state if self.mesh is None else self.node_axis.constrain(state)), {**metrics, **cost}
 

@@ -174,16 +174,22 @@ class SystemModel:
         drawn = jax.random.randint(key, counts.shape, 1, jnp.maximum(units, 2))
         return jnp.minimum(drawn * per_unit, planned)
 
-    def charge(self, system: SystemState, plan: RoundPlan, local, counts, payload) -> tuple[dict, SystemState]:
+    def charge(self, system: SystemState, plan: RoundPlan, local, counts, payload,
+               sequential: bool = False) -> tuple[dict, SystemState]:
         """Simulated time and energy of the round just run (``payload``: the algorithm's
-        ``Payload``, as planned); advances the clock and ``busy_until``."""
+        ``Payload``, as planned); advances the clock and ``busy_until``.  The round takes its
+        slowest active node's time; ``sequential`` (static: nodes served one after another in
+        cohort order, ``Traits.sequential``): the sum of their times, node ``k`` finishing
+        after the active nodes before it."""
         steps = jnp.minimum(local.node_steps(counts[plan.nodes]), plan.step_budget)
         cohort = payload.take(plan.nodes)
         cost = round_cost(tree_take(system.profiles, plan.nodes), plan.active, steps, local.batch_size,
                           cohort.down, cohort.up, cohort.compute)
-        clock = system.clock + cost.makespan_s
-        finished = jnp.where(plan.active > 0, system.clock + cost.total_s, system.busy_until[plan.nodes])
-        metrics = {"round_time_s": cost.makespan_s, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
+        ends = jnp.cumsum(cost.total_s) if sequential else cost.total_s   # inactive nodes cost 0
+        elapsed = jnp.sum(cost.total_s) if sequential else cost.makespan_s
+        clock = system.clock + elapsed
+        finished = jnp.where(plan.active > 0, system.clock + ends, system.busy_until[plan.nodes])
+        metrics = {"round_time_s": elapsed, "sim_time_s": clock, "energy_j": jnp.sum(cost.energy_j)}
         return metrics, system._replace(clock=clock, busy_until=system.busy_until.at[plan.nodes].set(finished))
 
     # ----- asynchronous training: the event clock (edgejax.system.events) --------------------
