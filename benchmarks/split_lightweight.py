@@ -15,10 +15,8 @@ Two sections:
    the full model's training FLOPs, device training TFLOPs in total, bytes up + down per round,
    simulated seconds (the run's ``sim_time_s``), rounds / simulated seconds to a target accuracy.
    What the clock charges: the nodes only (download + compute + upload of the slowest node in a
-   round).  The split algorithms' server compute is not charged and neither is vanilla SL's
-   sequential wait, so SL's ``sim_time_s`` is NOT a sequential time; the report adds a
-   *derived* sequential time for SL (per round the sum, not the max, of the cohort's per-node
-   times; expected over a uniform cohort of 10).
+   round; vanilla SL, which serves its nodes one after another, the sum of its nodes' times).
+   The split algorithms' server compute is not charged.
 2. **Vectorized cost**: one jitted SplitFed v2 round (cut 1) with all 100 nodes in the cohort
    against a plain NumPy (float32) loop running the same 100 clients' client-forward /
    server-step / client-backward sequence one after another (the v2 order: for every local step,
@@ -79,17 +77,6 @@ def configurations(model, rows):
     return out
 
 
-def derived_sequential_s(profiles, payload, counts, num_rounds: int) -> float:
-    """Expected sequential time of ``num_rounds`` rounds: per round the SUM over a uniform cohort of
-    ``COHORT`` nodes of each node's download + compute + upload time (the clock's formula)."""
-    speed, up, down, lat = (np.asarray(getattr(profiles, f), float)
-                            for f in ("speed", "up_bandwidth", "down_bandwidth", "latency"))
-    steps = EPOCHS * np.maximum(-(-np.asarray(counts) // BATCH), 1)
-    per_node = (np.asarray(payload.down, float) / down + lat + steps * BATCH * float(payload.compute) / speed
-                + np.asarray(payload.up, float) / up + lat)
-    return float(num_rounds * COHORT * per_node.mean())
-
-
 def run_accuracy(rounds: int, eval_every: int) -> dict:
     import jax
 
@@ -132,8 +119,6 @@ def run_accuracy(rounds: int, eval_every: int) -> dict:
                "mb_down_per_round": float(np.mean(r["bytes_down"]) / 1e6),
                "sim_time_s": float(sim_time[-1]), "rounds_to_target": first,
                "sim_s_to_target": None if first is None else float(sim_time[first - 1])}
-        if group == "split" and alg.name == "split_learning":
-            out["derived_sequential_s"] = derived_sequential_s(profiles, payload, data.node_counts(), rounds)
         runs.append(out)
         print(f"  {label:<24} acc {out['final_accuracy']:.4f}  compute {out['compute_fraction']:.3f}  "
               f"MB up+down/round {out['mb_up_per_round'] + out['mb_down_per_round']:.2f}  sim {out['sim_time_s']:.0f} s"
@@ -292,15 +277,10 @@ def markdown_report(report: dict) -> str:
                          f"{r['mb_up_per_round']:.2f} + {r['mb_down_per_round']:.2f} | {r['sim_time_s']:.0f} | {to} | "
                          f"{r['wall_s']:.0f} |")
         lines.append("")
-        sl = [r for r in a["runs"] if r["algorithm"] == "split_learning"]
         lines += ["What the clock charges: every round's time is the slowest cohort node's download + compute + "
-                  "upload. The split algorithms' server compute is not charged, and vanilla SL's sequential wait "
-                  "(each node waits for the previous one) is not charged either, so the SL rows' simulated seconds "
-                  "are NOT a sequential time. Derived instead (not simulated): the expected sequential time, per "
-                  f"round the sum over a uniform cohort of {COHORT} of the per-node times (same formula, same "
-                  "payload):", "", "| method | simulated s (clock) | derived sequential s |", "|---|---|---|"]
-        lines += [f"| {r['label']} | {r['sim_time_s']:.0f} | {r['derived_sequential_s']:.0f} |" for r in sl]
-        lines += ["", "PrunedFedAvg: the system model plans and charges the *final* sparsity's payload from round 0 "
+                  "upload; vanilla SL serves its nodes one after another (`Traits(sequential=True)`), so its round "
+                  "takes the sum of its active nodes' times. The split algorithms' server compute is not charged.",
+                  "", "PrunedFedAvg: the system model plans and charges the *final* sparsity's payload from round 0 "
                   "(documented), so its simulated seconds are those of the sparse model in every round, also "
                   "before the mask reaches it; its bytes column is the rounds' real (growing-sparsity) bytes.", ""]
         lines += _findings(a)
@@ -333,16 +313,12 @@ def _findings(a: dict) -> list[str]:
         out.append(f"- cut {cut} (device share {v1['compute_fraction']:.3f}): final accuracy SL {sl['final_accuracy']:.4f}, "
                    f"SFL-V1 {v1['final_accuracy']:.4f} (FedAvg {fed['final_accuracy']:.4f}), SFL-V2 "
                    f"{v2['final_accuracy']:.4f}; simulated s SFL {v1['sim_time_s']:.0f} vs FedAvg {fed['sim_time_s']:.0f}; "
-                   f"SL's derived sequential time {sl['derived_sequential_s']:.0f} s is "
-                   f"{sl['derived_sequential_s'] / v2['sim_time_s']:.1f}x SFL-V2's simulated {v2['sim_time_s']:.0f} s.")
+                   f"SL's (nodes in sequence) {sl['sim_time_s']:.0f} s is {sl['sim_time_s'] / v2['sim_time_s']:.1f}x "
+                   f"SFL-V2's {v2['sim_time_s']:.0f} s.")
     sl1, v2_1 = by["SL, cut 1"], by["SFL-V2, cut 1"]
-    rounds = len(fed["eval_rounds"]) and fed["eval_rounds"][-1]
     if sl1["rounds_to_target"] is not None and v2_1["rounds_to_target"] is not None:
-        derived_to = sl1["derived_sequential_s"] * sl1["rounds_to_target"] / rounds
         out.append(f"- To {TARGET:.0%} at cut 1: SL {sl1['rounds_to_target']} rounds, {sl1['sim_s_to_target']:.0f} "
-                   f"simulated s by the clock, about {derived_to:.0f} s derived sequential (expected per-round "
-                   f"sequential time x rounds); SFL-V2 {v2_1['rounds_to_target']} rounds, "
-                   f"{v2_1['sim_s_to_target']:.0f} simulated s.")
+                   f"simulated s; SFL-V2 {v2_1['rounds_to_target']} rounds, {v2_1['sim_s_to_target']:.0f} simulated s.")
     out += ["- SL's rows are the same at every cut: with plain SGD (no optimizer state) and the full gradient at "
             "every step, serving the nodes one after another is sequential SGD over the cohort's data whatever "
             "the cut; only the bytes and the device share change. SFL-V1's accuracy equals FedAvg's by "
