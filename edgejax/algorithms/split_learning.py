@@ -79,7 +79,7 @@ from edgejax.algorithms.base import EvaluatesServerModel, Payload, Traits, check
 from edgejax.algorithms.personalized import scan_minibatches, static_schedule
 from edgejax.algorithms.server import WEIGHTINGS, cohort_inputs, normalize, server_metrics
 from edgejax.core.execution import Needs
-from edgejax.core.local import LocalTraining, batch_positions, masked_weighted_sum, node_shuffles
+from edgejax.core.local import LocalTraining, masked_weighted_sum
 from edgejax.core.state import NodeState, RoundPlan, ServerState, SimState, tree_broadcast, tree_where
 from edgejax.core.validation import check_choice
 from edgejax.models import layers as dense_layers
@@ -281,7 +281,8 @@ class SplitFed(_Split):
         client_step, server_step = self.step_parts(opt)
         d0, s0 = sm.split(server_state.params)
         max_steps, shuffles = static_schedule(local, data.x.shape[1])
-        orders = jax.vmap(lambda k, c: node_shuffles(k, c, data.x.shape[1], shuffles))(cohort.keys, data.count)
+        batches = jax.vmap(local.minibatches, in_axes=(0, 0, None, None, None))(
+            cohort.keys, data.count, data.x.shape[1], max_steps, shuffles)   # ([K, S, B], [K, S, B])
         n_steps = jnp.where(plan.active > 0, jnp.minimum(local.node_steps(data.count), plan.step_budget), 0)
         k = data.count.shape[0]
         d = tree_broadcast(d0, k)
@@ -289,7 +290,7 @@ class SplitFed(_Split):
 
         def step(carry, t):
             d, opt_d, s, opt_s, loss_sum = carry
-            slots, wb = jax.vmap(lambda c, o: batch_positions(local, t, c, o))(data.count, orders)
+            slots, wb = batches[0][:, t], batches[1][:, t]
             xb = jax.vmap(lambda xi, si: xi[si])(data.x, slots)
             yb = jax.vmap(lambda yi, si: yi[si])(data.y, slots)
             a = jax.vmap(sm.device)(d, xb)
