@@ -52,7 +52,9 @@ class Pending(NamedTuple):
 
 def first_downloads(ctx, params, train, events, group: int, num_models: int, hparams) -> Pending:
     """Every slot downloads ``params`` at time 0 (``events``: the ``EventState`` after
-    ``start_events``): all of them queued, with room for ``num_models`` models per window."""
+    ``start_events``): all of them queued, with room for ``num_models`` models per window.
+    The queue holds copies of the events' slot arrays, so no two state leaves share a buffer
+    (a chunk that donates its state would refuse that)."""
     slots = events.slot_node.shape[0]
     ids = jnp.zeros((group,), jnp.int32)
     shapes = jax.eval_shape(ctx.execution.node_factors, params, cohort_data(train, ids, full=False),
@@ -60,7 +62,7 @@ def first_downloads(ctx, params, train, events, group: int, num_models: int, hpa
     factors = jax.tree_util.tree_map(lambda s: jnp.zeros((slots, *s.shape[1:]), s.dtype), shapes)
     models = jax.tree_util.tree_map(lambda p: jnp.zeros((num_models, *p.shape), p.dtype).at[0].set(p), params)
     dtype = jnp.result_type(float)
-    queue = Queue(jnp.arange(slots, dtype=jnp.int32), events.slot_node, events.slot_job,
+    queue = Queue(jnp.arange(slots, dtype=jnp.int32), jnp.copy(events.slot_node), jnp.copy(events.slot_job),
                   jnp.zeros((slots,), jnp.int32), jnp.asarray(slots, jnp.int32))
     return Pending(factors, jnp.zeros((slots,), dtype), jnp.zeros((slots,), dtype), jnp.zeros((slots,), jnp.int32),
                    models, queue)

@@ -26,7 +26,8 @@ MODES = ("max", "min")
 class Chunk(NamedTuple):
     """What a callback sees after a chunk: ``first_round`` (1-based) to ``last_round``, the
     chunk's per-round ``rounds`` metrics (name -> ``[last - first + 1]`` array), the
-    evaluation ``evals`` at ``last_round`` (name -> float) and the simulation ``state``."""
+    evaluation ``evals`` at ``last_round`` (name -> float) and the simulation ``state`` (a copy
+    the callback may keep)."""
 
     first_round: int
     last_round: int

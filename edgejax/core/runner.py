@@ -130,7 +130,8 @@ def _loop(sim, program, hp: dict, rounds: int, chunk: int, run_: "_Run", state, 
         done, state = restored[0], sim.stored_state(restored[1])
     else:
         done = 0   # the initial evaluation: the chunk's program with no active round (one program to compile)
-        run_.log.add_eval(0, program(state, sim.stored_data, hp, chunk, 0)[2])
+        state, _, first_eval = program(state, sim.stored_data, hp, chunk, 0)   # the state donated, returned unchanged
+        run_.log.add_eval(0, first_eval)
         run_.claim()
     bar = _progress(rounds, done, progress)
     stopped_by = None
@@ -150,7 +151,7 @@ def _loop(sim, program, hp: dict, rounds: int, chunk: int, run_: "_Run", state, 
                 shown = "test_accuracy" if "test_accuracy" in eval_metrics else "test_loss"
                 bar.set_postfix({shown: f"{float(eval_metrics[shown]):.3f}"})
                 stopped_by = _call_back(callbacks, Chunk(done - n + 1, done, round_metrics, _scalars(eval_metrics),
-                                                         sim.logical_state(state))) if callbacks else None
+                                                         _kept(sim.logical_state(state)))) if callbacks else None
                 due = run_.checkpoint_due(done - n, done) or stopped_by is not None
                 run_.record("running", sim.logical_state(state) if due else None)
         finally:
@@ -163,6 +164,12 @@ def _loop(sim, program, hp: dict, rounds: int, chunk: int, run_: "_Run", state, 
     status = "finished" if stopped_by is None else f"stopped by {stopped_by!r} after round {done}"
     run_.record(status)
     return run_.results(status, sim.logical_state(state))
+
+
+def _kept(state):
+    """A copy of ``state`` a callback may keep: the next chunk is given (donated) the run's own
+    buffers and overwrites them."""
+    return jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state)
 
 
 def _call_back(callbacks: tuple, chunk: Chunk):

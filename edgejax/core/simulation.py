@@ -420,7 +420,7 @@ class Simulation:
             self.cohort_size * rounds
 
     def _chunk_program(self, options):
-        donate = (0,) if jax.default_backend() != "cpu" else ()
+        donate = (0,)   # the chunk's state is replaced by the one it returns: updated in place
         if self.mesh is None:
             return jax.jit(self.run_chunk, static_argnums=(3,), donate_argnums=donate, compiler_options=options)
         axis = self.node_axis
