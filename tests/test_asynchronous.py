@@ -462,14 +462,16 @@ def test_memory_holds_one_snapshot_per_in_flight_slot_not_a_version_history():
 
 def test_updates_trained_at_download_are_kept_as_factors_per_slot():
     """FedBuff with a factor form: every in-flight slot holds its update as factors (rows x
-    (d_in + d_out), not d_in x d_out), the buffer K of them, and only the models one window's
-    flushes produce are kept; the first downloads are queued at time 0."""
+    (d_in + d_out), not d_in x d_out; a sample-space first layer only its rows x d_out
+    gradients, its inputs being the node's own samples), the buffer K of them with the
+    samples, and only the models one window's flushes produce are kept; the first downloads
+    are queued at time 0."""
     sim, _, _ = _trace_sim(ej.FedBuff(buffer_size=3, concurrency=4, window=8),
                            np.ones((6, 1)) * np.arange(1, 7)[:, None], execution="shared_base")
     state = sim.init(jax.random.PRNGKey(0), sim.hparams({}))
     pending, d_in, d_out = state.server.extra.starts, *state.server.params["out"]["w"].shape
     rows = max(SIZES)   # a first layer's rows are the node's samples (M = 6 <= S*B = 12 rows visited)
-    assert pending.factors["out"].a.shape == (4, rows, d_in) and pending.factors["out"].g.shape == (4, rows, d_out)
+    assert pending.factors["out"].a is None and pending.factors["out"].g.shape == (4, rows, d_out)
     assert state.server.extra.rule.rows["out"].a.shape == (3, rows, d_in)
     assert jax.tree_util.tree_leaves(pending.models)[0].shape[0] == (8 + 3 - 1) // 3 + 1
     assert int(pending.queue.count) == 4
@@ -570,3 +572,21 @@ def test_a_sweep_of_fedbuff_trained_at_download_equals_its_runs(x64):
     for r, (p, seed) in enumerate(res.runs):
         run = sim.run(20, seed=seed, hparams={k: v[p] for k, v in points.items()}, eval_every=20)
         np.testing.assert_allclose(float(final[r]), run.evaluations()["test_loss"].iloc[-1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["fedasync", "fedbuff", "fedbuff_at_download"])
+def test_run_donates_its_state_and_keeps_the_numbers(rule):
+    """``Simulation.run`` gives every chunk (the initial evaluation included) the state to update
+    in place: the initial state shares no buffer between leaves (a donated call refuses that),
+    and the run ends where an undonated ``run_rounds`` of the same rounds does, bit for bit."""
+    trace = np.random.default_rng(3).uniform(1.0, 9.0, size=(6, 5))
+    algorithm = ej.FedAsync() if rule == "fedasync" else ej.FedBuff(buffer_size=2)
+    sim, _, _ = _trace_sim(algorithm, trace, execution=AT_DOWNLOAD.get(rule, "auto"))
+    hp = sim.hparams({"client_lr": LR})
+    state = sim.init(jax.random.PRNGKey(5), hp)
+    buffers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(state)]
+    assert len(set(buffers)) == len(buffers)
+    expected, _ = jax.jit(sim.run_rounds, static_argnums=3)(state, sim.data, hp, 20)
+    result = sim.run(20, seed=5, hparams={"client_lr": LR}, eval_every=10)
+    for got, want in zip(jax.tree_util.tree_leaves(result.final_state), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
