@@ -67,7 +67,7 @@ from edgejax.algorithms.base import DescribedByFields, EvaluatesServerModel, Pay
 from edgejax.algorithms.download_training import first_downloads, job_inputs, queue_restarts, train_queue
 from edgejax.algorithms.server import proximal
 from edgejax.core.execution import Needs
-from edgejax.core.shared_base import LayerFactors, factor_rows, factor_sum
+from edgejax.core.shared_base import LayerFactors, factor_rows, factor_sum, own_samples, with_samples
 from edgejax.core.state import NodeState, ServerState, SimState, tree_take
 from edgejax.core.streams import stream_key
 from edgejax.core.validation import Range, check_choice
@@ -158,6 +158,11 @@ def train_group(ctx, data, node_rng, win, starts, first, group: int, hparams, lo
     start = starts(safe)
     sent, loss, steps = local_work(ctx, start, cohort_data(data.train, ids, full=False), keys, budget, hparams)
     return Trained(start, sent, loss, steps)
+
+
+def arrival_samples(ctx, train, nodes, dtype):
+    """The nodes' own samples as first-layer inputs ``[K, M, d_in]`` (a sample-space layer's ``a``)."""
+    return own_samples(cohort_data(train, nodes, full=False), ctx.model.layers[0].d_in, dtype)
 
 
 def ticks_with_arrivals(win):
@@ -591,7 +596,11 @@ class FedBuff(_AsyncServerAlgorithm):
         window = max(self.window, ctx.cohort_size)
         models = (window + self.buffer_size - 1) // self.buffer_size + 1   # the most flushes in a window, + 1
         pending = first_downloads(ctx, server.params, train, events, self._group(ctx), models, hparams)
-        rows = jax.tree_util.tree_map(lambda f: jnp.zeros((self.buffer_size, *f.shape[1:]), f.dtype), pending.factors)
+        k = self.buffer_size
+        dtype = jax.tree_util.tree_leaves(pending.factors)[0].dtype
+        samples = jax.eval_shape(lambda: arrival_samples(ctx, train, jnp.zeros((k,), jnp.int32), dtype))
+        rows = jax.tree_util.tree_map(lambda f: jnp.zeros((k, *f.shape[1:]), f.dtype),
+                                      with_samples(pending.factors, samples))
         return server._replace(extra=AsyncServer(server.extra.version, pending,
                                                  Buffer(rows, jnp.zeros((), jnp.int32),
                                                         self.aggregator.init(server.params))))
@@ -638,8 +647,12 @@ class FedBuff(_AsyncServerAlgorithm):
             e = out["row"][jnp.clip(positions - count0, 0, events - 1)]
             slot, weight = win.slot[e], out["weight"][e]
             old = jnp.clip(positions, 0, k - 1)
+            arrived = {name: f._replace(a=f.a[slot]) if f.a is not None else f for name, f in pending.factors.items()}
+            if any(f.a is None for f in arrived.values()):   # sample-space inputs: the arrivals' own samples
+                dtype = jax.tree_util.tree_leaves(pending.factors)[0].dtype
+                arrived = with_samples(arrived, arrival_samples(ctx, data.train, win.node[e], dtype))
             return {name: LayerFactors(
-                jnp.where(carried[:, None, None], buf.a[old], pending.factors[name].a[slot]),
+                jnp.where(carried[:, None, None], buf.a[old], arrived[name].a),
                 jnp.where(carried[:, None, None], buf.g[old], weight[:, None, None] * pending.factors[name].g[slot]))
                 for name, buf in server.rule.rows.items()}
 

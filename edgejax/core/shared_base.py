@@ -74,10 +74,22 @@ class LayerFactors(NamedTuple):
     """Changes of one dense layer in factor form: inputs ``a [..., R, d_in]`` and scaled output
     gradients ``g [..., R, d_out]``; one node's change is ``w: a^T g``, ``b: 1^T g`` (the learning
     rate and step coefficients are folded into ``g``).  Leading axes index nodes (or buffered
-    updates).  A model's changes are ``{layer name: LayerFactors}``."""
+    updates).  A model's changes are ``{layer name: LayerFactors}``.  ``a`` is ``None`` for a
+    first layer kept in sample space: its inputs are the node's own samples (``own_samples``),
+    which are not copied; ``with_samples`` puts them back."""
 
-    a: jax.Array
+    a: jax.Array | None
     g: jax.Array
+
+
+def own_samples(cohort, d_in: int, dtype) -> jax.Array:
+    """The cohort's samples as first-layer inputs ``[K, M, d_in]`` (padding rows included)."""
+    return cohort.x.reshape(cohort.x.shape[0], -1, d_in).astype(dtype)
+
+
+def with_samples(factors: dict, samples: jax.Array) -> dict:
+    """``factors`` with every sample-space layer's ``a`` (``None``) set to ``samples``."""
+    return {name: f._replace(a=samples) if f.a is None else f for name, f in factors.items()}
 
 
 def factor_sum(factors: dict) -> dict:
@@ -187,7 +199,8 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
     ``own_starts``: ``x`` holds every node's own start ``[K, ...]`` and the result is every
     node's own change ``[K, ...]`` (``p`` is ignored).  ``node_factors``: from the shared
     ``x``, every node's own change as ``LayerFactors`` per layer (``p`` is ignored; no weight decay
-    or pulls, whose change has a dense ``(beta - 1) W`` part).
+    or pulls, whose change has a dense ``(beta - 1) W`` part; a sample-space first layer's ``a``
+    is ``None``: the node's own samples).
 
     ``sample_space``: for the first layer, whose inputs are the node's own samples, keep
     the history as sample slots and precompute ``X_i W`` and the Gram ``X_i X_i^T`` over
@@ -237,7 +250,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         flat_x = cohort.x.reshape(K, M, stack[0].d_in)
         samples = (M <= S * B) if sample_space is None else sample_space
         if samples:  # first layer in sample space: X W and X X^T once per round
-            X = flat_x.astype(dtype)
+            X = own_samples(cohort, stack[0].d_in, dtype)
             xw0 = times(X, 0)
             gram0 = jnp.einsum("kmd,knd->kmn", X, X)
 
@@ -324,8 +337,9 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
             factors.append((ga, gg))
         steps = n_steps.astype(jnp.float32)
         loss = loss_sum / jnp.maximum(steps, 1.0)
-        if node_factors:
-            return {layer.name: LayerFactors(a, -lr * g) for layer, (a, g) in zip(stack, factors)}, loss, steps
+        if node_factors:   # a sample-space first layer's inputs are the cohort's own samples: not copied
+            return {layer.name: LayerFactors(None if l == 0 and samples else a, -lr * g)
+                    for l, (layer, (a, g)) in enumerate(zip(stack, factors))}, loss, steps
         delta = {}
         for l, (layer, (a, g)) in enumerate(zip(stack, factors)):
             b = bias[l][:, 0] if own_starts else bias[l]
