@@ -16,7 +16,7 @@ sweep.json); the tables are the library's own (``edgejax.sweep.load`` / ``summar
 ``to_markdown``, what ``edgejax table`` prints), one per metric: ``test_accuracy`` (global model,
 global test set), ``node_accuracy_mean`` (global model on each node's own split) and
 ``own_accuracy_mean`` / ``_p10`` / ``_min`` (each node's personalized model on its own split).
-The evaluation metrics have no worst-10% mean nor spread, so every seed is also run once with
+A sweep keeps no final states, so every seed is also run once with
 ``sim.run`` and ``ej.algorithms.personalized_report(sim, final_state)`` gives ``personal_*`` /
 ``global_*`` ``mean``, ``worst10``, ``std`` at the last round (FedAvg keeps no per-node models:
 its personalized accuracy is its global model on the nodes' splits); that run's personal mean is
@@ -87,14 +87,9 @@ def run_method(name: str, data, model, rounds: int, seeds: tuple[int, ...], eval
     for s in seeds:
         out = sim.run(rounds, seed=s, hparams=hp, eval_every=rounds)
         state = out.final_state
-        if name == "fedavg":   # no per-node models: the global model on every node's split
-            from edgejax.algorithms.personalized import _summary
-            from edgejax.core.evaluate import _node_accuracies
-            glob = _node_accuracies(sim.model, state.server.params, sim.data.local_test, sim.context.group_size, False)
-            rep = {**{k.replace("x_", "personal_"): v for k, v in _summary("x", glob).items()},
-                   **_summary("global", glob)}
-        else:
-            rep = ej.algorithms.personalized_report(sim, state)
+        rep = ej.algorithms.personalized_report(sim, state)
+        if name == "fedavg":   # no per-node models: its personalized accuracy is the global model's
+            rep |= {k.replace("global_", "personal_", 1): v for k, v in rep.items() if k.startswith("global_")}
         per_seed.append({"seed": s, "test_accuracy": float(out.evals["test_accuracy"][-1]),
                          **{k: float(v) for k, v in rep.items() if not k.endswith("_nodes")}})
     keys = [k for k in per_seed[0] if k != "seed"]

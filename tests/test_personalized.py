@@ -3,6 +3,7 @@ of the papers' updates, and the personalized evaluation."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -164,12 +165,26 @@ def test_personalized_report_mean_worst10_and_spread(x64):
         assert float(report[f"{prefix}_worst10"]) == pytest.approx(np.sort(values)[0])   # ceil(10% of 10) = 1 node
         assert float(report[f"{prefix}_p10"]) == pytest.approx(np.percentile(values, 10))
         assert float(report[f"{prefix}_std"]) == pytest.approx(values.std())
-    metrics = jax.jit(sim.evaluate)(state, data)
-    assert float(metrics["own_accuracy_mean"]) == pytest.approx(np.mean(own))
-    assert float(metrics["node_accuracy_mean"]) == pytest.approx(np.mean(glob))
-    fedavg = ej.Simulation(sim.model, data, ej.FedAvg(), sim.local)
-    with pytest.raises(ValueError, match="keeps no per-node models"):
-        ej.algorithms.personalized_report(fedavg, fedavg.init(jax.random.PRNGKey(0), fedavg.hparams()))
+    metrics = jax.jit(sim.evaluate)(state, data)   # every evaluation has the same distribution columns
+    for prefix, values in (("own_accuracy", np.array(own)), ("node_accuracy", np.array(glob))):
+        assert float(metrics[f"{prefix}_mean"]) == pytest.approx(values.mean())
+        assert float(metrics[f"{prefix}_worst10"]) == pytest.approx(np.sort(values)[0])
+        assert float(metrics[f"{prefix}_std"]) == pytest.approx(values.std())
+    fedavg = ej.Simulation(sim.model, data, ej.FedAvg(), sim.local)   # no per-node models: the baseline only
+    fedavg_state = fedavg.init(jax.random.PRNGKey(0), fedavg.hparams())
+    baseline = ej.algorithms.personalized_report(fedavg, fedavg_state)
+    assert not any(key.startswith("personal") for key in baseline)
+    gw, gb = _wb(fedavg_state.server.params)
+    expected = [np.mean(np.argmax(np.asarray(lt.x[i, :3]) @ gw + gb, 1) == np.asarray(lt.y[i, :3])) for i in range(10)]
+    np.testing.assert_allclose(np.asarray(baseline["global_nodes"]), expected)
+
+
+def test_worst_mean_skips_nodes_without_a_split():
+    from edgejax.core.evaluate import worst_mean
+
+    values = jnp.array([0.9, jnp.nan, 0.2, 0.5, jnp.nan, 0.7, 0.1, 0.8, 0.6, 0.3, 0.4, jnp.nan])
+    assert float(worst_mean(values)) == pytest.approx((0.1 + 0.2) / 2)   # ceil(10% of 12) = 2 nodes
+    assert float(worst_mean(jnp.array([jnp.nan, 0.4, jnp.nan]), 1.0)) == pytest.approx(0.4)   # fewer valid: all
 
 
 def test_personalization_helps_on_label_skewed_nodes():

@@ -25,17 +25,15 @@ local loops are not split over the devices (same numbers, one device's worth of 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from edgejax.core.evaluate import _node_accuracies
+from edgejax.core.evaluate import _node_accuracies, node_distribution
 from edgejax.core.local import LocalTraining, batch_positions, node_shuffles
 from edgejax.core.state import tree_where
 
-WORST_FRACTION = 0.1
 
 
 def static_schedule(spec: LocalTraining, size: int, epochs: int | None = None) -> tuple[int, int]:
@@ -68,34 +66,26 @@ def scan_minibatches(step: Callable, carry, x, y, count, key, n_steps, max_steps
     return carry, loss_sum / jnp.maximum(n_steps.astype(loss_sum.dtype), 1.0)
 
 
-def _summary(prefix: str, values: jax.Array) -> dict:
-    """Mean, worst-10% mean, 10th percentile and standard deviation over the nodes with a split."""
-    valid = ~jnp.isnan(values)
-    n = values.shape[0]
-    k = max(1, math.ceil(WORST_FRACTION * n))
-    # the k lowest values among the valid nodes (NaN sorted last); fewer valid nodes: all of them
-    low = jnp.sort(jnp.where(valid, values, jnp.inf))[:k]
-    take = jnp.arange(k) < jnp.maximum(jnp.minimum(jnp.sum(valid), k), 1)
-    worst = jnp.sum(jnp.where(take, low, 0.0)) / jnp.sum(take)
-    return {f"{prefix}_mean": jnp.nanmean(values), f"{prefix}_worst10": worst,
-            f"{prefix}_p10": jnp.nanpercentile(values, 10), f"{prefix}_std": jnp.nanstd(values)}
-
-
 def personalized_report(sim, state, data=None) -> dict:
     """Each node's own model and the global model on each node's held-out split (``data.local_test``).
 
     Returns ``personal_*`` (node i's model from ``eval_models``) and ``global_*`` (the server model)
-    with ``_mean``, ``_worst10`` (the mean over the worst ``ceil(10% N)`` nodes with a split),
-    ``_p10`` (10th percentile) and ``_std`` (spread), the accuracy (or, for regression, the loss;
-    then "worst" is still the lowest values, so read ``_mean`` and ``_std``), plus the per-node
-    arrays ``personal_nodes`` / ``global_nodes`` (NaN for a node without a split).
+    with ``edgejax.core.evaluate.node_distribution``'s ``_mean``, ``_min``, ``_worst10`` (the mean
+    over the worst ``ceil(10% N)`` nodes with a split), ``_p10``, ``_p50``, ``_p90`` and ``_std``
+    (spread) of the accuracy (or, for regression, the loss; then "worst" is still the lowest
+    values, so read ``_mean`` and ``_std``), plus the per-node arrays ``personal_nodes`` /
+    ``global_nodes`` (NaN for a node without a split).  An algorithm with no per-node models
+    (FedAvg and the other server algorithms) gets the ``global_*`` part only, its baseline.
     """
     data = sim.data if data is None else data
     params, node_params = sim.algorithm.eval_models(state)
-    if node_params is None:
-        raise ValueError(f"{sim.algorithm.name} keeps no per-node models; personalized_report needs an algorithm "
-                         "whose eval_models returns them (FineTuned, Ditto, FedRep, APFL, decentralized ones)")
+    if data.local_test is None:
+        raise ValueError("personalized_report needs each node's held-out split (data.local_test); this data has "
+                         "none (host-resident data keeps the global test set only)")
     group = sim.context.group_size
-    own = _node_accuracies(sim.model, node_params, data.local_test, group, True)
     glob = _node_accuracies(sim.model, params, data.local_test, group, False)
-    return {**_summary("personal", own), **_summary("global", glob), "personal_nodes": own, "global_nodes": glob}
+    report = {**node_distribution("global", glob), "global_nodes": glob}
+    if node_params is not None:
+        own = _node_accuracies(sim.model, node_params, data.local_test, group, True)
+        report |= {**node_distribution("personal", own), "personal_nodes": own}
+    return report

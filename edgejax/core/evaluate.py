@@ -1,6 +1,8 @@
 """Evaluation of a model on the global test set and on every node's local test split."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -9,6 +11,7 @@ from edgejax.data.federated import FederatedData, NodeData
 from edgejax.models.base import Model
 
 NODE_PERCENTILES = (10, 50, 90)
+WORST_FRACTION = 0.1   # "worst 10%": the mean over the lowest ceil(0.1 N) nodes
 
 
 def _sums(model: Model, params, x, y, w):
@@ -36,12 +39,25 @@ def _node_accuracies(model: Model, params, local: NodeData, group_size, per_node
     return jnp.where(local.count > 0, acc, jnp.nan)
 
 
-def _distribution(prefix: str, values: jax.Array) -> dict:
-    """Mean, min and percentiles over nodes, ignoring NaN."""
-    out = {f"{prefix}_mean": jnp.nanmean(values), f"{prefix}_min": jnp.nanmin(values)}
+def worst_mean(values: jax.Array, fraction: float = WORST_FRACTION) -> jax.Array:
+    """The mean of the lowest ``ceil(fraction N)`` values among those not NaN (all of them when
+    fewer are valid)."""
+    valid = ~jnp.isnan(values)
+    k = max(1, math.ceil(fraction * values.shape[0]))
+    low = jnp.sort(jnp.where(valid, values, jnp.inf))[:k]   # NaN sorted last
+    take = jnp.arange(k) < jnp.maximum(jnp.minimum(jnp.sum(valid), k), 1)
+    return jnp.sum(jnp.where(take, low, 0.0)) / jnp.sum(take)
+
+
+def node_distribution(prefix: str, values: jax.Array) -> dict:
+    """Over the nodes, ignoring NaN (a node without a split): ``_mean``, ``_min``, ``_worst10``
+    (the mean of the worst ``ceil(10% N)``), the percentiles ``_p10``, ``_p50``, ``_p90`` and
+    ``_std`` (the spread)."""
+    out = {f"{prefix}_mean": jnp.nanmean(values), f"{prefix}_min": jnp.nanmin(values),
+           f"{prefix}_worst10": worst_mean(values)}
     for q in NODE_PERCENTILES:
         out[f"{prefix}_p{q}"] = jnp.nanpercentile(values, q)
-    return out
+    return out | {f"{prefix}_std": jnp.nanstd(values)}
 
 
 def evaluate(model: Model, params, data: FederatedData, group_size: int | None = None,
@@ -49,7 +65,8 @@ def evaluate(model: Model, params, data: FederatedData, group_size: int | None =
     """Metrics of a model and, optionally, of every node's own model.
 
     * ``test_loss``, ``test_accuracy``: ``params`` on the global test set;
-    * ``node_accuracy_{mean,min,p10,p50,p90}``: ``params`` on each node's local test split;
+    * ``node_accuracy_{mean,min,worst10,p10,p50,p90,std}``: ``params`` on each node's local
+      test split (``node_distribution``);
     * with ``node_params`` (a pytree with a leading node axis, e.g. decentralized
       training): ``own_accuracy_*``, node i's own model on node i's local test split.
 
@@ -70,8 +87,8 @@ def evaluate(model: Model, params, data: FederatedData, group_size: int | None =
         metrics["test_accuracy"] = jnp.sum(correct).astype(dtype) / total
     if data.local_test is None:   # host-resident data (edgejax.data.host): the global test set only
         return metrics
-    metrics |= _distribution(f"node_{kind}", _node_accuracies(model, params, data.local_test, group_size, False))
+    metrics |= node_distribution(f"node_{kind}", _node_accuracies(model, params, data.local_test, group_size, False))
     if node_params is not None:
         own = _node_accuracies(model, node_params, data.local_test, group_size, True)
-        metrics |= _distribution(f"own_{kind}", own)
+        metrics |= node_distribution(f"own_{kind}", own)
     return metrics
