@@ -8,12 +8,14 @@ clients are in flight, all starting at t = 0, and a finished client's slot goes 
 drawn uniformly from the idle ones (itself included).  Rules: FedBuff (K = 10, weights
 ``(1 + s)^-1/2``, server lr 1) or FedAsync (polynomial, alpha 0.6, a = 0.5).
 
-``kernel``: edgejax, one compiled chunk of ``updates`` ticks (one arrival each), timed the
-second time it runs (the first includes compilation, reported separately).  ``loop`` and
+``kernel``: edgejax, one compiled chunk of ``updates`` ticks (one arrival each), its state
+donated as ``Simulation.run`` does; the first call (compilation included) is reported
+separately, the next ``BLOCKS`` calls are timed and their median reported.  ``loop`` and
 ``torch``: a plain heapq event loop training the same clients on the same kind of schedule, one
 update at a time, the way event-loop simulators run it: in NumPy (hand-written backward), or in
 PyTorch the way a PyTorch user writes it (``nn.Sequential``, autograd, ``optim.SGD``, one
-thread).  Each prints one JSON line.
+thread), timed the same way: after a first block of ``updates`` updates, the median of
+``BLOCKS`` blocks.  Each prints one JSON line.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES, LABELS = "mnist-t10k-images-idx3-ubyte.gz", "mnist-t10k-labels-idx1-ubyte.gz"
 LR, STEPS, BATCH, SAMPLES, BUFFER, ALPHA = 0.05, 4, 4, 8, 10, 0.6
+BLOCKS = 3   # timed blocks of ``updates`` each side, after a first (compile / warm-up) block; the median is reported
 
 
 def population(n: int, seed: int, data_dir: Path):
@@ -58,17 +61,19 @@ def run_kernel(n, concurrency, rule, updates, seed, data_dir):
     sim = ej.Simulation(model, data, algorithm, ej.LocalTraining(batch_size=BATCH, steps=STEPS), clients_per_round=1,
                         system=ej.SystemModel(durations=durations[:, None]))
     hp = sim.hparams({"client_lr": LR, **({"alpha": ALPHA} if rule == "fedasync" else {})})
-    chunk = jax.jit(sim.run_rounds, static_argnums=3)
+    chunk = jax.jit(sim.run_rounds, static_argnums=3, donate_argnums=0)   # as Simulation.run's chunks
     start = time.perf_counter()
     state = sim.init(jax.random.PRNGKey(seed), hp)
     state, _ = jax.block_until_ready(chunk(state, sim.data, hp, updates))
     first = time.perf_counter() - start
-    start = time.perf_counter()
-    state, metrics = jax.block_until_ready(chunk(state, sim.data, hp, updates))
-    timed = time.perf_counter() - start
-    applied = float(np.sum(metrics["participants"]))
-    return {"ms_per_update": 1e3 * timed / applied, "first_chunk_s": first, "updates": applied,
-            "mean_staleness": float(np.nanmean(metrics["staleness_mean"])), "execution": sim.execution,
+    blocks, staleness = [], []
+    for _ in range(BLOCKS):
+        start = time.perf_counter()
+        state, metrics = jax.block_until_ready(chunk(state, sim.data, hp, updates))
+        blocks.append(1e3 * (time.perf_counter() - start) / float(np.sum(metrics["participants"])))
+        staleness.append(float(np.nanmean(metrics["staleness_mean"])))
+    return {"ms_per_update": float(np.median(blocks)), "block_ms": blocks, "first_chunk_s": first,
+            "updates": updates, "mean_staleness": float(np.mean(staleness)), "execution": sim.execution,
             "test_accuracy": float(sim.evaluate(state, sim.data)["test_accuracy"])}
 
 
@@ -145,10 +150,11 @@ def run_loop(n, concurrency, rule, updates, seed, data_dir, backend="numpy"):
     downloaded = {int(i): 0 for i in order[:c]}
     heap = [(float(durations[i]), int(i)) for i in order[:c]]
     heapq.heapify(heap)
-    buffer, count, staleness, warmup = None, 0, [], updates   # time updates..2*updates, as the kernel side
-    for step in range(warmup + updates):
-        if step == warmup:
-            start = time.perf_counter()
+    buffer, count, staleness, warmup = None, 0, [], updates   # as the kernel side: a first block, then BLOCKS timed
+    marks = []   # the clock at the start of every timed block, and at the end
+    for step in range(warmup + BLOCKS * updates):
+        if step >= warmup and (step - warmup) % updates == 0:
+            marks.append(time.perf_counter())
         t, i = heapq.heappop(heap)
         v = downloaded.pop(i)
         base = versions[v]
@@ -176,8 +182,9 @@ def run_loop(n, concurrency, rule, updates, seed, data_dir, backend="numpy"):
         downloaded[j] = version
         holders[version] = holders.get(version, 0) + 1
         heapq.heappush(heap, (t + float(durations[j]), j))
-    elapsed = time.perf_counter() - start
-    return {"ms_per_update": 1e3 * elapsed / updates, "updates": updates, "backend": backend,
+    marks.append(time.perf_counter())
+    blocks = [1e3 * (b - a) / updates for a, b in zip(marks, marks[1:])]
+    return {"ms_per_update": float(np.median(blocks)), "block_ms": blocks, "updates": updates, "backend": backend,
             "mean_staleness": float(np.mean(staleness[warmup:]))}
 
 
