@@ -572,6 +572,21 @@ class FedBuff(_AsyncServerAlgorithm):
                                     (x, rule.aggregator))
         return x, full, Buffer(rows, jnp.where(full, 0, count), state), weight
 
+    def _decide_all(self, win, count0, version, downloaded, out0, hparams):
+        """``window_step``'s decisions when every arrival applies (no ``buffer_depth`` nor
+        ``lag_tolerance``): arrival e finds ``count0 + e`` updates buffered before it, so its
+        staleness is ``version + (count0 + e) // K - downloaded``, and tick t ends with
+        ``(count0 + events_end[t]) // K`` flushes; the same values as the loop's, at once."""
+        k, events = self.buffer_size, win.node.shape[0]
+        e = jnp.arange(events, dtype=jnp.int32)
+        arrived = e < win.n_events
+        staleness = jnp.where(arrived, version + (count0 + e) // k - downloaded, 0)
+        out = {"applied": arrived, "fresh": arrived, "staleness": staleness,
+               "weight": jnp.where(arrived, self.weight(staleness, hparams), out0["weight"]),
+               "row": jnp.where(arrived, e, out0["row"])}
+        with_arrivals = jnp.arange(win.time.shape[0]) < ticks_with_arrivals(win)
+        return win.n_events, out, jnp.where(with_arrivals, (count0 + win.events_end) // k, 0)
+
     # ----- updates trained at download (edgejax.algorithms.download_training) ------------------
     def trains_at_download(self, ctx) -> bool:
         """Whether the updates are trained at download and kept as factors: when the execution
@@ -637,8 +652,11 @@ class FedBuff(_AsyncServerAlgorithm):
         out0 = {"applied": jnp.zeros((events,), bool), "fresh": jnp.zeros((events,), bool),
                 "staleness": jnp.zeros((events,), jnp.int32), "weight": jnp.zeros((events,), dtype),
                 "row": jnp.zeros((events,), jnp.int32)}
-        applied, out, tick_flushes = jax.lax.fori_loop(0, win.n_events, decide,
-                                                       (jnp.zeros((), jnp.int32), out0, jnp.zeros((ticks,), jnp.int32)))
+        if self.buffer_depth is None and self.lag_tolerance is None:   # every arrival applies: no loop needed
+            applied, out, tick_flushes = self._decide_all(win, count0, server.version, downloaded, out0, hparams)
+        else:
+            applied, out, tick_flushes = jax.lax.fori_loop(
+                0, win.n_events, decide, (jnp.zeros((), jnp.int32), out0, jnp.zeros((ticks,), jnp.int32)))
         total = count0 + applied
         n_flushes = total // k
 
