@@ -219,38 +219,98 @@ def test_a_run_can_start_from_given_global_and_per_node_models():
     np.testing.assert_array_equal(a, b)
 
 
-def test_minibatches_are_the_ones_local_training_uses(x64):
-    """``Simulation.minibatches`` gives the slots every cohort node trains on: a float64 NumPy
-    FedAvg round (plain SGD on exactly those rows, sample-weighted mean) equals the round."""
+def _numpy_fedavg_round(server, xs, ys, nodes, slots, weights, runs, lr):
+    """A float64 NumPy FedAvg round of logistic regression: node ``nodes[k]`` runs ``runs[k]``
+    plain SGD steps, step t on rows ``slots[k, t]`` with loss weights ``weights[k, t]``; the
+    sample-weighted mean of the trained models."""
+    w0, b0 = (np.asarray(server["out"][k]) for k in ("w", "b"))
+    total_w, total_b, total_n = 0.0, 0.0, 0
+    for k, node in enumerate(nodes):
+        x, y, n = xs[node], ys[node], len(xs[node])
+        w, b = w0.copy(), b0.copy()
+        for t in range(runs[k]):
+            rows, wt = np.minimum(slots[k, t], n - 1), weights[k, t]
+            logits = x[rows] @ w + b
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(rows)), y[rows]] -= 1
+            g = wt[:, None] * p / wt.sum()
+            w, b = w - lr * x[rows].T @ g, b - lr * g.sum(axis=0)
+        total_w, total_b, total_n = total_w + n * w, total_b + n * b, total_n + n
+    return total_w / total_n, total_b / total_n
+
+
+def _planned_sim(execution="auto"):
     data, xs, ys = make_data([5, 3, 6, 2, 4, 7], seed=4)
     model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
-    sim = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=2, epochs=2), clients_per_round=3)
+    sim = ej.Simulation(model, data, ej.FedAvg(), ej.LocalTraining(batch_size=2, epochs=2, execution=execution),
+                        clients_per_round=3)
     hp = sim.hparams({"client_lr": 0.3})
     state = sim.init(jax.random.PRNGKey(1), hp)
     state, _ = jax.jit(sim.round)(state, sim.data, hp)   # at round 1 the keys fold in 1
+    return sim, hp, state, xs, ys
+
+
+def test_minibatches_are_the_ones_local_training_uses(x64):
+    """``Simulation.minibatches`` gives the slots every cohort node trains on: a float64 NumPy
+    FedAvg round (plain SGD on exactly those rows, sample-weighted mean) equals the round."""
+    sim, hp, state, xs, ys = _planned_sim()
     plan = sim.make_plan(nodes=[5, 1, 3], step_budget=[7, 4, 3])
     slots, weights = (np.asarray(a) for a in sim.minibatches(state, plan))
     assert slots.shape == weights.shape == (3, sim.schedule[0], 2)
     new, _ = jax.jit(sim.round_with_plan)(state, sim.data, plan, hp)
-
-    w0, b0 = (np.asarray(state.server.params["out"][k]) for k in ("w", "b"))
-    total_w, total_b, total_n = 0.0, 0.0, 0
+    runs = []
     for k, node in enumerate([5, 1, 3]):
-        x, y, n = xs[node], ys[node], len(xs[node])
-        steps = min(2 * -(-n // 2), int(plan.step_budget[k]))
+        n = len(xs[node])
+        runs.append(min(2 * -(-n // 2), int(plan.step_budget[k])))
         assert sorted(slots[k, :-(-n // 2)][weights[k, :-(-n // 2)] > 0].tolist()) == list(range(n))  # an epoch
-        w, b = w0.copy(), b0.copy()
-        for t in range(steps):
-            rows, wt = slots[k, t], weights[k, t]
-            logits = x[np.minimum(rows, n - 1)] @ w + b
-            p = np.exp(logits - logits.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            p[np.arange(len(rows)), y[np.minimum(rows, n - 1)]] -= 1
-            g = wt[:, None] * p / wt.sum()
-            w, b = w - 0.3 * x[np.minimum(rows, n - 1)].T @ g, b - 0.3 * g.sum(axis=0)
-        total_w, total_b, total_n = total_w + n * w, total_b + n * b, total_n + n
-    np.testing.assert_allclose(np.asarray(new.server.params["out"]["w"]), total_w / total_n, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(np.asarray(new.server.params["out"]["b"]), total_b / total_n, rtol=0, atol=1e-13)
+    w, b = _numpy_fedavg_round(state.server.params, xs, ys, [5, 1, 3], slots, weights, runs, 0.3)
+    np.testing.assert_allclose(np.asarray(new.server.params["out"]["w"]), w, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(new.server.params["out"]["b"]), b, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("execution", ["per_node", "shared_base"])
+def test_a_plan_can_carry_its_own_minibatches(x64, execution):
+    """``make_plan(minibatches=(slots, weights))``: the cohort trains on exactly those rows with
+    those loss weights (a float64 NumPy FedAvg round, repeated and partial batches included);
+    giving back ``Simulation.minibatches``' own draws reproduces the drawn round bit for bit."""
+    sim, hp, state, xs, ys = _planned_sim(execution)
+    nodes, budget = [5, 1, 3], [7, 4, 3]
+    steps = sim.schedule[0]
+    rng = np.random.default_rng(8)
+    counts = [len(xs[i]) for i in nodes]
+    slots = np.stack([rng.integers(0, n, size=(steps, 2)) for n in counts]).astype(np.int32)
+    weights = rng.uniform(0.5, 2.0, size=slots.shape)
+    weights[0, 1, 1] = 0.0                      # a partial batch: its slot is then free
+    slots[0, 1, 1] = 99
+    plan = sim.make_plan(nodes=nodes, step_budget=budget, minibatches=(slots, weights))
+    np.testing.assert_array_equal(np.asarray(sim.minibatches(state, plan)[0]), np.minimum(slots, 6))
+    new, _ = jax.jit(sim.round_with_plan)(state, sim.data, plan, hp)
+    runs = [min(2 * -(-n // 2), b) for n, b in zip(counts, budget)]
+    w, b = _numpy_fedavg_round(state.server.params, xs, ys, nodes, slots, weights, runs, 0.3)
+    np.testing.assert_allclose(np.asarray(new.server.params["out"]["w"]), w, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(new.server.params["out"]["b"]), b, rtol=0, atol=1e-13)
+
+    drawn = sim.make_plan(nodes=nodes, step_budget=budget)
+    given = sim.make_plan(nodes=nodes, step_budget=budget, minibatches=sim.minibatches(state, drawn))
+    a, b = (jax.jit(sim.round_with_plan)(state, sim.data, p, hp)[0].server.params for p in (drawn, given))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_bad_explicit_minibatches_are_named():
+    sim, _, _, _, _ = _planned_sim()
+    shape = (3, sim.schedule[0], 2)
+    good = (np.zeros(shape, np.int32), np.ones(shape))
+    cases = (((np.zeros((3, 2, 2), np.int32), np.ones((3, 2, 2))), rf"slots must have shape \(3, {shape[1]}, 2\)"),
+             ((good[0].astype(float), good[1]), "slots must be integers"),
+             ((good[0], np.where(np.arange(2) == 1, -1.0, 1.0) * np.ones(shape)), r"weights\[0, 0, 1\] = -1.0"),
+             ((np.full(shape, 3, np.int32), good[1]), r"slots\[1, 0, 0\] = 3 is not one of node 1's 3 samples"),
+             ((good[0], np.zeros(shape)), "step 0 of node 5 has no positive weight"),
+             (good[0], r"minibatches must be \(slots"))
+    for minibatches, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sim.make_plan(nodes=[5, 1, 3], minibatches=minibatches)
 
 
 def test_a_run_can_start_from_a_given_server_optimizer_state():

@@ -96,12 +96,13 @@ class PerNode:
         node_args = {} if node_args is None else node_args
 
         def one(shared, args):
-            params0, xs, ys, count, key, node_budget, args_i, state_i, mask_i = args
+            params0, xs, ys, count, key, node_budget, args_i, state_i, mask_i, batches_i = args
             params0 = shared if self.shared_start else params0
-            return self.update(params0, xs, ys, count, key, node_budget, hparams, args_i, state_i, mask_i)
+            return self.update(params0, xs, ys, count, key, node_budget, hparams, args_i, state_i, mask_i, batches_i)
 
         shared, stacked_start = (start, None) if self.shared_start else (None, start)
-        args = (stacked_start, cohort.x, cohort.y, cohort.count, keys, budget, node_args, opt_state, mask)
+        args = (stacked_start, cohort.x, cohort.y, cohort.count, keys, budget, node_args, opt_state, mask,
+                getattr(cohort, "minibatches", ()))
         if self.mesh is not None:
             return map_nodes_sharded(one, shared, args, self.mesh, self.group_size, map_nodes)
         return map_nodes(lambda a: one(shared, a), args, self.group_size)

@@ -224,6 +224,15 @@ def batch_positions(spec: LocalTraining, step: jax.Array, count: jax.Array, orde
     return slots, weights
 
 
+def step_positions(spec: LocalTraining, step, count, order, minibatches=()):
+    """Step ``step``'s slots and weights: ``batch_positions`` of the node's own shuffle, or the
+    explicit ``minibatches = (slots [S, B], weights [S, B])`` a plan gave the node."""
+    if minibatches:
+        slots, weights = minibatches
+        return slots[step], weights[step]
+    return batch_positions(spec, step, count, order)
+
+
 class LocalTerm(NamedTuple):
     """A term an algorithm adds to every node's local objective.
 
@@ -324,7 +333,7 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
                else _with_model_gradient(model_value_and_grad, terms))
 
     def update(params0, x, y, count, key, budget, hparams, node_args=None, opt_state=None,
-               mask: SubModelMask | None = None) -> LocalResult:
+               mask: SubModelMask | None = None, minibatches=()) -> LocalResult:
         opt = spec.make_optimizer(hparams)
         order = node_shuffles(key, count, x.shape[0], shuffles)
         n_steps = jnp.minimum(spec.node_steps(count), budget)
@@ -332,7 +341,7 @@ def make_local_update(model: Model, spec: LocalTraining, max_steps: int, shuffle
 
         def step(carry, t):
             params, opt_state, loss_sum = carry
-            slots, wb = batch_positions(spec, t, count, order)
+            slots, wb = step_positions(spec, t, count, order, minibatches)
             grads, loss = grad_fn(params, x[slots], y[slots], wb, hparams, params0, args, mask)
             if mask is not None:
                 grads = mask_tree(grads, mask)

@@ -37,7 +37,7 @@ and gathered, and its aggregation is ``X^T (G scattered onto the slots)`` over `
 rows instead of ``K*S*B`` (``make_shared_base_delta(sample_space=...)``).
 
 Minibatches are drawn exactly as in ``per_node`` (``node_shuffles`` /
-``batch_positions`` with the node's key); steps at or past
+``batch_positions`` with the node's key, or a plan's explicit ``cohort.minibatches``); steps at or past
 ``min(node_steps(count), budget)`` are masked: they write zero factors, so they change
 nothing.  Nodes with ``p_i = 0`` are excluded from the aggregation with a ``where`` (a
 NaN in an absent node's data cannot leak in).
@@ -64,7 +64,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from edgejax.core.local import LocalTerm, LocalTraining, batch_positions, node_shuffles
+from edgejax.core.local import LocalTerm, LocalTraining, node_shuffles, step_positions
 from edgejax.models.base import Model
 
 SGD_FAMILY = ("sgd", "momentum", "nesterov")
@@ -244,6 +244,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
         K = cohort.x.shape[0]
         counts = cohort.count
         orders = jax.vmap(node_shuffles, in_axes=(0, 0, None, None))(keys, counts, cohort.x.shape[1], shuffles)
+        planned = getattr(cohort, "minibatches", ())   # a plan's explicit minibatches, or ()
         n_steps = jnp.minimum(spec.node_steps(counts), budget)
         loss_grad = jax.vmap(jax.value_and_grad(model.loss.fn))
         M = cohort.x.shape[1]
@@ -263,7 +264,7 @@ def make_shared_base_delta(model: Model, spec: LocalTraining, max_steps: int, sh
 
         def step(carry, s):
             hist_a, hist_g, loss_sum = carry
-            slots, wb = jax.vmap(batch_positions, in_axes=(None, None, 0, 0))(spec, s, counts, orders)
+            slots, wb = jax.vmap(step_positions, in_axes=(None, None, 0, 0, 0))(spec, s, counts, orders, planned)
             a = jnp.take_along_axis(flat_x, slots[:, :, None], axis=1).astype(dtype)
             yb = jnp.take_along_axis(cohort.y, slots, axis=1)
             cs = coef[jnp.clip(s - jnp.arange(S), 0, S)]  # c(s - t) for t < s, 0 otherwise

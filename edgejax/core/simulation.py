@@ -24,7 +24,7 @@ from edgejax.core.event_loop import run_ticks, skipped_metric
 from edgejax.core.execution import RoundContext, build_execution, resolve_execution
 from edgejax.core.local import LocalTraining, make_minibatch_gradient
 from edgejax.core.results import Results
-from edgejax.core.state import RoundPlan, SimState, round_keys
+from edgejax.core.state import RoundPlan, SimState, default_float, round_keys
 from edgejax.core.streams import stream_key
 from edgejax.data.federated import FederatedData
 from edgejax.data.host import HostNodeData
@@ -271,12 +271,18 @@ class Simulation:
         """The system model's plan for the state's next round (drawn from the run's key)."""
         return self._plan(state, self.data, hparams)[0]
 
-    def make_plan(self, nodes=None, active=None, step_budget=None) -> RoundPlan:
+    def make_plan(self, nodes=None, active=None, step_budget=None, minibatches=None) -> RoundPlan:
         """A user's own ``RoundPlan`` for ``round_with_plan``: ``nodes`` (the cohort's ids, default
         ``0..K-1``), ``active`` (default all 1), ``step_budget`` (default each node's full
-        schedule).  Shapes and values are checked here.  With the full cohort (K = N) the
-        slots are put in node order, as in the system model's plans (algorithms then read
-        every node's data without a gather)."""
+        schedule) and ``minibatches`` (default: drawn from the round keys): explicit
+        ``(slots [K, S, B], weights [K, S, B])`` in the form ``minibatches`` returns, node
+        ``nodes[k]``'s step ``t`` training on rows ``slots[k, t]`` of its padded data with the
+        loss weights ``weights[k, t]`` (0: not a sample).  They replace the local update's draws
+        (``LocalTraining.minibatches``); an algorithm's own extra local work (Ditto's personal
+        steps, FineTuned, FedRep's head epochs, SplitFed, gradient tracking) still draws its own.
+        Shapes and values are checked here.  With the full cohort (K = N) the slots are put in
+        node order, as in the system model's plans (algorithms then read every node's data
+        without a gather)."""
         k = self.cohort_size
         nodes = jnp.arange(k, dtype=jnp.int32) if nodes is None else jnp.asarray(nodes, jnp.int32)
         if nodes.shape != (k,):
@@ -292,10 +298,47 @@ class Simulation:
         if self.system.link_failures or self.algorithm.traits().asynchronous:
             raise ValueError("with link failures or asynchronous training the system model draws the plan "
                              "(live links, the event clock); use round() instead")
+        batches = () if minibatches is None else self._checked_minibatches(minibatches, nodes, budget)
         if k == self.num_nodes:
             order = jnp.argsort(nodes)
             nodes, active, budget = nodes[order], active[order], budget[order]
-        return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0))
+            batches = tuple(b[order] for b in batches)
+        return RoundPlan(nodes, active, jnp.where(active > 0, budget, 0), minibatches=batches)
+
+    def _checked_minibatches(self, minibatches, nodes, budget) -> tuple:
+        """``make_plan``'s ``minibatches`` checked: two ``[K, S, B]`` arrays, slots of real samples
+        (``< count``) where the weight is positive, weights finite and >= 0, every step the node
+        runs with a positive weight."""
+        train = self.data.train
+        if isinstance(train, HostNodeData) or self.mesh is not None:
+            raise ValueError("explicit minibatches need the node data on one device (no host-resident data, no mesh)")
+        if not isinstance(minibatches, (tuple, list)) or len(minibatches) != 2:
+            raise ValueError("minibatches must be (slots [K, S, B], weights [K, S, B]), as Simulation.minibatches "
+                             f"returns; got {type(minibatches).__name__}")
+        slots, weights = np.asarray(minibatches[0]), np.asarray(minibatches[1], float)
+        shape = (self.cohort_size, self.schedule[0], self.local.batch_size)
+        for name, value in (("slots", slots), ("weights", weights)):
+            if value.shape != shape:
+                raise ValueError(f"minibatches {name} must have shape {shape} (cohort, max local steps, batch size); "
+                                 f"got {value.shape}")
+        if not np.issubdtype(slots.dtype, np.integer):
+            raise ValueError(f"minibatches slots must be integers; got dtype {slots.dtype}")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(weights) | (weights < 0))[0])
+            raise ValueError(f"minibatches weights must be finite and >= 0; weights{list(bad)} = {weights[bad]}")
+        counts = np.asarray(train.count)[np.asarray(nodes)][:, None, None]
+        bad = np.argwhere((weights > 0) & ((slots < 0) | (slots >= counts)))
+        if len(bad):
+            k, t, b = (int(i) for i in bad[0])
+            raise ValueError(f"minibatches slots[{k}, {t}, {b}] = {slots[k, t, b]} is not one of node "
+                             f"{int(nodes[k])}'s {int(counts[k, 0, 0])} samples (a positive weight needs a real sample)")
+        runs = np.arange(shape[1])[None, :] < np.asarray(budget)[:, None]
+        empty = np.argwhere(runs & (weights.sum(axis=2) <= 0))
+        if len(empty):
+            k, t = (int(i) for i in empty[0])
+            raise ValueError(f"minibatches step {t} of node {int(nodes[k])} has no positive weight (the node runs "
+                             "that step)")
+        return jnp.asarray(np.clip(slots, 0, train.x.shape[1] - 1), jnp.int32), jnp.asarray(weights, default_float())
 
     def minibatches(self, state: SimState, plan: RoundPlan) -> tuple[jax.Array, jax.Array]:
         """The minibatches the cohort of ``plan`` trains on in the round ``state`` is at:
@@ -303,9 +346,12 @@ class Simulation:
         ``slots[k, t]`` of its padded data (weight 0: padding), drawn from its round key
         ``fold_in(state.nodes.rng[i], state.round)`` in the order ``LocalTraining.minibatches``
         documents.  That is the key every synchronous algorithm trains with, except FedRep (it
-        splits the key between its two phases); steps past ``plan.step_budget`` are not run."""
+        splits the key between its two phases); steps past ``plan.step_budget`` are not run.
+        A plan with explicit ``minibatches`` (``make_plan``) trains on those: they are returned."""
         max_steps, shuffles = self.schedule
         keys = round_keys(state.nodes.rng[plan.nodes], state.round)
+        if plan.minibatches:
+            return plan.minibatches
         counts = jnp.asarray(self.data.train.count)[plan.nodes]
         train = self.data.train
         size = train.source.index.shape[1] if isinstance(train, HostNodeData) else train.x.shape[1]
@@ -316,6 +362,11 @@ class Simulation:
         """One round from an explicit ``plan`` (``make_plan``, or the system model's): the algorithm
         runs it, the clock charges it, ``state.round`` advances.  Returns ``(state, metrics)``."""
         self._refuse_asynchronous_plan()
+        if plan.minibatches:   # every node's row of the data carries its explicit minibatches (the cohort's)
+            shape = (self.num_nodes, *plan.minibatches[0].shape[1:])
+            full = (jnp.zeros(shape, jnp.int32).at[plan.nodes].set(plan.minibatches[0]),
+                    jnp.zeros(shape, plan.minibatches[1].dtype).at[plan.nodes].set(plan.minibatches[1]))
+            data = data.replace(train=data.train._replace(minibatches=full))
         state, metrics = self.algorithm.round(self.context, state, data, plan, hparams)
         cost, system = self.system.charge(state.system, plan, self.local, data.train.count, self.context.payload,
                                           self.algorithm.traits().sequential)

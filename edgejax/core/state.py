@@ -69,6 +69,8 @@ class RoundPlan(NamedTuple):
     Asynchronous training (a tick of the event clock, ``edgejax.system.events``): ``time``,
     the simulated time of the tick's arrivals, and ``restart [N]``, the nodes that download
     the current model at the end of the tick (``()`` in synchronous rounds).
+    ``minibatches``: ``()``, or explicit ``(slots [K, S, B], weights [K, S, B])`` for the
+    cohort's local updates (``Simulation.make_plan``).
     """
 
     nodes: jax.Array
@@ -77,6 +79,7 @@ class RoundPlan(NamedTuple):
     live_links: jax.Array | tuple = ()
     restart: jax.Array | tuple = ()
     time: jax.Array | tuple = ()
+    minibatches: tuple = ()
 
 
 def default_float():

@@ -32,11 +32,16 @@ EVAL_BATCH = 1024
 
 
 class NodeData(NamedTuple):
-    """Per-node samples padded to ``M``: ``x [N, M, ...]``, ``y [N, M]``, ``count [N]``."""
+    """Per-node samples padded to ``M``: ``x [N, M, ...]``, ``y [N, M]``, ``count [N]``.
+
+    ``minibatches``: ``()``, or a round's explicit minibatches ``(slots [N, S, B], weights
+    [N, S, B])`` that the local update trains on instead of drawing its own (a plan's, see
+    ``Simulation.make_plan``)."""
 
     x: jnp.ndarray
     y: jnp.ndarray
     count: jnp.ndarray
+    minibatches: tuple = ()
 
     @property
     def num_nodes(self) -> int:
