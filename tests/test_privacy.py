@@ -88,3 +88,73 @@ def test_the_accounting_is_refused_where_the_cohort_is_not_a_uniform_sample():
         GaussianDP(clip=0)
     with pytest.raises(ValueError, match=r"delta=1 must be a float in \(0, 1\)"):
         GaussianDP(delta=1)
+
+
+def _adaptive_reference(updates, mask, multiplier, clip0, z, gamma, lr, sigma_b, leaf_noise, count_noise):
+    """Andrew et al. 2021, Algorithm 1 (geometric update), in float64 NumPy, for one aggregation:
+    given the standard normal draws (``leaf_noise`` per leaf, ``count_noise``), returns the aggregate,
+    the new clip multiplier and the norm clipped at."""
+    k = mask.shape[0]
+    clip = clip0 * multiplier
+    flat = np.concatenate([u.reshape(k, -1) for u in updates], axis=1) * mask[:, None]
+    norms = np.linalg.norm(flat, axis=1)
+    factor = np.minimum(1.0, clip / np.maximum(norms, 1e-30))
+    z_update = (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
+    out = [(np.tensordot(factor, u * mask.reshape((-1,) + (1,) * (u.ndim - 1)), axes=1) + z_update * clip * n) / k
+           for u, n in zip(updates, leaf_noise)]
+    b = (np.sum(mask * ((norms <= clip) - 0.5)) + sigma_b * count_noise) / k + 0.5
+    return out, multiplier * np.exp(-lr * (b - gamma)), clip
+
+
+def test_adaptive_clipping_follows_andrew_et_al_with_the_update_noise_reduced(x64):
+    """Three aggregations in a row against the float64 reference (the same normal draws): the
+    clipped sum, the update noise at z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 times the current norm, the
+    centred noised count and the geometric step of the norm."""
+    rng = np.random.default_rng(5)
+    k, gamma, lr, z = 6, 0.5, 0.2, 0.8
+    aggregator = GaussianDP(clip=1.0, noise_multiplier=z, target_quantile=gamma, clip_lr=lr, count_noise=1.5)
+    hp = {"dp_clip": 1.0, "dp_noise_multiplier": z}
+    state, multiplier = aggregator.init(None), 1.0
+    mask = np.array([1, 1, 1, 0, 1, 1], bool)
+    for step in range(3):
+        updates = [rng.normal(size=(k, 3, 2)) * rng.uniform(0.1, 2.0, size=(k, 1, 1)), rng.normal(size=(k, 2))]
+        key = jax.random.fold_in(KEY, step)
+        out, state, metrics = aggregator.update([jnp.asarray(u) for u in updates], jnp.full(k, 1 / k),
+                                                jnp.asarray(mask), state, key, hp)
+        leaf_noise = [np.asarray(jax.random.normal(jax.random.fold_in(key, i), u.shape[1:], jnp.float64))
+                      for i, u in enumerate(updates)]
+        count_noise = float(jax.random.normal(jax.random.fold_in(key, 2), (), jnp.float64))
+        want, multiplier, clip = _adaptive_reference(updates, mask, multiplier, 1.0, z, gamma, lr, 1.5, leaf_noise,
+                                                     count_noise)
+        for got, ref in zip(out, want):
+            np.testing.assert_allclose(np.asarray(got), ref, rtol=0, atol=1e-13)
+        assert float(state) == pytest.approx(multiplier, rel=1e-13, abs=0)
+        assert float(metrics["dp_clip_norm"]) == pytest.approx(clip, rel=1e-13, abs=0)
+
+
+def test_adaptive_clipping_settles_at_the_target_quantile_of_the_norms():
+    """Without noise (z = 0, sigma_b tiny) the norm's geometric steps settle where a fraction
+    gamma of the updates is unclipped: fixed update norms 1..10, gamma = 0.3 -> in [3, 4), where
+    the unclipped fraction is exactly gamma, starting from a clip of 50."""
+    norms = np.arange(1.0, 11.0)
+    updates = {"w": jnp.asarray(norms[:, None], jnp.float32)}   # row i's norm is i + 1
+    aggregator = GaussianDP(clip=50.0, noise_multiplier=0.0, target_quantile=0.3, clip_lr=0.2, count_noise=1e-9)
+    hp, state = {"dp_clip": 50.0, "dp_noise_multiplier": 0.0}, aggregator.init(None)
+    for step in range(300):
+        _, state, metrics = aggregator.update(updates, jnp.full(10, 0.1), jnp.ones(10, bool), state,
+                                              jax.random.fold_in(KEY, step), hp)
+    assert 3.0 <= float(metrics["dp_clip_norm"]) < 4.0
+
+
+def test_adaptive_clipping_options_are_checked():
+    with pytest.raises(ValueError, match="target_quantile=1.5"):
+        GaussianDP(target_quantile=1.5)
+    with pytest.raises(ValueError, match="clip_lr=-1"):
+        GaussianDP(target_quantile=0.5, clip_lr=-1)
+    sim = _sim(GaussianDP(noise_multiplier=1.0, target_quantile=0.5))   # sigma_b = 5 / 20: z must stay below 0.5
+    with pytest.raises(ValueError, match=r"noise_multiplier 1.0 must be below 2 x count_noise = 0.5"):
+        sim.run(2)
+    ok = _sim(GaussianDP(noise_multiplier=1.0, target_quantile=0.5, count_noise=2.0))
+    results = ok.run(4, eval_every=2)
+    assert np.all(np.isfinite(results.rounds["dp_clip_norm"])) and results.rounds["dp_clip_norm"][0] == 1.0
+    assert results.rounds["epsilon"][-1] == pytest.approx(epsilon(1.0, 5 / 20, 4, 1e-5)[0])

@@ -14,6 +14,20 @@ non-DP baseline with the same weights).  Traced ``dp_clip`` (C) and ``dp_noise_m
 whose defaults are the constructor's values; the noise comes from the server step's key.
 In FedBuff's flush the rows are the K buffered, staleness-weighted updates.
 
+Adaptive clipping (``target_quantile`` gamma; Andrew et al. 2021, "Differentially Private Learning
+with Adaptive Clipping", Algorithm 1 with the geometric update): the clip norm follows the
+gamma-quantile of the update norms, privately.  Every row also sends ``b_i = 1[||u_i|| <= C_t]``,
+centred so that one user moves the sum by at most 1/2::
+
+    b    = (sum_{i in mask} (b_i - 1/2) + N(0, sigma_b^2)) / K + 1/2
+    C_t+1 = C_t exp(-eta_C (b - gamma))                       (eta_C: ``clip_lr``)
+
+and the update is noised with ``z_u = (z^-2 - (2 sigma_b)^-2)^-1/2`` instead of ``z``, so that the
+two releases together are one Gaussian mechanism of noise multiplier ``z`` (their Theorem 1, the
+count's multiplier being ``sigma_b / (1/2)``): the accounting is unchanged.  ``count_noise`` is ``sigma_b`` (default ``K / 20``, the paper's
+choice); ``2 sigma_b > z`` is required.  The state is ``C_t / dp_clip`` (1 at the start: the traced
+``dp_clip`` is the initial norm); ``dp_clip_norm`` reports the norm each round clipped at.
+
 Accounting (``epsilon``): ``dp_accounting.rdp.RdpAccountant`` (integer orders 2..64 and up to
 512, ``RDP_ORDERS``) composing, once per round, a
 Poisson-sampled Gaussian mechanism with sampling rate ``q = K / N`` and noise multiplier ``z``
@@ -49,7 +63,9 @@ class GaussianDP:
     clip: float = 1.0
     noise_multiplier: float = 1.0
     delta: float = 1e-5
-    name = "gaussian_dp"
+    target_quantile: float | None = None
+    clip_lr: float = 0.2
+    count_noise: float | None = None
     fusable = False
 
     def __post_init__(self):
@@ -57,25 +73,56 @@ class GaussianDP:
         _finite_positive("noise_multiplier", self.noise_multiplier, allow_zero=True)
         if not (isinstance(self.delta, float) and 0 < self.delta < 1):
             raise ValueError(f"GaussianDP: delta={self.delta!r} must be a float in (0, 1)")
+        if self.target_quantile is not None and not (isinstance(self.target_quantile, (int, float))
+                                                      and 0 < self.target_quantile < 1):
+            raise ValueError(f"GaussianDP: target_quantile={self.target_quantile!r} must be in (0, 1) (or None: a "
+                             "fixed clip)")
+        _finite_positive("clip_lr", self.clip_lr)
+        if self.count_noise is not None:
+            _finite_positive("count_noise", self.count_noise)
+
+    @property
+    def name(self) -> str:
+        return "gaussian_dp" if self.target_quantile is None else f"gaussian_dp_adaptive_{self.target_quantile:g}"
+
+    def count_sigma(self, rows: int) -> float:
+        """``sigma_b``, the noise on the clipped-count release: ``count_noise``, or ``rows / 20``."""
+        return rows / 20 if self.count_noise is None else float(self.count_noise)
+
+    def check_noise(self, noise_multiplier: float, rows: int) -> None:
+        """With adaptive clipping, ``z < 2 sigma_b`` (else the update's share of the noise is not real)."""
+        if self.target_quantile is not None and noise_multiplier >= 2 * self.count_sigma(rows):
+            raise ValueError(f"GaussianDP adaptive clipping: noise_multiplier {noise_multiplier} must be below 2 x "
+                             f"count_noise = {2 * self.count_sigma(rows)} (rows per aggregation: {rows}); raise "
+                             "count_noise")
 
     def default_hparams(self) -> dict[str, float]:
         return {"dp_clip": float(self.clip), "dp_noise_multiplier": float(self.noise_multiplier)}
 
     def init(self, params):
-        return ()
+        return () if self.target_quantile is None else jnp.ones((), jnp.result_type(float))
 
     def update(self, updates, weights, mask, state, key, hparams):
         leaves, tree = jax.tree_util.tree_flatten(updates)
         k = mask.shape[0]
         present = [jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, 0) for u in leaves]
         norms = jnp.sqrt(sum(jnp.sum(jnp.square(u).reshape(k, -1), axis=1) for u in present))
-        clip = hparams["dp_clip"]
+        z = hparams["dp_noise_multiplier"]
+        adaptive = self.target_quantile is not None
+        clip = hparams["dp_clip"] * state if adaptive else hparams["dp_clip"]
+        if adaptive:   # the update's share of the noise: z_u^-2 = z^-2 - (2 sigma_b)^-2
+            z = (1.0 / jnp.square(z) - 1.0 / (2 * self.count_sigma(k)) ** 2) ** -0.5
         factor = jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
-        std = hparams["dp_noise_multiplier"] * clip
+        std = z * clip
         noised = [(jnp.tensordot(factor.astype(u.dtype), u, axes=1)
                    + std * jax.random.normal(jax.random.fold_in(key, i), u.shape[1:], u.dtype)) / k
                   for i, u in enumerate(present)]
         metrics = {"dp_clipped": jnp.sum(mask & (norms > clip)).astype(jnp.result_type(float))}
+        if adaptive:   # the noised fraction of unclipped rows moves the norm toward the target quantile
+            centred = jnp.sum(jnp.where(mask, (norms <= clip).astype(state.dtype) - 0.5, 0))
+            noise = self.count_sigma(k) * jax.random.normal(jax.random.fold_in(key, len(leaves)), (), state.dtype)
+            state = state * jnp.exp(-self.clip_lr * ((centred + noise) / k + 0.5 - self.target_quantile))
+            metrics["dp_clip_norm"] = jnp.asarray(clip, jnp.result_type(float))
         return jax.tree_util.tree_unflatten(tree, noised), state, metrics
 
 
@@ -109,6 +156,8 @@ def privacy_accountant(sim, hparams: dict):
     if not isinstance(aggregator, GaussianDP):
         return None
     system = sim.system
+    z = float(hparams["dp_noise_multiplier"])   # as the run holds it (the noise drawn uses this value)
+    aggregator.check_noise(z, getattr(sim.algorithm, "buffer_size", sim.cohort_size))   # the rows aggregated
     if sim.algorithm.traits().asynchronous:
         warnings.warn(f"{sim.algorithm.name}: GaussianDP noises every flush, but no epsilon is reported: asynchronous "
                       "participation follows the event clock, not a uniform sample of the users", UserWarning,
@@ -119,7 +168,6 @@ def privacy_accountant(sim, hparams: dict):
     if reason is not None:
         raise ValueError(f"GaussianDP's accounting assumes a uniformly sampled cohort of all N users; this run has "
                          f"{reason}. Use the uniform selection of always-online users, or another aggregator")
-    z = float(hparams["dp_noise_multiplier"])   # as the run holds it (the noise drawn uses this value)
     q = sim.cohort_size / sim.num_nodes
     if z == 0:
         return lambda rounds: np.full(np.shape(np.atleast_1d(rounds)), np.inf)
