@@ -158,3 +158,22 @@ def test_adaptive_clipping_options_are_checked():
     results = ok.run(4, eval_every=2)
     assert np.all(np.isfinite(results.rounds["dp_clip_norm"])) and results.rounds["dp_clip_norm"][0] == 1.0
     assert results.rounds["epsilon"][-1] == pytest.approx(epsilon(1.0, 5 / 20, 4, 1e-5)[0])
+
+
+@pytest.mark.parametrize("target, rounds, q", [(2.0, 100, 0.01), (1.0, 1000, 0.1), (8.0, 50, 0.1)])
+def test_noise_for_epsilon_is_the_smallest_noise_within_the_budget(target, rounds, q):
+    """The calibrated z reaches the target at delta (as ``epsilon`` accounts it) and a z 0.2% lower
+    does not: the search is tight and on the safe side."""
+    from edgejax.algorithms.privacy import noise_for_epsilon
+
+    z = noise_for_epsilon(target, rounds, q, 1e-5)
+    assert epsilon(z, q, rounds, 1e-5)[0] <= target < epsilon(0.998 * z, q, rounds, 1e-5)[0]
+
+
+def test_noise_for_epsilon_names_a_bad_value():
+    from edgejax.algorithms.privacy import noise_for_epsilon
+
+    for args, match in (((0.0, 10, 0.1, 1e-5), "target_epsilon=0.0"), ((1.0, 0, 0.1, 1e-5), "rounds=0"),
+                        ((1.0, 10, 1.5, 1e-5), "sampling_rate=1.5"), ((1.0, 10, 0.1, 2.0), "delta=2.0")):
+        with pytest.raises(ValueError, match=match):
+            noise_for_epsilon(*args)

@@ -131,14 +131,19 @@ class GaussianDP:
 RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512)
 
 
-def epsilon(noise_multiplier: float, sampling_rate: float, rounds, delta: float) -> np.ndarray:
-    """``epsilon`` after each of ``rounds`` (an int or an array of round counts) of a
-    Poisson-sampled Gaussian mechanism, from ``dp_accounting``'s RDP accountant."""
+def _dp_accounting():
     try:
         import dp_accounting
     except ImportError as err:
         raise ImportError("privacy accounting needs the dp-accounting package: pip install 'edgejax[privacy]' "
                           "(or pip install dp-accounting)") from err
+    return dp_accounting
+
+
+def epsilon(noise_multiplier: float, sampling_rate: float, rounds, delta: float) -> np.ndarray:
+    """``epsilon`` after each of ``rounds`` (an int or an array of round counts) of a
+    Poisson-sampled Gaussian mechanism, from ``dp_accounting``'s RDP accountant."""
+    dp_accounting = _dp_accounting()
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     out = []
     for count in np.atleast_1d(rounds):
@@ -146,6 +151,33 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds, delta: float)
         accountant.compose(event, int(count))
         out.append(accountant.get_epsilon(delta))
     return np.asarray(out)
+
+
+def noise_for_epsilon(target_epsilon: float, rounds: int, sampling_rate: float, delta: float) -> float:
+    """The noise multiplier ``z`` at which ``rounds`` rounds of the Poisson-sampled Gaussian
+    mechanism (sampling rate ``q = K / N``) reach ``target_epsilon`` at ``delta``, as ``epsilon``
+    accounts them: ``dp_accounting.calibrate_dp_mechanism`` (Brent's method, to 1e-4 in ``z``) over
+    the same RDP accountant, rounded up so that ``epsilon(z) <= target_epsilon``.  E.g.
+    ``GaussianDP(noise_multiplier=noise_for_epsilon(2.0, 100, 0.01, 1e-5))``."""
+    for name, value in (("target_epsilon", target_epsilon), ("sampling_rate", sampling_rate), ("delta", delta)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"noise_for_epsilon: {name}={value!r} must be a finite positive number")
+    if sampling_rate > 1 or delta >= 1:
+        raise ValueError(f"noise_for_epsilon: sampling_rate={sampling_rate!r} must be in (0, 1] and "
+                         f"delta={delta!r} in (0, 1)")
+    if not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"noise_for_epsilon: rounds={rounds!r} must be a positive integer")
+    dp_accounting = _dp_accounting()
+
+    def event(z):
+        return dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(z)), int(rounds))
+
+    z = dp_accounting.calibrate_dp_mechanism(lambda: dp_accounting.rdp.RdpAccountant(RDP_ORDERS), event,
+                                             float(target_epsilon), float(delta), tol=1e-4)
+    while epsilon(z, sampling_rate, int(rounds), delta)[0] > target_epsilon:   # within tol of the root, above it
+        z *= 1 + 1e-4
+    return float(z)
 
 
 def privacy_accountant(sim, hparams: dict):
