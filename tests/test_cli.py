@@ -215,7 +215,28 @@ def test_a_dp_run_from_the_cli_reports_epsilon(tmp_path):
     assert np.all(np.isfinite(epsilon)) and np.all(np.diff(epsilon) > 0)
 
 
+def test_the_dp_options_from_the_cli():
+    from edgejax.cli.run import _algorithm
+
+    o = resolve_options(["run", "--aggregator", "dp", "--dp-clip", "0.5", "--dp-noise-multiplier", "1.2",
+                         "--dp-delta", "1e-6", "--dp-quantile", "0.5"])
+    assert _algorithm(o).aggregator == ej.GaussianDP(clip=0.5, noise_multiplier=1.2, delta=1e-6, target_quantile=0.5)
+
+
+def test_a_target_epsilon_from_the_cli_calibrates_the_noise(tmp_path, capsys):
+    """--dp-epsilon 5: the run's last round reports epsilon at most 5, and within 1% of it."""
+    assert main(["run", *SMALL, "--out", str(tmp_path), "--weighting", "uniform", "--aggregator", "dp",
+                 "--dp-epsilon", "5"]) == 0
+    assert "--dp-epsilon 5.0: noise multiplier" in capsys.readouterr().out
+    epsilon = np.genfromtxt(tmp_path / "metrics.csv", delimiter=",", names=True)["epsilon"]
+    assert 4.95 < epsilon[-1] <= 5.0
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--dp-clip", "0.5"], "--dp-clip does not apply"),
+    (["--aggregator", "dp", "--algorithm", "fedbuff", "--dp-epsilon", "2"], "--dp-epsilon does not apply"),
+    (["--aggregator", "dp", "--dp-epsilon", "2", "--dp-noise-multiplier", "1"], "not both"),
+    (["--aggregator", "dp", "--dp-quantile", "1.5"], "target_quantile=1.5 must be in (0, 1)"),
     (["--profiles", "tiered", "--tiers", "0.9"], "--tiers expects SHARE:SPEED"),
     (["--profiles", "tiered", "--tiers", "0.9:1,0.2:0.1"], "must sum to 1; got '0.9:1,0.2:0.1'"),
     (["--tiers", "0.9:1,0.1:0.1"], "--tiers does not apply"),

@@ -11,7 +11,8 @@ _TYPES = {"data_path": (str,), "tiers": (str,), "buffer_size": (int,), "local_st
           "server_lr": (float, int),
           "alpha": (float, int), "beta": (float, int), "lr": (float, int), "local_test_fraction": (float, int),
           "hidden": (str, int, list), "group_size": (str, int), "out": (str,), "checkpoint_every": (int,),
-          "hparam": (list,), "coordinator": (str,), "num_processes": (int,), "process_id": (int,)}
+          "hparam": (list,), "coordinator": (str,), "num_processes": (int,), "process_id": (int,),
+          **{name: (float, int) for name in ("dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "dp_quantile")}}
 
 # option -> (does it apply to these options?, when it applies)
 _APPLIES = {
@@ -35,7 +36,17 @@ _APPLIES = {
     "buffer_size": (lambda o: o["algorithm"] == "fedbuff", "--algorithm fedbuff"),
     "aggregator": (lambda o: not _decentralized(o) and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"},
                    "synchronous server-based algorithms and fedbuff"),
+    **{name: (lambda o: _dp(o), "--aggregator dp (synchronous server-based algorithms and fedbuff)")
+       for name in ("dp_clip", "dp_noise_multiplier", "dp_delta", "dp_quantile")},
+    "dp_epsilon": (lambda o: _dp(o) and o["algorithm"] not in _asynchronous(),
+                   "--aggregator dp with a synchronous server-based algorithm (the rounds that account an epsilon)"),
 }
+
+
+def _dp(o: dict) -> bool:
+    """DP-FedAvg's aggregator on an algorithm that aggregates."""
+    return (str(o["aggregator"]).split(":")[0] == "dp" and not _decentralized(o)
+            and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"})
 
 
 def _asynchronous():

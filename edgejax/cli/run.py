@@ -23,6 +23,7 @@ DEFAULTS = {
     "model": "mlp", "hidden": "128",
     "clients_per_round": 10, "rounds": 100, "local_epochs": 1, "local_steps": None, "batch_size": 10,
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "aggregator": "mean",
+    "dp_clip": None, "dp_noise_multiplier": None, "dp_delta": None, "dp_epsilon": None, "dp_quantile": None,
     "group_size": "auto",
     "execution": "auto", "weight_decay": False,
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
@@ -70,6 +71,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "mean of the m best) | geomedian (RFA) | cclip (centered clipping, radius --hparam cclip_tau=...) "
                    "| normbound (rows clipped to --hparam norm_bound=...) | dp, dp:<delta> (DP-FedAvg: --hparam "
                    "dp_clip=... dp_noise_multiplier=...; every round reports epsilon at delta, default 1e-5)")
+    g.add_argument("--dp-clip", type=float, help="--aggregator dp: the L2 clip of every update (default 1.0; with "
+                   "--dp-quantile the initial clip)")
+    g.add_argument("--dp-noise-multiplier", type=float, help="--aggregator dp: the noise multiplier z (default 1.0)")
+    g.add_argument("--dp-delta", type=float, help="--aggregator dp: delta of the reported epsilon (default 1e-5)")
+    g.add_argument("--dp-epsilon", type=float, help="--aggregator dp: a target epsilon after --rounds rounds; the "
+                   "noise multiplier is calibrated to it before the run (instead of --dp-noise-multiplier)")
+    g.add_argument("--dp-quantile", type=float, help="--aggregator dp: adaptive clipping toward this quantile of "
+                   "the update norms (Andrew et al. 2021)")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
                    "steps (default: 10)")
@@ -268,19 +277,36 @@ def _mnist_files(data_path: str | None) -> dict[str, Path]:
     return files
 
 
+DP_OPTIONS = {"dp_clip": "clip", "dp_noise_multiplier": "noise_multiplier", "dp_delta": "delta",
+              "dp_quantile": "target_quantile"}
+
+
+def _aggregator(o: dict):
+    """``--aggregator`` with the ``--dp-*`` options given (``check_applicable`` has refused them for
+    any aggregator but ``dp``) set on its ``GaussianDP``."""
+    import dataclasses
+
+    from edgejax.algorithms.registry import parse_aggregator
+
+    aggregator = parse_aggregator(o["aggregator"])
+    if o["dp_epsilon"] is not None and o["dp_noise_multiplier"] is not None:
+        raise ValueError("--dp-epsilon calibrates the noise multiplier: give it or --dp-noise-multiplier, not both")
+    fields = {field: float(o[flag]) for flag, field in DP_OPTIONS.items() if o[flag] is not None}
+    return dataclasses.replace(aggregator, **fields) if fields else aggregator
+
+
 def _algorithm(o: dict):
     """The algorithm and its options (topology, order, compressor, weighting) from resolved options."""
     from edgejax.algorithms import ASYNCHRONOUS, DECENTRALIZED, Topology, get_algorithm, parse_compressor
-    from edgejax.algorithms.registry import parse_aggregator
 
     name = o["algorithm"]
     if name in ASYNCHRONOUS:
         options = {} if o["buffer_size"] is None else {"buffer_size": o["buffer_size"]}
         if name == "fedbuff":
-            options["aggregator"] = parse_aggregator(o["aggregator"])
+            options["aggregator"] = _aggregator(o)
         return get_algorithm(name, **options)
     if name not in DECENTRALIZED:
-        return get_algorithm(name, weighting=o["weighting"], aggregator=parse_aggregator(o["aggregator"]))
+        return get_algorithm(name, weighting=o["weighting"], aggregator=_aggregator(o))
     push = name == "pushsum"
     topology = Topology(graph=o["topology"], weights="column" if push else "metropolis",
                         directed=push and o["topology"] == "exponential", seed=o["seed"])
@@ -290,6 +316,18 @@ def _algorithm(o: dict):
     if name == "choco":
         options["compressor"] = parse_compressor(o["compressor"])
     return get_algorithm(name, **options)
+
+
+def _calibrated(algorithm, target_epsilon: float, rounds: int, sampling_rate: float):
+    """``algorithm`` with its ``GaussianDP`` noise multiplier set to reach ``target_epsilon`` after
+    ``rounds`` rounds at sampling rate K/N (``noise_for_epsilon``)."""
+    import dataclasses
+
+    from edgejax.algorithms import noise_for_epsilon
+
+    z = noise_for_epsilon(target_epsilon, rounds, sampling_rate, algorithm.aggregator.delta)
+    print(f"--dp-epsilon {target_epsilon}: noise multiplier {z:.4f} over {rounds} rounds at q = {sampling_rate:.4g}")
+    return dataclasses.replace(algorithm, aggregator=dataclasses.replace(algorithm.aggregator, noise_multiplier=z))
 
 
 def _system(o: dict, num_nodes: int):
@@ -343,6 +381,8 @@ def build(o: dict):
         cohort = None
     if cohort is not None and cohort > data.num_nodes:
         raise ValueError(f"clients_per_round={cohort} is larger than the number of nodes N={data.num_nodes}")
+    if o["dp_epsilon"] is not None:
+        algorithm = _calibrated(algorithm, o["dp_epsilon"], o["rounds"], cohort / data.num_nodes)
     mesh = ej.parallel.node_mesh() if o["shard_nodes"] or o["coordinator"] else None
     sim = ej.Simulation(model, data, algorithm, local, clients_per_round=cohort, system=_system(o, data.num_nodes),
                         mesh=mesh)
