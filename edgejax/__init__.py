@@ -6,7 +6,7 @@ from edgejax import algorithms, data, models
 from edgejax import compression, network, parallel, system
 from edgejax.algorithms import (ADPSGD, CHOCO, DIGing, DPSGD, Aggregator, Algorithm, AsyncSGD, CenteredClipping,
                                 CoordinateMedian, DCASGD, ExactDCASGD, FedAsync, FedAvg, FedBuff, FedDF, FedDyn,
-                                GaussianDP, GeometricMedian, Krum, Mean, MultiKrum, NormBounded, PairwiseGossip, PrunedFedAvg, PushSum,
+                                GaussianDP, GeometricMedian, Krum, LocalDP, Mean, MultiKrum, NormBounded, PairwiseGossip, PrunedFedAvg, PushSum,
                                 QuantizedFedAvg, SCAFFOLD, SplitFed, SplitLearning, Topology, TrimmedMean, get_algorithm)
 from edgejax.core.callbacks import Chunk, StopAt, TensorBoard
 from edgejax.core.compile_cache import enable_compilation_cache
@@ -31,7 +31,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgejax' has no attribute {name!r}")
 
 
-__all__ = ["Chunk", "StopAt", "TensorBoard", "ADPSGD", "DIGing", "ExactDCASGD", "FedDF", "Aggregator", "Algorithm", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "GaussianDP", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "PrunedFedAvg", "QuantizedFedAvg", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
+__all__ = ["Chunk", "StopAt", "TensorBoard", "ADPSGD", "DIGing", "ExactDCASGD", "FedDF", "Aggregator", "Algorithm", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "GaussianDP", "LocalDP", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "PrunedFedAvg", "QuantizedFedAvg", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunFailed", "RunInterrupted", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SplitFed", "SplitLearning", "SystemModel", "TestData", "Topology",
            "algorithms", "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models",

@@ -33,7 +33,8 @@ Accounting (``epsilon``): ``dp_accounting.rdp.RdpAccountant`` (integer orders 2.
 Poisson-sampled Gaussian mechanism with sampling rate ``q = K / N`` and noise multiplier ``z``
 (``dp_accounting.PoissonSampledDpEvent``), the assumption of McMahan et al.'s analysis;
 edgejax draws a fixed-size uniform cohort, which the Poisson accountant treats as approximate
-(said in ``run.json``).  ``Simulation.run`` then reports ``epsilon`` at ``delta`` every round.
+(said in ``run.json``).  ``Simulation.run`` then reports ``epsilon`` at ``delta`` every round
+(``edgejax.algorithms.accounting``).
 It refuses the accounting where the cohort is not a uniform sample of all N users (another
 selection rule, an availability process, or asynchronous training, whose participation is
 set by the event clock): the synchronous cases are refused; asynchronously the noise is added at
@@ -43,17 +44,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def _finite_positive(name: str, value, allow_zero: bool = False) -> None:
+def _finite_positive(name: str, value, allow_zero: bool = False, owner: str = "GaussianDP") -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"GaussianDP: {name}={value!r} must be a finite {'non-negative' if allow_zero else 'positive'} "
+        raise ValueError(f"{owner}: {name}={value!r} must be a finite {'non-negative' if allow_zero else 'positive'} "
                          "number")
+
+
+def masked_rows(leaves, mask):
+    """The rows of ``leaves [K, ...]`` that take part (others zeroed) and every row's flat L2 norm ``[K]``."""
+    k = mask.shape[0]
+    present = [jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, 0) for u in leaves]
+    return present, jnp.sqrt(sum(jnp.sum(jnp.square(u).reshape(k, -1), axis=1) for u in present))
+
+
+def clip_rows(updates, mask, clip):
+    """Every taking-part row of ``updates`` clipped to L2 norm ``clip`` (others zero), and the norms."""
+    leaves, tree = jax.tree_util.tree_flatten(updates)
+    present, norms = masked_rows(leaves, mask)
+    factor = jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
+    clipped = [factor.astype(u.dtype).reshape((-1,) + (1,) * (u.ndim - 1)) * u for u in present]
+    return jax.tree_util.tree_unflatten(tree, clipped), norms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +121,7 @@ class GaussianDP:
     def update(self, updates, weights, mask, state, key, hparams):
         leaves, tree = jax.tree_util.tree_flatten(updates)
         k = mask.shape[0]
-        present = [jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, 0) for u in leaves]
-        norms = jnp.sqrt(sum(jnp.sum(jnp.square(u).reshape(k, -1), axis=1) for u in present))
+        present, norms = masked_rows(leaves, mask)
         z = hparams["dp_noise_multiplier"]
         adaptive = self.target_quantile is not None
         clip = hparams["dp_clip"] * state if adaptive else hparams["dp_clip"]
@@ -178,30 +193,3 @@ def noise_for_epsilon(target_epsilon: float, rounds: int, sampling_rate: float, 
     while epsilon(z, sampling_rate, int(rounds), delta)[0] > target_epsilon:   # within tol of the root, above it
         z *= 1 + 1e-4
     return float(z)
-
-
-def privacy_accountant(sim, hparams: dict):
-    """``rounds -> epsilon`` for a run whose aggregator is ``GaussianDP`` (``None`` for any other, and,
-    with a warning, for asynchronous training); a ``ValueError`` where a synchronous cohort is not a
-    uniform sample of all N users (module docstring)."""
-    aggregator = getattr(sim.algorithm, "aggregator", None)
-    if not isinstance(aggregator, GaussianDP):
-        return None
-    system = sim.system
-    z = float(hparams["dp_noise_multiplier"])   # as the run holds it (the noise drawn uses this value)
-    aggregator.check_noise(z, getattr(sim.algorithm, "buffer_size", sim.cohort_size))   # the rows aggregated
-    if sim.algorithm.traits().asynchronous:
-        warnings.warn(f"{sim.algorithm.name}: GaussianDP noises every flush, but no epsilon is reported: asynchronous "
-                      "participation follows the event clock, not a uniform sample of the users", UserWarning,
-                      stacklevel=3)
-        return None
-    reason = (f"selection={system.selection!r}" if system.selection != "uniform"
-              else f"availability {system.availability.kind!r}" if system.availability.kind != "always" else None)
-    if reason is not None:
-        raise ValueError(f"GaussianDP's accounting assumes a uniformly sampled cohort of all N users; this run has "
-                         f"{reason}. Use the uniform selection of always-online users, or another aggregator")
-    q = sim.cohort_size / sim.num_nodes
-    if z == 0:
-        return lambda rounds: np.full(np.shape(np.atleast_1d(rounds)), np.inf)
-    epsilon(z, q, 1, aggregator.delta)   # before any compute: the accountant is there and takes these values
-    return lambda rounds: epsilon(z, q, rounds, aggregator.delta)

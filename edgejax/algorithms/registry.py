@@ -6,6 +6,7 @@ import functools
 from edgejax import compression
 from edgejax.algorithms.aggregation import Mean
 from edgejax.algorithms.byzantine_aggregators import CenteredClipping, GeometricMedian, Krum, MultiKrum, NormBounded
+from edgejax.algorithms.local_privacy import LocalDP
 from edgejax.algorithms.privacy import GaussianDP
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
 from edgejax.algorithms.async_gossip import ADPSGD
@@ -86,7 +87,7 @@ def get_algorithm(name: str, **options):
 
 
 AGGREGATOR_SPELLINGS = ("'mean', 'median', 'trimmed_mean:<trim>', 'krum:<f>', 'multikrum:<f>:<m>', 'geomedian', "
-                        "'cclip', 'normbound', 'dp', 'dp:<delta>'")
+                        "'cclip', 'normbound', 'dp', 'dp:<delta>', 'ldp', 'ldp:<delta>'")
 
 
 def parse_aggregator(spec: str):
@@ -94,7 +95,9 @@ def parse_aggregator(spec: str):
     ``krum:<f>`` (``Krum(byzantine=f)``), ``multikrum:<f>:<m>`` (``MultiKrum(byzantine=f, select=m)``),
     ``geomedian`` (``GeometricMedian()``), ``cclip`` (``CenteredClipping()``: its radius is the traced
     ``cclip_tau``), ``normbound`` (``NormBounded()``: its bound is the traced ``norm_bound``) and ``dp`` /
-    ``dp:<delta>`` (``GaussianDP``: DP-FedAvg, traced ``dp_clip`` and ``dp_noise_multiplier``)."""
+    ``dp:<delta>`` (``GaussianDP``: DP-FedAvg, traced ``dp_clip`` and ``dp_noise_multiplier``), ``ldp`` /
+    ``ldp:<delta>`` (``LocalDP``: every node's update clipped and noised on the device, traced ``ldp_clip``
+    and ``ldp_noise_multiplier``)."""
     kind, _, arg = spec.strip().lower().partition(":")
     args = arg.split(":") if arg else []
     simple = {"mean": Mean, "median": CoordinateMedian, "geomedian": GeometricMedian, "cclip": CenteredClipping,
@@ -104,6 +107,8 @@ def parse_aggregator(spec: str):
             return simple[kind]()
         if kind == "dp" and len(args) <= 1:
             return GaussianDP(delta=float(args[0])) if args else GaussianDP()
+        if kind == "ldp" and len(args) <= 1:
+            return LocalDP(delta=float(args[0])) if args else LocalDP()
         if kind == "trimmed_mean" and len(args) == 1:
             return TrimmedMean(float(args[0]))
         if kind == "krum" and len(args) == 1:

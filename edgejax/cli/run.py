@@ -69,8 +69,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--aggregator", help="how the server combines updates (fedbuff: each flush): mean | median | "
                    "trimmed_mean:<trim> (coordinate-wise) | krum:<f> | multikrum:<f>:<m> (f Byzantine nodes, the "
                    "mean of the m best) | geomedian (RFA) | cclip (centered clipping, radius --hparam cclip_tau=...) "
-                   "| normbound (rows clipped to --hparam norm_bound=...) | dp, dp:<delta> (DP-FedAvg: --hparam "
-                   "dp_clip=... dp_noise_multiplier=...; every round reports epsilon at delta, default 1e-5)")
+                   "| normbound (rows clipped to --hparam norm_bound=...) | dp, dp:<delta> (DP-FedAvg: --dp-clip, "
+                   "--dp-noise-multiplier; every round reports epsilon at delta, default 1e-5) | ldp, ldp:<delta> "
+                   "(local DP: every node clips and noises its own update, --hparam ldp_clip=... "
+                   "ldp_noise_multiplier=...)")
     g.add_argument("--dp-clip", type=float, help="--aggregator dp: the L2 clip of every update (default 1.0; with "
                    "--dp-quantile the initial clip)")
     g.add_argument("--dp-noise-multiplier", type=float, help="--aggregator dp: the noise multiplier z (default 1.0)")

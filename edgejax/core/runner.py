@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from edgejax.algorithms.privacy import privacy_accountant
+from edgejax.algorithms.accounting import privacy_accountant
 from edgejax.core import rundir
 from edgejax.core.callbacks import Chunk
 from edgejax.core.results import Results, run_info
@@ -100,9 +100,7 @@ def run(sim, rounds: int, *, seed: int = 0, hparams: dict | None = None, eval_ev
     config = {**sim.describe(), "seed": seed, "rounds": rounds, "eval_every": chunk,
               "hparams": {k: np.asarray(v).tolist() for k, v in hp.items()}, **(extra_config or {})}
     if accountant is not None:
-        config["privacy"] = {"accountant": "dp_accounting RDP", "delta": sim.algorithm.aggregator.delta,
-                             "sampling": f"Poisson, q = K/N = {sim.cohort_size}/{sim.num_nodes} (the cohort is "
-                                         "a fixed-size uniform sample)"}
+        config["privacy"] = accountant.statement
     output = None if out_dir is None else _Output(out_dir, config, checkpoint_every, keep_checkpoints,
                                                   overwrite, resume)
     run_ = _Run(config, output)
@@ -141,8 +139,8 @@ def _loop(sim, program, hp: dict, rounds: int, chunk: int, run_: "_Run", state, 
                 n = min(chunk, rounds - done)
                 state, round_metrics, eval_metrics = program(state, sim.stored_data, hp, chunk, n)
                 round_metrics = {k: np.asarray(v)[:n] for k, v in round_metrics.items()}
-                if accountant is not None:   # user-level DP: epsilon after each round (edgejax.algorithms.privacy)
-                    round_metrics["epsilon"] = accountant(np.arange(done + 1, done + n + 1))
+                if accountant is not None:   # DP: epsilon after each round (edgejax.algorithms.accounting)
+                    round_metrics["epsilon"] = accountant.epsilon(np.arange(done + 1, done + n + 1))
                 _check_divergence(round_metrics, done, run_)
                 run_.log.add_rounds(done, round_metrics)
                 done += n
