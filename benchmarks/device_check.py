@@ -76,8 +76,13 @@ def bench_w2(n: int, rounds: int, repeats: int) -> dict:
     local = ej.LocalTraining(batch_size=BATCH, steps=STEPS, group_size=None)
     sim = ej.Simulation(model, data, ej.FedAvg(), local, clients_per_round=n)
     hp = sim.hparams({"client_lr": LR})
-    state = sim._jit_init(jax.random.PRNGKey(0), hp)
-    vmapped = time_calls(lambda: sim._jit_chunk(state, sim.data, hp, rounds, rounds)[1], repeats)
+    held = [sim._jit_init(jax.random.PRNGKey(0), hp)]
+
+    def chunk():   # the chunk is given (donated) its state and returns the next one
+        held[0], metrics, _ = sim._jit_chunk(held[0], sim.data, hp, rounds, rounds)
+        return metrics
+
+    vmapped = time_calls(chunk, repeats)
 
     def steps(params, x, y):
         def one(p, _):
