@@ -4,7 +4,7 @@ All N nodes are one array axis; a round for every node is one jit-compiled progr
 """
 from edgejax import algorithms, data, models
 from edgejax import compression, network, parallel, system
-from edgejax.algorithms import (ADPSGD, CHOCO, DIGing, DPSGD, Aggregator, Algorithm, AsyncSGD, CenteredClipping,
+from edgejax.algorithms import (ADPSGD, CHOCO, DIGing, DPSGD, Aggregator, Algorithm, AsyncSGD, Attacked, CenteredClipping,
                                 CoordinateMedian, DCASGD, ExactDCASGD, FedAsync, FedAvg, FedBuff, FedDF, FedDyn,
                                 GaussianDP, GeometricMedian, Krum, LocalDP, Mean, MultiKrum, NormBounded, PairwiseGossip, PrunedFedAvg, PushSum,
                                 QuantizedFedAvg, SCAFFOLD, SplitFed, SplitLearning, Topology, TrimmedMean, get_algorithm)
@@ -31,7 +31,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgejax' has no attribute {name!r}")
 
 
-__all__ = ["Chunk", "StopAt", "TensorBoard", "ADPSGD", "DIGing", "ExactDCASGD", "FedDF", "Aggregator", "Algorithm", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "GaussianDP", "LocalDP", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "PrunedFedAvg", "QuantizedFedAvg", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
+__all__ = ["Chunk", "StopAt", "TensorBoard", "ADPSGD", "DIGing", "ExactDCASGD", "FedDF", "Aggregator", "Algorithm", "Availability", "CoordinateMedian", "Mean", "TrimmedMean", "GaussianDP", "LocalDP", "Attacked", "Krum", "MultiKrum", "GeometricMedian", "CenteredClipping", "NormBounded", "PrunedFedAvg", "QuantizedFedAvg", "CHOCO", "DPSGD", "AsyncSGD", "DCASGD", "DivergenceError", "FedAsync", "FedAvg", "FedBuff", "FedDyn", "LocalTerm", "Needs", "RoundContext", "FederatedData", "LocalTraining",
            "NodeData", "NodeState", "PairwiseGossip", "PushSum", "Results", "RoundPlan", "RunFailed", "RunInterrupted", "SCAFFOLD",
            "ServerState", "SimState", "Simulation", "SplitFed", "SplitLearning", "SystemModel", "TestData", "Topology",
            "algorithms", "compression", "data", "enable_compilation_cache", "federate", "get_algorithm", "models",

@@ -223,6 +223,16 @@ def test_the_dp_options_from_the_cli():
     assert _algorithm(o).aggregator == ej.GaussianDP(clip=0.5, noise_multiplier=1.2, delta=1e-6, target_quantile=0.5)
 
 
+def test_an_attack_from_the_cli_wraps_the_aggregator():
+    from edgejax.cli.run import _algorithm
+
+    o = resolve_options(["run", "--aggregator", "median", "--attack", "alie", "--byzantine-fraction", "0.1",
+                         "--attack-strength", "1.5"])
+    assert _algorithm(o).aggregator == ej.Attacked(ej.CoordinateMedian(), "alie", 0.1, 1.5)
+    o = resolve_options(["run", "--algorithm", "fedbuff", "--attack", "sign_flip"])
+    assert _algorithm(o).aggregator == ej.Attacked(ej.Mean(), "sign_flip", 0.2)
+
+
 def test_a_target_epsilon_from_the_cli_calibrates_the_noise(tmp_path, capsys):
     """--dp-epsilon 5: the run's last round reports epsilon at most 5, and within 1% of it."""
     assert main(["run", *SMALL, "--out", str(tmp_path), "--weighting", "uniform", "--aggregator", "dp",
@@ -234,6 +244,9 @@ def test_a_target_epsilon_from_the_cli_calibrates_the_noise(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--dp-clip", "0.5"], "--dp-clip does not apply"),
+    (["--byzantine-fraction", "0.1"], "--byzantine-fraction does not apply"),
+    (["--attack", "flip"], "unknown attack 'flip'"),
+    (["--attack", "scale", "--algorithm", "dpsgd"], "--attack does not apply"),
     (["--aggregator", "dp", "--algorithm", "fedbuff", "--dp-epsilon", "2"], "--dp-epsilon does not apply"),
     (["--aggregator", "dp", "--dp-epsilon", "2", "--dp-noise-multiplier", "1"], "not both"),
     (["--aggregator", "dp", "--dp-quantile", "1.5"], "target_quantile=1.5 must be in (0, 1)"),

@@ -48,6 +48,7 @@ from edgejax.algorithms.quantized import QuantizedFedAvg
 from edgejax.algorithms.scaffold import SCAFFOLD
 from edgejax.algorithms.split_learning import SplitFed, SplitLearning, SplitModel, activation_rows
 from edgejax.algorithms.personalized import personalized_report
+from edgejax.algorithms.attacks import ATTACKS, Attacked, flip_labels
 from edgejax.algorithms.local_privacy import LocalDP, local_epsilon
 from edgejax.algorithms.privacy import GaussianDP, noise_for_epsilon
 from edgejax.algorithms.robust_aggregators import CoordinateMedian, TrimmedMean
@@ -67,6 +68,6 @@ __all__ = ["ALGORITHMS", "Algorithm", "CHOCO", "ClassSubsets", "CompressedFedAvg
            "ADPSGD", "ASYNCHRONOUS", "AsyncSGD", "DCASGD", "FedAsync", "FedBuff", "staleness_weight",
            "APFL", "Ditto", "FedRep", "FineTuned", "PERSONALIZED", "personalized_report",
            "Aggregator", "AsynchronousAlgorithm", "CoordinateMedian", "DIGing", "ExactDCASGD", "FedDF", "Mean",
-           "TrimmedMean", "GaussianDP", "noise_for_epsilon", "LocalDP", "local_epsilon", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded",
+           "TrimmedMean", "GaussianDP", "noise_for_epsilon", "LocalDP", "local_epsilon", "ATTACKS", "Attacked", "flip_labels", "CenteredClipping", "GeometricMedian", "Krum", "MultiKrum", "NormBounded",
            "SPLIT", "SplitFed", "SplitLearning", "SplitModel", "activation_rows",
            "LIGHTWEIGHT", "PrunedFedAvg", "QuantizedFedAvg"]

@@ -12,7 +12,8 @@ _TYPES = {"data_path": (str,), "tiers": (str,), "buffer_size": (int,), "local_st
           "alpha": (float, int), "beta": (float, int), "lr": (float, int), "local_test_fraction": (float, int),
           "hidden": (str, int, list), "group_size": (str, int), "out": (str,), "checkpoint_every": (int,),
           "hparam": (list,), "coordinator": (str,), "num_processes": (int,), "process_id": (int,),
-          **{name: (float, int) for name in ("dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "dp_quantile")}}
+          **{name: (float, int) for name in ("dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "dp_quantile",
+                                             "byzantine_fraction", "attack_strength")}}
 
 # option -> (does it apply to these options?, when it applies)
 _APPLIES = {
@@ -38,6 +39,9 @@ _APPLIES = {
                    "synchronous server-based algorithms and fedbuff"),
     **{name: (lambda o: _dp(o), "--aggregator dp (synchronous server-based algorithms and fedbuff)")
        for name in ("dp_clip", "dp_noise_multiplier", "dp_delta", "dp_quantile")},
+    "attack": (lambda o: not _decentralized(o) and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"},
+               "synchronous server-based algorithms and fedbuff"),
+    **{name: (lambda o: o["attack"] != "none", "--attack") for name in ("byzantine_fraction", "attack_strength")},
     "dp_epsilon": (lambda o: _dp(o) and o["algorithm"] not in _asynchronous(),
                    "--aggregator dp with a synchronous server-based algorithm (the rounds that account an epsilon)"),
 }

@@ -24,6 +24,7 @@ DEFAULTS = {
     "clients_per_round": 10, "rounds": 100, "local_epochs": 1, "local_steps": None, "batch_size": 10,
     "local_optimizer": "sgd", "lr": 0.1, "server_lr": None, "weighting": "samples", "aggregator": "mean",
     "dp_clip": None, "dp_noise_multiplier": None, "dp_delta": None, "dp_epsilon": None, "dp_quantile": None,
+    "attack": "none", "byzantine_fraction": 0.2, "attack_strength": None,
     "group_size": "auto",
     "execution": "auto", "weight_decay": False,
     "topology": "ring", "gossip_order": "lian", "compressor": "none", "link_failures": False,
@@ -81,6 +82,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "noise multiplier is calibrated to it before the run (instead of --dp-noise-multiplier)")
     g.add_argument("--dp-quantile", type=float, help="--aggregator dp: adaptive clipping toward this quantile of "
                    "the update norms (Andrew et al. 2021)")
+    g.add_argument("--attack", help="Byzantine rows in every aggregation, before the aggregator: none | sign_flip | "
+                   "scale | gaussian | alie (Baruch et al. 2019) | ipm (Xie et al. 2020)")
+    g.add_argument("--byzantine-fraction", type=float, help="--attack: the fraction of each aggregation's rows that "
+                   "is Byzantine")
+    g.add_argument("--attack-strength", type=float, help="--attack: its scale (sign_flip, scale, gaussian: s; alie: "
+                   "z; ipm: eps; default: the attack's)")
     g.add_argument("--server-lr", type=float, help="server learning rate (default: the algorithm's)")
     g.add_argument("--buffer-size", type=int, help="fedbuff: client updates the server buffers before it "
                    "steps (default: 10)")
@@ -294,7 +301,13 @@ def _aggregator(o: dict):
     if o["dp_epsilon"] is not None and o["dp_noise_multiplier"] is not None:
         raise ValueError("--dp-epsilon calibrates the noise multiplier: give it or --dp-noise-multiplier, not both")
     fields = {field: float(o[flag]) for flag, field in DP_OPTIONS.items() if o[flag] is not None}
-    return dataclasses.replace(aggregator, **fields) if fields else aggregator
+    aggregator = dataclasses.replace(aggregator, **fields) if fields else aggregator
+    if o["attack"] == "none":
+        return aggregator
+    from edgejax.algorithms.attacks import Attacked
+
+    strength = None if o["attack_strength"] is None else float(o["attack_strength"])
+    return Attacked(inner=aggregator, attack=o["attack"], fraction=float(o["byzantine_fraction"]), strength=strength)
 
 
 def _algorithm(o: dict):
