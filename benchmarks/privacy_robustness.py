@@ -13,11 +13,15 @@ and aggregators against poisoned nodes.
   local epoch of batch 8, 30 rounds of 50 clients; 0, 10% or 20% of the clients poisoned (their
   features scaled by 100, a data-side attack the server cannot see); final test accuracy for
   the mean and each robust aggregator.
+* Attacks (``ej.Attacked``): the same population and rounds; in every round 10% or 20% of the
+  cohort sends a Byzantine update (sign flip x10, ALIE, IPM, Gaussian noise of std 1), drawn
+  afresh each round; final test accuracy for the mean and each robust aggregator.
 
 Results: ``benchmarks/results/privacy-robustness-<device>.json`` / ``.md``.  Run::
 
     python benchmarks/privacy_robustness.py            # about 10 min on a 2-core CPU
     python benchmarks/privacy_robustness.py --quick    # a smoke run (*-quick files)
+    python benchmarks/privacy_robustness.py --attacks-only   # the attack section, the rest kept
 """
 from __future__ import annotations
 
@@ -118,9 +122,7 @@ def robustness(rounds: int, fractions: Sequence[float]) -> list[dict]:
 
     clean = _mnist(500, ej.data.Dirichlet(0.5, min_size=5), 0)
     model = ej.models.mlp((784,), 10, hidden=(64,))
-    aggregators = {"mean": ej.Mean(), "median": ej.CoordinateMedian(), "trimmed_mean(0.2)": ej.TrimmedMean(0.2),
-                   "krum(f=10)": ej.Krum(byzantine=10), "geometric_median": ej.GeometricMedian(),
-                   "centered_clipping": ej.CenteredClipping(tau=1.0)}
+    aggregators = _robust_aggregators()
     rows = []
     for fraction in fractions:
         bad = np.random.default_rng(1).permutation(500)[:int(fraction * 500)]
@@ -137,10 +139,45 @@ def robustness(rounds: int, fractions: Sequence[float]) -> list[dict]:
     return rows
 
 
+ATTACKS = {"sign_flip x10": {"attack": "sign_flip", "strength": 10.0}, "alie": {"attack": "alie"},
+           "ipm": {"attack": "ipm"}, "gaussian": {"attack": "gaussian"}}
+
+
+def _robust_aggregators() -> dict:
+    import edgejax as ej
+
+    return {"mean": ej.Mean(), "median": ej.CoordinateMedian(), "trimmed_mean(0.2)": ej.TrimmedMean(0.2),
+            "krum(f=10)": ej.Krum(byzantine=10), "geometric_median": ej.GeometricMedian(),
+            "centered_clipping": ej.CenteredClipping(tau=1.0)}
+
+
+def attacks(rounds: int, fractions: Sequence[float]) -> list[dict]:
+    """Final test accuracy of each aggregator under each attack (``ej.Attacked``) on the robustness
+    population."""
+    import edgejax as ej
+
+    data = _mnist(500, ej.data.Dirichlet(0.5, min_size=5), 0)
+    model = ej.models.mlp((784,), 10, hidden=(64,))
+    rows = []
+    for fraction in fractions:
+        for attack, options in ATTACKS.items():
+            for name, aggregator in _robust_aggregators().items():
+                attacked = ej.Attacked(aggregator, fraction=fraction, **options)
+                sim = ej.Simulation(model, data, ej.FedAvg(aggregator=attacked, weighting="uniform"),
+                                    ej.LocalTraining(batch_size=8), clients_per_round=50)
+                results = sim.run(rounds, eval_every=rounds, hparams={"client_lr": 0.05})
+                rows.append({"fraction": fraction, "attack": attack, "aggregator": name,
+                             "test_accuracy": float(results.evals["test_accuracy"][-1])})
+                print(f"{attack} {fraction:.0%} {name}: {rows[-1]['test_accuracy']:.3f}", flush=True)
+    return rows
+
+
 def markdown(report: dict) -> str:
     from common import report_header  # noqa: E402
 
     lines = report_header("privacy and robustness", report)
+    if report.get("kept"):
+        lines += [f"This run measured the attack section only: {report['kept']}.", ""]
     cost = {r["side"]: r for r in report["cost"]}
     lines += ["## Cost of a round (W2 population, 100 of 1,000 clients, uniform weights)", "",
               "Each side a fresh process pinned to core 1, alternating; ms per round of the second compiled "
@@ -168,6 +205,17 @@ def markdown(report: dict) -> str:
               "| --- |" + " --- |" * len(fractions)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{acc[(f, name)]:.3f}" for f in fractions) + " |")
+    if report.get("attacks"):
+        clean = {r["aggregator"]: r["test_accuracy"] for r in report["robustness"] if r["poisoned"] == 0}
+        cells = {(r["attack"], r["fraction"], r["aggregator"]): r["test_accuracy"] for r in report["attacks"]}
+        columns = list(dict.fromkeys((r["attack"], r["fraction"]) for r in report["attacks"]))
+        lines += ["", f"## Aggregators under Byzantine updates (`ej.Attacked`; {report['attack_rounds']} rounds, the "
+                  "population above, the Byzantine share of every cohort drawn afresh each round)", "",
+                  "| aggregator | no attack | " + " | ".join(f"{a} {f:.0%}" for a, f in columns) + " |",
+                  "| --- | --- |" + " --- |" * len(columns)]
+        for name in dict.fromkeys(r["aggregator"] for r in report["attacks"]):
+            lines.append(f"| {name} | {clean.get(name, float('nan')):.3f} | "
+                         + " | ".join(f"{cells[(a, f, name)]:.3f}" for a, f in columns) + " |")
     lines += ["", "One seed. Absolute times vary with the machine and its load (see the load averages); compare the "
               "ratios, measured side by side."]
     return "\n".join(lines) + "\n"
@@ -178,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--cost-side", choices=COST_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--attacks-only", action="store_true",
+                        help="run the attack section only, keeping the other sections of the saved report")
     args = parser.parse_args(argv)
     if args.cost_side:
         print(json.dumps(cost_side(args.cost_side, args.rounds)))
@@ -186,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
     start, load_start = time.perf_counter(), load_average()
     quick = args.quick
+    if args.attacks_only:
+        report = json.loads((RESULTS_DIR / "privacy-robustness-cpu.json").read_text())
+        report |= {"attack_rounds": 30, "command": "python benchmarks/privacy_robustness.py --attacks-only",
+                   "kept": f"the cost, DP and poisoned-client sections are kept from `{report['command']}` of "
+                           f"{report['date']}", "date": datetime.date.today().isoformat()}
+        report["attacks"] = attacks(report["attack_rounds"], (0.1, 0.2))
+        return finish_report("privacy-robustness", report, markdown, RESULTS_DIR, False, start, load_start)
     report = {"device": device_info(), "date": datetime.date.today().isoformat(),
               "command": "python benchmarks/privacy_robustness.py" + (" --quick" if quick else ""),
               "cost_rounds": 3 if quick else 10, "dp_rounds": 3 if quick else 50,
@@ -193,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     report["cost"] = measure_cost(report["cost_rounds"], 1 if quick else 2)
     report["dp"] = accuracy_against_epsilon(report["dp_rounds"], (1.0,) if quick else (0.5, 1.0, 2.0))
     report["robustness"] = robustness(report["robust_rounds"], (0.0, 0.2) if quick else (0.0, 0.1, 0.2))
+    report["attack_rounds"] = report["robust_rounds"]
+    report["attacks"] = attacks(report["attack_rounds"], (0.2,) if quick else (0.1, 0.2))
     return finish_report("privacy-robustness", report, markdown, RESULTS_DIR, quick, start, load_start)
 
 
