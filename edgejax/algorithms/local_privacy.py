@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.algorithms.aggregation import Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.privacy import RDP_ORDERS, _dp_accounting, _finite_positive, clip_rows
+from edgejax.algorithms.privacy import RDP_ORDERS, check_finite_positive, clip_rows, import_dp_accounting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +40,8 @@ class LocalDP:
     fusable = False
 
     def __post_init__(self):
-        _finite_positive("clip", self.clip, owner="LocalDP")
-        _finite_positive("noise_multiplier", self.noise_multiplier, allow_zero=True, owner="LocalDP")
+        check_finite_positive("clip", self.clip, owner="LocalDP")
+        check_finite_positive("noise_multiplier", self.noise_multiplier, allow_zero=True, owner="LocalDP")
         if not (isinstance(self.delta, float) and 0 < self.delta < 1):
             raise ValueError(f"LocalDP: delta={self.delta!r} must be a float in (0, 1)")
         check_aggregator(self.inner)
@@ -74,7 +74,7 @@ class LocalDP:
 def local_epsilon(noise_multiplier: float, releases, delta: float) -> np.ndarray:
     """``epsilon`` at ``delta`` of a node after each of ``releases`` (an int or an array of counts)
     Gaussian releases of noise multiplier ``z`` (``dp_accounting``'s RDP accountant, no sampling)."""
-    dp_accounting = _dp_accounting()
+    dp_accounting = import_dp_accounting()
     out = []
     for count in np.atleast_1d(releases):
         accountant = dp_accounting.rdp.RdpAccountant(RDP_ORDERS)

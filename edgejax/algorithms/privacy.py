@@ -50,7 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _finite_positive(name: str, value, allow_zero: bool = False, owner: str = "GaussianDP") -> None:
+def check_finite_positive(name: str, value, allow_zero: bool = False, owner: str = "GaussianDP") -> None:
+    """``ValueError`` naming ``owner``'s option ``name`` unless ``value`` is a finite positive (or, with
+    ``allow_zero``, non-negative) number."""
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{owner}: {name}={value!r} must be a finite {'non-negative' if allow_zero else 'positive'} "
                          "number")
@@ -85,17 +87,17 @@ class GaussianDP:
     fusable = False
 
     def __post_init__(self):
-        _finite_positive("clip", self.clip)
-        _finite_positive("noise_multiplier", self.noise_multiplier, allow_zero=True)
+        check_finite_positive("clip", self.clip)
+        check_finite_positive("noise_multiplier", self.noise_multiplier, allow_zero=True)
         if not (isinstance(self.delta, float) and 0 < self.delta < 1):
             raise ValueError(f"GaussianDP: delta={self.delta!r} must be a float in (0, 1)")
         if self.target_quantile is not None and not (isinstance(self.target_quantile, (int, float))
                                                       and 0 < self.target_quantile < 1):
             raise ValueError(f"GaussianDP: target_quantile={self.target_quantile!r} must be in (0, 1) (or None: a "
                              "fixed clip)")
-        _finite_positive("clip_lr", self.clip_lr)
+        check_finite_positive("clip_lr", self.clip_lr)
         if self.count_noise is not None:
-            _finite_positive("count_noise", self.count_noise)
+            check_finite_positive("count_noise", self.count_noise)
 
     @property
     def name(self) -> str:
@@ -146,7 +148,8 @@ class GaussianDP:
 RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512)
 
 
-def _dp_accounting():
+def import_dp_accounting():
+    """The ``dp_accounting`` module, or an ``ImportError`` saying how to install it."""
     try:
         import dp_accounting
     except ImportError as err:
@@ -158,7 +161,7 @@ def _dp_accounting():
 def epsilon(noise_multiplier: float, sampling_rate: float, rounds, delta: float) -> np.ndarray:
     """``epsilon`` after each of ``rounds`` (an int or an array of round counts) of a
     Poisson-sampled Gaussian mechanism, from ``dp_accounting``'s RDP accountant."""
-    dp_accounting = _dp_accounting()
+    dp_accounting = import_dp_accounting()
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     out = []
     for count in np.atleast_1d(rounds):
@@ -182,7 +185,7 @@ def noise_for_epsilon(target_epsilon: float, rounds: int, sampling_rate: float, 
                          f"delta={delta!r} in (0, 1)")
     if not isinstance(rounds, (int, np.integer)) or rounds < 1:
         raise ValueError(f"noise_for_epsilon: rounds={rounds!r} must be a positive integer")
-    dp_accounting = _dp_accounting()
+    dp_accounting = import_dp_accounting()
 
     def event(z):
         return dp_accounting.SelfComposedDpEvent(
