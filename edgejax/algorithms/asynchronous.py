@@ -572,7 +572,7 @@ class FedBuff(_AsyncServerAlgorithm):
                                     (x, rule.aggregator))
         return x, full, Buffer(rows, jnp.where(full, 0, count), state), weight
 
-    def _decide_all(self, win, count0, version, downloaded, out0, hparams):
+    def _decide_all(self, win, count0, version, downloaded, hparams):
         """``window_step``'s decisions when every arrival applies (no ``buffer_depth`` nor
         ``lag_tolerance``): arrival e finds ``count0 + e`` updates buffered before it, so its
         staleness is ``version + (count0 + e) // K - downloaded``, and tick t ends with
@@ -582,8 +582,7 @@ class FedBuff(_AsyncServerAlgorithm):
         arrived = e < win.n_events
         staleness = jnp.where(arrived, version + (count0 + e) // k - downloaded, 0)
         out = {"applied": arrived, "fresh": arrived, "staleness": staleness,
-               "weight": jnp.where(arrived, self.weight(staleness, hparams), out0["weight"]),
-               "row": jnp.where(arrived, e, out0["row"])}
+               "weight": jnp.where(arrived, self.weight(staleness, hparams), 0.0), "row": jnp.where(arrived, e, 0)}
         with_arrivals = jnp.arange(win.time.shape[0]) < ticks_with_arrivals(win)
         return win.n_events, out, jnp.where(with_arrivals, (count0 + win.events_end) // k, 0)
 
@@ -653,7 +652,7 @@ class FedBuff(_AsyncServerAlgorithm):
                 "staleness": jnp.zeros((events,), jnp.int32), "weight": jnp.zeros((events,), dtype),
                 "row": jnp.zeros((events,), jnp.int32)}
         if self.buffer_depth is None and self.lag_tolerance is None:   # every arrival applies: no loop needed
-            applied, out, tick_flushes = self._decide_all(win, count0, server.version, downloaded, out0, hparams)
+            applied, out, tick_flushes = self._decide_all(win, count0, server.version, downloaded, hparams)
         else:
             applied, out, tick_flushes = jax.lax.fori_loop(
                 0, win.n_events, decide, (jnp.zeros((), jnp.int32), out0, jnp.zeros((ticks,), jnp.int32)))

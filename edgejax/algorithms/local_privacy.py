@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edgejax.algorithms.aggregation import Mean, check_aggregator, with_aggregator
-from edgejax.algorithms.privacy import RDP_ORDERS, check_finite_positive, clip_rows, import_dp_accounting
+from edgejax.algorithms.privacy import check_finite_positive, clip_rows, composed_epsilon, import_dp_accounting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +74,4 @@ class LocalDP:
 def local_epsilon(noise_multiplier: float, releases, delta: float) -> np.ndarray:
     """``epsilon`` at ``delta`` of a node after each of ``releases`` (an int or an array of counts)
     Gaussian releases of noise multiplier ``z`` (``dp_accounting``'s RDP accountant, no sampling)."""
-    dp_accounting = import_dp_accounting()
-    out = []
-    for count in np.atleast_1d(releases):
-        accountant = dp_accounting.rdp.RdpAccountant(RDP_ORDERS)
-        accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), int(count))
-        out.append(accountant.get_epsilon(delta))
-    return np.asarray(out)
+    return composed_epsilon(import_dp_accounting().GaussianDpEvent(noise_multiplier), releases, delta)

@@ -35,7 +35,6 @@ from edgejax.core.local import LocalTraining, batch_positions, node_shuffles
 from edgejax.core.state import tree_where
 
 
-
 def static_schedule(spec: LocalTraining, size: int, epochs: int | None = None) -> tuple[int, int]:
     """Static ``(max_steps, shuffles)`` bounding every node of padded size ``size``: ``epochs`` (or
     the schedule's epochs) times ``ceil(size / B)`` steps, or the schedule's fixed ``steps``."""

@@ -24,8 +24,8 @@ centred so that one user moves the sum by at most 1/2::
 
 and the update is noised with ``z_u = (z^-2 - (2 sigma_b)^-2)^-1/2`` instead of ``z``, so that the
 two releases together are one Gaussian mechanism of noise multiplier ``z`` (their Theorem 1, the
-count's multiplier being ``sigma_b / (1/2)``): the accounting is unchanged.  ``count_noise`` is ``sigma_b`` (default ``K / 20``, the paper's
-choice); ``2 sigma_b > z`` is required.  The state is ``C_t / dp_clip`` (1 at the start: the traced
+count's multiplier being ``sigma_b / (1/2)``): the accounting is unchanged.  ``count_noise`` is
+``sigma_b`` (default ``K / 20``, the paper's choice); ``2 sigma_b > z`` is required.  The state is ``C_t / dp_clip`` (1 at the start: the traced
 ``dp_clip`` is the initial norm); ``dp_clip_norm`` reports the norm each round clipped at.
 
 Accounting (``epsilon``): ``dp_accounting.rdp.RdpAccountant`` (integer orders 2..64 and up to
@@ -158,17 +158,24 @@ def import_dp_accounting():
     return dp_accounting
 
 
+def composed_epsilon(event, counts, delta: float) -> np.ndarray:
+    """``epsilon`` at ``delta`` after each of ``counts`` (an int or an array) compositions of the
+    ``dp_accounting`` event ``event``, from the RDP accountant over ``RDP_ORDERS``."""
+    dp_accounting = import_dp_accounting()
+    out = []
+    for count in np.atleast_1d(counts):
+        accountant = dp_accounting.rdp.RdpAccountant(RDP_ORDERS)
+        accountant.compose(event, int(count))
+        out.append(accountant.get_epsilon(delta))
+    return np.asarray(out)
+
+
 def epsilon(noise_multiplier: float, sampling_rate: float, rounds, delta: float) -> np.ndarray:
     """``epsilon`` after each of ``rounds`` (an int or an array of round counts) of a
     Poisson-sampled Gaussian mechanism, from ``dp_accounting``'s RDP accountant."""
     dp_accounting = import_dp_accounting()
     event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-    out = []
-    for count in np.atleast_1d(rounds):
-        accountant = dp_accounting.rdp.RdpAccountant(RDP_ORDERS)
-        accountant.compose(event, int(count))
-        out.append(accountant.get_epsilon(delta))
-    return np.asarray(out)
+    return composed_epsilon(event, rounds, delta)
 
 
 def noise_for_epsilon(target_epsilon: float, rounds: int, sampling_rate: float, delta: float) -> float:

@@ -348,10 +348,10 @@ class Simulation:
         documents.  That is the key every synchronous algorithm trains with, except FedRep (it
         splits the key between its two phases); steps past ``plan.step_budget`` are not run.
         A plan with explicit ``minibatches`` (``make_plan``) trains on those: they are returned."""
-        max_steps, shuffles = self.schedule
-        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
         if plan.minibatches:
             return plan.minibatches
+        max_steps, shuffles = self.schedule
+        keys = round_keys(state.nodes.rng[plan.nodes], state.round)
         counts = jnp.asarray(self.data.train.count)[plan.nodes]
         train = self.data.train
         size = train.source.index.shape[1] if isinstance(train, HostNodeData) else train.x.shape[1]
