@@ -91,3 +91,17 @@ def test_attack_options_are_checked():
                        (lambda: Attacked(inner="mean"), "aggregator must")):
         with pytest.raises(ValueError, match=match):
             bad()
+
+
+def test_no_epsilon_is_claimed_for_a_dp_aggregator_under_attack():
+    """ALIE's and IPM's rows are computed from the honest updates, so the run says it reports no
+    epsilon instead of one the accounting does not cover."""
+    dataset = ej.data.load_digits()
+    data, _ = ej.federate(dataset, 10, ej.data.IID(), seed=0)
+    model = ej.models.logistic_regression(data.feature_shape, data.num_classes)
+    sim = ej.Simulation(model, data, ej.FedAvg(aggregator=Attacked(ej.GaussianDP(), attack="ipm"),
+                                               weighting="uniform"), ej.LocalTraining(batch_size=10),
+                        clients_per_round=5)
+    with pytest.warns(UserWarning, match="no epsilon is reported under an attack"):
+        results = sim.run(2, eval_every=2)
+    assert "epsilon" not in results.rounds

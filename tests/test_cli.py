@@ -249,6 +249,7 @@ def test_a_target_epsilon_from_the_cli_calibrates_the_noise(tmp_path, capsys):
     (["--attack", "scale", "--algorithm", "dpsgd"], "--attack does not apply"),
     (["--aggregator", "dp", "--algorithm", "fedbuff", "--dp-epsilon", "2"], "--dp-epsilon does not apply"),
     (["--aggregator", "dp", "--dp-epsilon", "2", "--dp-noise-multiplier", "1"], "not both"),
+    (["--aggregator", "dp", "--dp-epsilon", "2", "--attack", "ipm"], "--dp-epsilon does not apply"),
     (["--aggregator", "dp", "--dp-quantile", "1.5"], "target_quantile=1.5 must be in (0, 1)"),
     (["--profiles", "tiered", "--tiers", "0.9"], "--tiers expects SHARE:SPEED"),
     (["--profiles", "tiered", "--tiers", "0.9:1,0.2:0.1"], "must sum to 1; got '0.9:1,0.2:0.1'"),

@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from edgejax.algorithms.attacks import Attacked
 from edgejax.algorithms.local_privacy import LocalDP, local_epsilon
 from edgejax.algorithms.privacy import GaussianDP, epsilon
 
@@ -26,9 +27,14 @@ def _never_private(rounds):
 def privacy_accountant(sim, hparams: dict) -> Accounting | None:
     """The run's ``Accounting`` where its aggregator is ``GaussianDP`` or ``LocalDP`` (``None`` for any
     other, and, with a warning, for asynchronous training, whose participation follows the event
-    clock); a ``ValueError`` where a synchronous ``GaussianDP`` cohort is not a uniform sample of all
+    clock, and for a DP aggregator inside ``Attacked``); a ``ValueError`` where a synchronous ``GaussianDP`` cohort is not a uniform sample of all
     N users (``edgejax.algorithms.privacy``)."""
     aggregator = getattr(sim.algorithm, "aggregator", None)
+    if isinstance(aggregator, Attacked) and isinstance(aggregator.inner, (GaussianDP, LocalDP)):
+        warnings.warn(f"{sim.algorithm.name}: {aggregator.inner.name} noises every aggregation, but no epsilon is "
+                      "reported under an attack: ALIE's and IPM's rows are computed from the honest updates, which "
+                      "the accounting does not cover", UserWarning, stacklevel=3)
+        return None
     if isinstance(aggregator, LocalDP):
         return _local(sim, aggregator, float(hparams["ldp_noise_multiplier"]))
     if not isinstance(aggregator, GaussianDP):

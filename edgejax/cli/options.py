@@ -35,22 +35,25 @@ _APPLIES = {
     "join_timeout": (lambda o: o["coordinator"] is not None, "multi-host runs (--coordinator)"),
     "tiers": (lambda o: o["profiles"] == "tiered", "--profiles tiered"),
     "buffer_size": (lambda o: o["algorithm"] == "fedbuff", "--algorithm fedbuff"),
-    "aggregator": (lambda o: not _decentralized(o) and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"},
-                   "synchronous server-based algorithms and fedbuff"),
+    "aggregator": (lambda o: _aggregates(o), "synchronous server-based algorithms and fedbuff"),
     **{name: (lambda o: _dp(o), "--aggregator dp (synchronous server-based algorithms and fedbuff)")
        for name in ("dp_clip", "dp_noise_multiplier", "dp_delta", "dp_quantile")},
-    "attack": (lambda o: not _decentralized(o) and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"},
-               "synchronous server-based algorithms and fedbuff"),
+    "attack": (lambda o: _aggregates(o), "synchronous server-based algorithms and fedbuff"),
     **{name: (lambda o: o["attack"] != "none", "--attack") for name in ("byzantine_fraction", "attack_strength")},
-    "dp_epsilon": (lambda o: _dp(o) and o["algorithm"] not in _asynchronous(),
-                   "--aggregator dp with a synchronous server-based algorithm (the rounds that account an epsilon)"),
+    "dp_epsilon": (lambda o: _dp(o) and o["algorithm"] not in _asynchronous() and o["attack"] == "none",
+                   "--aggregator dp with a synchronous server-based algorithm and no --attack (the rounds that "
+                   "account an epsilon)"),
 }
+
+
+def _aggregates(o: dict) -> bool:
+    """The algorithm combines updates on a server (the synchronous server algorithms and fedbuff)."""
+    return not _decentralized(o) and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"}
 
 
 def _dp(o: dict) -> bool:
     """DP-FedAvg's aggregator on an algorithm that aggregates."""
-    return (str(o["aggregator"]).split(":")[0] == "dp" and not _decentralized(o)
-            and o["algorithm"] not in set(_asynchronous()) - {"fedbuff"})
+    return str(o["aggregator"]).split(":")[0] == "dp" and _aggregates(o)
 
 
 def _asynchronous():
